@@ -1,0 +1,27 @@
+"""Kernels of minisgl-decl: RMSNorm and attention, in Triton with plain-torch references.
+
+This is the one dispatch point. Each function checks its arguments (ValueError on bad
+shapes, dtypes, strides or devices), then runs the Triton kernel for CUDA tensors and
+the torch reference (``kernels.reference``) otherwise. ``backend="triton"`` or
+``"torch"`` (or the ``MINISGL_KERNELS_BACKEND`` environment variable) overrides the
+choice; Triton on CPU tensors needs ``TRITON_INTERPRET=1``. Semantics and the KV-cache
+layout are documented in ``kernels/README.md``.
+
+Importing this package is cheap and side-effect free: torch and triton are imported
+on first call. (Deliberately no ``__version__``: transformers probes for a package
+named ``kernels`` and must not mistake this one for the HF hub package.)
+"""
+
+from kernels._attention_api import decode_attention, extend_attention, store_kv
+from kernels._dispatch import BACKEND_ENV, Backend
+from kernels._norm_api import add_rmsnorm, rmsnorm
+
+__all__ = [
+    "BACKEND_ENV",
+    "Backend",
+    "add_rmsnorm",
+    "decode_attention",
+    "extend_attention",
+    "rmsnorm",
+    "store_kv",
+]

@@ -1,0 +1,96 @@
+"""Argument checks shared by every backend, so both raise the same ValueErrors.
+
+Only metadata (shape, dtype, device, strides) is inspected here: nothing reads
+tensor data, so the checks never synchronise with the device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+INDEX_DTYPES = ("int32", "int64")
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int,
+    dtypes: tuple[str, ...],
+    device: torch.device | None = None,
+    last_contiguous: bool = True,
+) -> torch.Tensor:
+    """Check one tensor argument and return it (typed)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if _dtype_name(t) not in dtypes:
+        raise ValueError(f"{name} must have dtype in {dtypes}, got {_dtype_name(t)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (same device as the query)")
+    if last_contiguous and t.numel() > 0 and t.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension, got strides {t.stride()}")
+    return t
+
+
+def same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise ValueError(f"{name} has dtype {_dtype_name(t)} but {ref_name} has {_dtype_name(ref)}")
+
+
+def dims(name: str, t: torch.Tensor, expected: tuple[int | None, ...]) -> None:
+    """Check a shape; None entries are free."""
+    ok = len(expected) == t.dim() and all(e is None or e == s for e, s in zip(expected, t.shape, strict=True))
+    if not ok:
+        shown = tuple("*" if e is None else e for e in expected)
+        raise ValueError(f"{name} must have shape {shown}, got {tuple(t.shape)}")
+
+
+def head_dim(d: int) -> None:
+    if d < 16 or d > 256 or d & (d - 1):
+        raise ValueError(f"head_dim must be a power of two in [16, 256], got {d}")
+
+
+def heads(num_q_heads: int, num_kv_heads: int) -> None:
+    if num_kv_heads < 1 or num_q_heads % num_kv_heads:
+        raise ValueError(
+            f"num_q_heads ({num_q_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
+        )
+
+
+def attention_options(scale: float, window: int | None, softcap: float | None) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        raise ValueError(f"window must be None or an int >= 1, got {window!r}")
+    if softcap is not None and not (
+        isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0
+    ):
+        raise ValueError(f"softcap must be None or a finite positive number, got {softcap!r}")
+
+
+def out_like(name: str, out: object, like: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"{name} must match shape {tuple(like.shape)}, dtype {_dtype_name(like)} and device "
+            f"{like.device}; got {tuple(out.shape)}, {_dtype_name(out)}, {out.device}"
+        )
+    if out.numel() > 0 and out.stride(-1) != 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension, got strides {out.stride()}")
+    return out

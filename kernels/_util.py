@@ -1,0 +1,41 @@
+"""Small host-side helpers for the launchers (no Triton import here)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessor count of a CUDA device (cached; no synchronisation)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def require_triton_device(t: torch.Tensor) -> None:
+    if t.device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"the Triton backend needs CUDA tensors (got {t.device}); on CPU use backend='torch' "
+            "or set TRITON_INTERPRET=1 before triton is imported"
+        )

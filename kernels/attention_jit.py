@@ -1,0 +1,124 @@
+"""Triton attention building blocks and the varlen extend/prefill kernel.
+
+Scores live in the log2 domain: ``s2 = log2(e) * score`` so softmax uses exp2.
+Without soft-cap ``s2 = qk * score_scale`` with ``score_scale = scale * log2(e)``;
+with soft-cap ``s2 = cap_log2 * tanh(qk * score_scale)`` with ``score_scale = scale / cap``
+and ``cap_log2 = cap * log2(e)``. Launcher: attention_launch.py.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tanh(x):
+    """tanh through exp2; saturates cleanly to +-1 for large |x|."""
+    e = tl.exp2(x * 2.8853900817779268)  # exp(2x)
+    return 1.0 - 2.0 / (e + 1.0)
+
+
+@triton.jit
+def attend_block(
+    acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
+    SOFTCAP: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step of q [M, D] over a key block k, v [N, D]."""
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    s = cap_log2 * tanh(qk * score_scale) if SOFTCAP else qk * score_scale
+    if MASKED:
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # with masking, a row with nothing visible yet keeps m = -inf: avoid inf - inf
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new) if MASKED else m_new
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def extend_attention_kernel(
+    Q, K, V, Out, KC, VC, CU_Q, P_INDPTR, P_SLOTS,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_kcs, stride_kch, stride_vcs, stride_vch,
+    score_scale, cap_log2, window, seq_bucket,  # seq_bucket: autotune key only
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # grid: (query blocks of the longest request, requests * q heads); heavy blocks first
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    b = tl.program_id(1) // NUM_Q_HEADS
+    h = tl.program_id(1) % NUM_Q_HEADS
+    kvh = h // GROUP
+    q_start = tl.load(CU_Q + b).to(tl.int64)
+    n_new = (tl.load(CU_Q + b + 1) - q_start).to(tl.int32)
+    if start_m >= n_new:
+        return
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < n_new
+    q = tl.load(
+        Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+        mask=row_ok[:, None], other=0.0,
+    )
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    # 1) cached prefix (positions 0 .. n_prefix-1), read through slot indices
+    if HAS_PREFIX:
+        p_start = tl.load(P_INDPTR + b).to(tl.int64)
+        n_prefix = (tl.load(P_INDPTR + b + 1) - p_start).to(tl.int32)
+        q_pos = n_prefix + offs_m
+        lo = 0
+        if WINDOW:
+            lo = tl.maximum(n_prefix + start_m - window + 1, 0) // BLOCK_N * BLOCK_N
+        for start_n in range(lo, n_prefix, BLOCK_N):
+            k_pos = start_n + offs_n
+            k_ok = k_pos < n_prefix
+            slot = tl.load(P_SLOTS + p_start + k_pos, mask=k_ok, other=0).to(tl.int64)
+            k = tl.load(KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
+                        mask=k_ok[:, None], other=0.0)
+            v = tl.load(VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
+                        mask=k_ok[:, None], other=0.0)
+            visible = k_ok[None, :]
+            if WINDOW:
+                visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
+            acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
+                                         SOFTCAP, True, DOT_PRECISION)
+
+    # 2) new tokens strictly before this query block: causally visible to every row
+    lo = 0
+    if WINDOW:
+        lo = tl.maximum(start_m - window + 1, 0) // BLOCK_N * BLOCK_N
+    for start_n in range(lo, start_m, BLOCK_N):
+        k_rows = q_start + start_n + offs_n
+        k = tl.load(K + k_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :])
+        v = tl.load(V + k_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :])
+        visible = (start_n + offs_n)[None, :] > offs_m[:, None] - window  # used only with WINDOW
+        acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
+                                     SOFTCAP, WINDOW, DOT_PRECISION)
+
+    # 3) the diagonal band: causal mask
+    for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, n_new), BLOCK_N):
+        k_idx = start_n + offs_n
+        k_ok = k_idx < n_new
+        k = tl.load(K + (q_start + k_idx)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                    mask=k_ok[:, None], other=0.0)
+        v = tl.load(V + (q_start + k_idx)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=k_ok[:, None], other=0.0)
+        visible = (k_idx[None, :] <= offs_m[:, None]) & k_ok[None, :]
+        if WINDOW:
+            visible = visible & (k_idx[None, :] > offs_m[:, None] - window)
+        acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
+                                     SOFTCAP, True, DOT_PRECISION)
+
+    o = acc / tl.where(row_ok, l_i, 1.0)[:, None]  # padding rows may have seen nothing
+    tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+             o.to(Out.dtype.element_ty), mask=row_ok[:, None])

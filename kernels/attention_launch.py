@@ -1,0 +1,166 @@
+"""Launchers for the Triton attention kernels (attention_jit.py, decode_jit.py).
+
+Arguments are assumed to have passed ``kernels._checks`` (done by the dispatch in
+``kernels/__init__.py``). Nothing here reads device data, except ``extend_attention``
+when ``max_seqlen_q`` is not given. On CUDA the kernels are autotuned on first use of
+each shape class: warm up before capturing a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+
+from kernels._util import cdiv, interpreting, next_pow2, require_triton_device, sm_count
+from kernels.attention_jit import extend_attention_kernel
+from kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
+
+
+def _score_params(scale: float, softcap: float | None) -> tuple[float, float]:
+    if softcap is None:
+        return scale * LOG2E, 0.0
+    return scale / softcap, softcap * LOG2E
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _prune(configs: list[triton.Config], nargs: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
+    head_dim = kwargs.get("HEAD_DIM", nargs.get("HEAD_DIM", 128))
+    keep = [c for c in configs if head_dim <= 128 or c.kwargs["BLOCK_N"] <= 64]
+    return keep or configs[:1]
+
+
+_EXTEND_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 64, 4, 3)]
+]
+_DECODE_CONFIGS = [
+    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bn, w, s in [(32, 4, 3), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 3)]
+]
+_extend_tuned = triton.autotune(
+    _EXTEND_CONFIGS,
+    key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW"],
+    prune_configs_by={"early_config_prune": _prune},
+)(extend_attention_kernel)
+_decode_tuned = triton.autotune(
+    _DECODE_CONFIGS,
+    key=["NUM_SPLITS", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"],
+    prune_configs_by={"early_config_prune": _prune},
+)(decode_split_kernel)
+_INTERPRET_EXTEND = {"BLOCK_M": 16, "BLOCK_N": 16}
+_INTERPRET_DECODE = {"BLOCK_N": 16}
+
+
+def extend_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    prefix_indptr: torch.Tensor | None,
+    prefix_slots: torch.Tensor | None,
+    *,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+    max_seqlen_q: int | None,
+    out: torch.Tensor,
+) -> None:
+    require_triton_device(q)
+    num_reqs = cu_seqlens_q.shape[0] - 1
+    if q.shape[0] == 0 or num_reqs == 0:
+        return
+    if max_seqlen_q is None:  # host sync; pass it to avoid one
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max().item())
+    if max_seqlen_q <= 0:
+        return
+    num_q_heads, head_dim = q.shape[1], q.shape[2]
+    has_prefix = prefix_indptr is not None
+    kc = k_cache if k_cache is not None else k
+    vc = v_cache if v_cache is not None else v
+    score_scale, cap_log2 = _score_params(scale, softcap)
+    args = (
+        q, k, v, out, kc, vc, cu_seqlens_q,
+        prefix_indptr if has_prefix else cu_seqlens_q,
+        prefix_slots if has_prefix else cu_seqlens_q,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
+        score_scale, cap_log2, window or 0, min(next_pow2(max_seqlen_q), 4096),
+    )
+    meta: dict[str, Any] = {
+        "NUM_Q_HEADS": num_q_heads, "GROUP": num_q_heads // k.shape[1], "HEAD_DIM": head_dim,
+        "HAS_PREFIX": has_prefix, "SOFTCAP": softcap is not None, "WINDOW": window is not None,
+        "DOT_PRECISION": _dot_precision(q.dtype),
+    }
+
+    def grid(cfg: dict[str, Any]) -> tuple[int, int]:
+        return (cdiv(max_seqlen_q, cfg["BLOCK_M"]), num_reqs * num_q_heads)
+
+    if interpreting():
+        extend_attention_kernel[grid(_INTERPRET_EXTEND)](*args, **meta, **_INTERPRET_EXTEND)
+    else:
+        _extend_tuned[grid](*args, **meta)
+
+
+def default_num_splits(batch: int, num_kv_heads: int, device: torch.device) -> int:
+    """Enough (request, kv head, split) programs for about two per multiprocessor."""
+    return max(1, min(MAX_SPLITS, cdiv(2 * sm_count(device), batch * num_kv_heads)))
+
+
+def decode_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_slots: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+    num_splits: int | None,
+    out: torch.Tensor,
+) -> None:
+    require_triton_device(q)
+    batch, num_q_heads, head_dim = q.shape
+    if batch == 0:
+        return
+    num_kv_heads = k_cache.shape[1]
+    group = num_q_heads // num_kv_heads
+    if num_splits is None:
+        num_splits = default_num_splits(batch, num_kv_heads, q.device)
+    if not 1 <= num_splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
+    o_part = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+    lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+    score_scale, cap_log2 = _score_params(scale, softcap)
+    args = (
+        q, k_cache, v_cache, kv_indptr, kv_slots, o_part, lse_part,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), score_scale, cap_log2, window or 0,
+    )
+    meta: dict[str, Any] = {
+        "NUM_Q_HEADS": num_q_heads, "NUM_SPLITS": num_splits, "GROUP": group,
+        "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim,
+        "SOFTCAP": softcap is not None, "WINDOW": window is not None,
+        "DOT_PRECISION": _dot_precision(q.dtype),
+    }
+    grid = (batch, num_kv_heads, num_splits)
+    if interpreting():
+        decode_split_kernel[grid](*args, **meta, **_INTERPRET_DECODE)
+    else:
+        _decode_tuned[grid](*args, **meta)
+    decode_reduce_kernel[(batch, num_q_heads)](
+        o_part, lse_part, out, out.stride(0), out.stride(1),
+        NUM_Q_HEADS=num_q_heads, NUM_SPLITS=num_splits, SPLITS_PAD=next_pow2(num_splits),
+        HEAD_DIM=head_dim, num_warps=4 if num_splits * head_dim <= 8192 else 8,
+    )
+

@@ -1,0 +1,54 @@
+"""Launcher for the Triton RMSNorm kernel (see norm_jit.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._util import cdiv, next_pow2, require_triton_device
+from kernels.norm_jit import rmsnorm_kernel
+
+MAX_HIDDEN = 65536
+
+
+def _rows(name: str, t: torch.Tensor) -> torch.Tensor:
+    """View ``t`` as [rows, hidden]; raise if that needs a copy of a buffer we write."""
+    try:
+        return t.view(-1, t.shape[-1])
+    except RuntimeError as err:
+        raise ValueError(f"{name} must be viewable as [-1, hidden] (strides {t.stride()})") from err
+
+
+def rmsnorm_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    offset: float,
+    cast_before_weight: bool,
+    out: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
+) -> None:
+    """Write rmsnorm(x [+ residual]) into ``out`` (and the sum into ``residual_out``)."""
+    require_triton_device(x)
+    hidden = x.shape[-1]
+    if hidden > MAX_HIDDEN:
+        raise ValueError(f"hidden size {hidden} exceeds the kernel's limit of {MAX_HIDDEN}")
+    x2 = x.reshape(-1, hidden)
+    y2 = _rows("out", out)
+    r2 = x2 if residual is None else residual.reshape(-1, hidden)
+    s2 = y2 if residual_out is None else _rows("residual_out", residual_out)
+    n_rows = x2.shape[0]
+    if n_rows == 0:
+        return
+    block_n = next_pow2(hidden)
+    block_m = max(1, min(64, 2048 // block_n))
+    num_warps = 4 if block_n <= 2048 else (8 if block_n <= 8192 else 16)
+    rmsnorm_kernel[(cdiv(n_rows, block_m),)](
+        x2, r2, weight, y2, s2,
+        x2.stride(0), r2.stride(0), y2.stride(0), s2.stride(0),
+        n_rows, hidden, float(eps), float(offset),
+        BLOCK_M=block_m, BLOCK_N=block_n,
+        HAS_RESIDUAL=residual is not None, CAST_BEFORE_WEIGHT=cast_before_weight,
+        num_warps=num_warps,
+    )

@@ -1,0 +1,172 @@
+"""Plain-torch references with the same semantics as the Triton kernels.
+
+These run on any device (the engine uses them on CPU). Arguments are assumed to
+have passed :mod:`kernels._checks`; the data-dependent checks that the Triton
+launchers cannot afford (they would synchronise) are done here.
+See ``kernels/README.md`` for the semantics and the KV-cache layout.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+
+def rmsnorm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    offset: float = 0.0,
+    cast_before_weight: bool = True,
+) -> torch.Tensor:
+    """RMSNorm over the last dimension, computed in float32, returned in ``x.dtype``.
+
+    ``cast_before_weight=True`` is HF LlamaRMSNorm (normalised x is rounded to the input
+    dtype, then multiplied by the weight); ``False`` is HF Gemma (multiply in float32,
+    round once). The weight factor is ``offset + weight.float()``.
+    """
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if cast_before_weight:
+        normed = normed.to(x.dtype).float()
+    return (normed * (weight.float() + offset)).to(x.dtype)
+
+
+def add_rmsnorm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    *,
+    offset: float = 0.0,
+    cast_before_weight: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(rmsnorm(x + residual), x + residual)``; the sum is rounded to ``x.dtype``."""
+    summed = (x.float() + residual.float()).to(x.dtype)
+    return rmsnorm(summed, weight, eps, offset=offset, cast_before_weight=cast_before_weight), summed
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Attention of one request in float32: q [n, Hq, D], k/v [L, Hkv, D] -> [n, Hq, D].
+
+    Query at position p sees keys at positions j with ``j <= p`` and, with a window,
+    ``p - window < j``. Soft-cap is applied to the scaled scores before masking.
+    """
+    group = q.shape[1] // k.shape[1]
+    qf = q.float().transpose(0, 1)  # [Hq, n, D]
+    kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, L, D]
+    vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
+    scores = torch.matmul(qf, kf.transpose(1, 2)) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    visible = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    return torch.matmul(probs, vf).transpose(0, 1).to(q.dtype)
+
+
+def _bounds(indptr: torch.Tensor, name: str, total: int) -> list[int]:
+    bounds = [int(b) for b in indptr.tolist()]
+    if bounds[0] != 0 or any(a > b for a, b in itertools.pairwise(bounds)):
+        raise ValueError(f"{name} must start at 0 and be non-decreasing, got {bounds}")
+    if bounds[-1] > total:
+        raise ValueError(f"{name} ends at {bounds[-1]} but only {total} entries exist")
+    return bounds
+
+
+def extend_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    prefix_indptr: torch.Tensor | None,
+    prefix_slots: torch.Tensor | None,
+    *,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Causal varlen attention of new tokens over (cached prefix ++ new tokens)."""
+    out = torch.zeros_like(q)
+    cu = _bounds(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
+    if cu[-1] != q.shape[0]:
+        raise ValueError(f"cu_seqlens_q ends at {cu[-1]} but q has {q.shape[0]} tokens")
+    has_prefix = prefix_indptr is not None
+    if prefix_indptr is not None and prefix_slots is not None:
+        pi = _bounds(prefix_indptr, "prefix_indptr", prefix_slots.shape[0])
+        if len(pi) != len(cu):
+            raise ValueError("prefix_indptr and cu_seqlens_q must have the same length")
+    for b in range(len(cu) - 1):
+        q0, q1 = cu[b], cu[b + 1]
+        if q0 == q1:
+            continue
+        keys, values = k[q0:q1], v[q0:q1]
+        n_prefix = 0
+        if has_prefix and k_cache is not None and v_cache is not None and prefix_slots is not None:
+            slots = prefix_slots[pi[b] : pi[b + 1]].long()
+            n_prefix = slots.shape[0]
+            keys = torch.cat([k_cache[slots], keys])
+            values = torch.cat([v_cache[slots], values])
+        k_pos = torch.arange(keys.shape[0], device=q.device)
+        q_pos = k_pos[n_prefix:]
+        out[q0:q1] = attend(
+            q[q0:q1], keys, values, q_pos, k_pos, scale=scale, window=window, softcap=softcap
+        )
+    return out
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_slots: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """One query per request, at position ``len - 1`` of its KV (which already holds it).
+
+    A request with no KV entries gets a zero output.
+    """
+    out = torch.zeros_like(q)
+    bounds = _bounds(kv_indptr, "kv_indptr", kv_slots.shape[0])
+    if len(bounds) != q.shape[0] + 1:
+        raise ValueError(f"kv_indptr must have {q.shape[0] + 1} entries, got {len(bounds)}")
+    for b in range(q.shape[0]):
+        slots = kv_slots[bounds[b] : bounds[b + 1]].long()
+        if slots.numel() == 0:
+            continue
+        k_pos = torch.arange(slots.shape[0], device=q.device)
+        out[b : b + 1] = attend(
+            q[b : b + 1], k_cache[slots], v_cache[slots], k_pos[-1:], k_pos,
+            scale=scale, window=window, softcap=softcap,
+        )
+    return out
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """``k_cache[slots[t]] = k[t]`` (same for v); tokens with a negative slot are skipped."""
+    keep = slots >= 0
+    idx = slots[keep].long()
+    k_cache[idx] = k[keep].to(k_cache.dtype)
+    v_cache[idx] = v[keep].to(v_cache.dtype)
