@@ -1,0 +1,67 @@
+"""What a layer sees at run time: the batch metadata, KV cache views and communicator.
+
+Passed explicitly to every forward (no globals), so two engines can live in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+class Comm(Protocol):
+    """Collectives a tensor-parallel layer needs."""
+
+    size: int
+    rank: int
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def all_gather_last_dim(self, t: torch.Tensor) -> torch.Tensor: ...
+
+
+class SingleRank:
+    """The communicator of a one-process run: collectives are identities."""
+
+    size = 1
+    rank = 0
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def all_gather_last_dim(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+@dataclass
+class KVCache:
+    """Paged KV cache, page size 1: `k[layer]` is [num_slots, kv_heads_local, head_dim]."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+
+@dataclass
+class ForwardBatch:
+    """Metadata for one forward over a batch of requests (all tokens concatenated).
+
+    Prefill/extend (``is_decode`` False): request b owns new tokens
+    ``cu_seqlens_q[b]:cu_seqlens_q[b+1]``; its cached prefix slots are
+    ``prefix_slots[prefix_indptr[b]:prefix_indptr[b+1]]``.
+    Decode: one token per request; its whole context (including the new token) is
+    ``kv_slots[kv_indptr[b]:kv_indptr[b+1]]``.
+    """
+
+    positions: torch.Tensor
+    out_slots: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    is_decode: bool
+    kv: KVCache
+    prefix_indptr: torch.Tensor | None = None
+    prefix_slots: torch.Tensor | None = None
+    kv_indptr: torch.Tensor | None = None
+    kv_slots: torch.Tensor | None = None
+    logits_indices: torch.Tensor | None = None
+    comm: Comm = field(default_factory=SingleRank)

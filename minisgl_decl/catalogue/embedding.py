@@ -1,0 +1,91 @@
+"""Vocab-parallel token embedding and LM head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .context import ForwardBatch
+from .params import ParamDecl, TPInfo, vocab
+from .registry import LayerArgs, LayerKind
+from .tp_linear import empty_param
+
+
+class EmbeddingArgs(LayerArgs):
+    vocab: int
+    dim: int
+    scale: float | None = None  # multiply the looked-up rows (Gemma: sqrt(hidden))
+
+
+class VocabEmbedding(nn.Module):
+    def __init__(self, args: EmbeddingArgs, tp: TPInfo) -> None:
+        super().__init__()
+        self.rows = -(-args.vocab // tp.size)
+        self.start = tp.rank * self.rows
+        self.scale = args.scale
+        self.weight = empty_param(self.rows, args.dim)
+
+    def forward(self, tokens: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        if ctx.comm.size == 1:
+            out = F.embedding(tokens, self.weight)
+        else:
+            local = tokens - self.start
+            mine = (local >= 0) & (local < self.rows)
+            out = F.embedding(torch.where(mine, local, 0), self.weight)
+            out = ctx.comm.all_reduce(out * mine.unsqueeze(-1).to(out.dtype))
+        if self.scale is not None:
+            out = out * torch.tensor(self.scale, dtype=out.dtype)
+        return out
+
+
+class Embedding(LayerKind):
+    name = "embedding"
+    summary = "token embedding table, vocab-parallel (rows split between ranks)"
+    Args = EmbeddingArgs
+    param_names = ("weight",)
+
+    def params(self, args: EmbeddingArgs) -> list[ParamDecl]:
+        return [vocab("weight", (args.vocab, args.dim), args.vocab)]
+
+    def build(self, args: EmbeddingArgs, tp: TPInfo) -> nn.Module:
+        return VocabEmbedding(args, tp)
+
+
+class LMHeadArgs(LayerArgs):
+    vocab: int
+    dim: int
+    bias: bool = False
+
+
+class VocabLMHead(nn.Module):
+    """Logits for the rows in `ctx.logits_indices` (all rows if None), gathered over ranks."""
+
+    def __init__(self, args: LMHeadArgs, tp: TPInfo) -> None:
+        super().__init__()
+        self.vocab = args.vocab
+        rows = -(-args.vocab // tp.size)
+        self.weight = empty_param(rows, args.dim)
+        self.bias = empty_param(rows) if args.bias else None
+
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        if ctx.logits_indices is not None:
+            x = x.index_select(0, ctx.logits_indices)
+        logits = ctx.comm.all_gather_last_dim(F.linear(x, self.weight, self.bias))
+        return logits[..., : self.vocab]
+
+
+class LMHead(LayerKind):
+    name = "lm_head"
+    summary = "output projection to the vocabulary, vocab-parallel, logits gathered"
+    Args = LMHeadArgs
+    param_names = ("weight", "bias")
+
+    def params(self, args: LMHeadArgs) -> list[ParamDecl]:
+        decls = [vocab("weight", (args.vocab, args.dim), args.vocab)]
+        if args.bias:
+            decls.append(vocab("bias", (args.vocab,), args.vocab))
+        return decls
+
+    def build(self, args: LMHeadArgs, tp: TPInfo) -> nn.Module:
+        return VocabLMHead(args, tp)

@@ -1,0 +1,110 @@
+"""Feed-forward blocks: gated (SwiGLU/GeGLU) and plain two-layer MLPs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UserError
+from .context import ForwardBatch
+from .params import ParamDecl, Segment, TPInfo, column, merged_column, replicated, row
+from .registry import LayerArgs, LayerKind
+from .tp_linear import ColumnLinear, RowLinear
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise UserError(f"activation `{name}` is not supported; supported: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+class GatedMLPArgs(LayerArgs):
+    dim: int
+    ffn: int
+    act: str = "silu"
+    bias: bool = False
+
+
+class GatedMLPModule(nn.Module):
+    def __init__(self, args: GatedMLPArgs, tp: TPInfo) -> None:
+        super().__init__()
+        self.ffn_local = args.ffn // tp.size
+        self.act = activation(args.act)
+        self.gate_up = ColumnLinear(args.dim, 2 * self.ffn_local, args.bias)
+        self.down = RowLinear(self.ffn_local, args.dim, args.bias)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.ffn_local, dim=-1)
+        return self.down(self.act(gate) * up, ctx.comm)
+
+
+class GatedMLP(LayerKind):
+    name = "gated_mlp"
+    summary = "down(act(gate(x)) * up(x)) with gate|up fused and merged-column parallel"
+    Args = GatedMLPArgs
+    param_names = ("gate_up.weight", "gate_up.bias", "down.weight", "down.bias")
+
+    def params(self, args: GatedMLPArgs) -> list[ParamDecl]:
+        activation(args.act)
+        segs = (Segment("gate rows", args.ffn, 1), Segment("up rows", args.ffn, 1))
+        decls = [merged_column("gate_up.weight", (2 * args.ffn, args.dim), segs, "merged_column")]
+        if args.bias:
+            decls.append(merged_column("gate_up.bias", (2 * args.ffn,), segs, "merged_column"))
+        decls.append(row("down.weight", (args.dim, args.ffn), args.ffn, 1))
+        if args.bias:
+            decls.append(replicated("down.bias", (args.dim,)))
+        return decls
+
+    def build(self, args: GatedMLPArgs, tp: TPInfo) -> nn.Module:
+        return GatedMLPModule(args, tp)
+
+
+class MLPArgs(LayerArgs):
+    dim: int
+    ffn: int
+    act: str = "gelu"
+    bias: bool = True
+
+
+class MLPModule(nn.Module):
+    def __init__(self, args: MLPArgs, tp: TPInfo) -> None:
+        super().__init__()
+        self.act = activation(args.act)
+        self.up = ColumnLinear(args.dim, args.ffn // tp.size, args.bias)
+        self.down = RowLinear(args.ffn // tp.size, args.dim, args.bias)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        return self.down(self.act(self.up(x)), ctx.comm)
+
+
+class MLP(LayerKind):
+    name = "mlp"
+    summary = "down(act(up(x))), column- then row-parallel"
+    Args = MLPArgs
+    param_names = ("up.weight", "up.bias", "down.weight", "down.bias")
+
+    def params(self, args: MLPArgs) -> list[ParamDecl]:
+        activation(args.act)
+        decls = [column("up.weight", (args.ffn, args.dim), args.ffn, 1)]
+        if args.bias:
+            decls.append(column("up.bias", (args.ffn,), args.ffn, 1))
+        decls.append(row("down.weight", (args.dim, args.ffn), args.ffn, 1))
+        if args.bias:
+            decls.append(replicated("down.bias", (args.dim,)))
+        return decls
+
+    def build(self, args: MLPArgs, tp: TPInfo) -> nn.Module:
+        return MLPModule(args, tp)

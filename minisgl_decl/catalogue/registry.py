@@ -1,0 +1,72 @@
+"""Registry of catalogue layers, imported lazily; unknown names list what exists."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from .params import ParamDecl, TPInfo
+
+
+class LayerArgs(BaseModel):
+    """Base of every layer's argument model (resolved values, not expressions)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class LayerKind(ABC):
+    """One catalogue entry."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Args: ClassVar[type[LayerArgs]]
+    #: every parameter name the layer can have (which exist may depend on its args)
+    param_names: ClassVar[tuple[str, ...]] = ()
+    #: an RMS-style norm that the compiler may fuse with a preceding residual add
+    fuses_residual_add: ClassVar[bool] = False
+    #: reads/writes the KV cache (gets a cache index at build time)
+    uses_kv_cache: ClassVar[bool] = False
+
+    @abstractmethod
+    def params(self, args: Any) -> list[ParamDecl]:
+        """The parameters for these arguments, with full shapes and TP roles."""
+
+    @abstractmethod
+    def build(self, args: Any, tp: TPInfo) -> nn.Module:
+        """A module holding this rank's shard of every parameter (uninitialised)."""
+
+
+_ENTRIES: dict[str, str] = {
+    "embedding": "embedding:Embedding",
+    "lm_head": "embedding:LMHead",
+    "rmsnorm": "norms:RMSNormLayer",
+    "layernorm": "norms:LayerNormLayer",
+    "attention": "attention:Attention",
+    "gated_mlp": "mlp:GatedMLP",
+    "mlp": "mlp:MLP",
+    "linear": "linear:Linear",
+    "softcap": "elementwise:SoftCap",
+}
+_CACHE: dict[str, LayerKind] = {}
+
+
+class UnknownLayer(KeyError):
+    pass
+
+
+def catalogue_names() -> list[str]:
+    return sorted(_ENTRIES)
+
+
+def get_layer(name: str) -> LayerKind:
+    if name not in _ENTRIES:
+        raise UnknownLayer(name)
+    if name not in _CACHE:
+        module_name, cls_name = _ENTRIES[name].split(":")
+        module = importlib.import_module(f"{__package__}.{module_name}")
+        _CACHE[name] = getattr(module, cls_name)()
+    return _CACHE[name]

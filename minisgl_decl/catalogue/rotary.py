@@ -1,0 +1,102 @@
+"""Rotary position embedding: inverse frequencies for each supported rope type, and apply."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config.rope import RopeConfig
+
+
+def rope_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, float, int]:
+    """(inv_freq [rotary_dim/2] float32, attention scaling of cos/sin, rotary_dim)."""
+    dim = int(head_dim * rope.partial_rotary_factor)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    base_freq = 1.0 / (rope.theta**exponents)
+    scaling = 1.0
+    if rope.type == "default":
+        inv_freq = base_freq
+    elif rope.type == "linear":
+        assert rope.factor is not None
+        inv_freq = base_freq / rope.factor
+    elif rope.type == "llama3":
+        inv_freq = _llama3(rope, base_freq)
+    elif rope.type == "yarn":
+        inv_freq, scaling = _yarn(rope, dim)
+    else:  # normalise_rope rejects anything else
+        raise ValueError(f"unsupported rope type {rope.type}")
+    return inv_freq, scaling, dim
+
+
+def _llama3(rope: RopeConfig, inv_freq: torch.Tensor) -> torch.Tensor:
+    assert rope.factor and rope.low_freq_factor and rope.high_freq_factor and rope.original_max_position
+    factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
+    old_len = rope.original_max_position
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _yarn(rope: RopeConfig, dim: int) -> tuple[torch.Tensor, float]:
+    assert rope.original_max_position is not None
+    orig = rope.original_max_position
+    factor = rope.factor if rope.factor is not None else (rope.max_position or orig) / orig
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if rope.attention_factor is not None:
+        scaling = float(rope.attention_factor)
+    elif rope.mscale and rope.mscale_all_dim:
+        scaling = mscale(factor, rope.mscale) / mscale(factor, rope.mscale_all_dim)
+    else:
+        scaling = mscale(factor)
+    beta_fast = rope.beta_fast or 32
+    beta_slow = rope.beta_slow or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(rope.theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = rope.theta ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    keep = 1 - ramp
+    return interpolation * (1 - keep) + extrapolation * keep, scaling
+
+
+def rotate_half_style(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int
+) -> torch.Tensor:
+    """Apply rope to the first `rotary_dim` features of x [T, H, D] (HF `rotate_half` layout)."""
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    x1, x2 = rot[..., :half], rot[..., half:]
+    c, s = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    rotated = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+class Rotary(torch.nn.Module):
+    def __init__(self, rope: RopeConfig, head_dim: int) -> None:
+        super().__init__()
+        inv_freq, self.scaling, self.rotary_dim = rope_frequencies(rope, head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
+        return freqs.cos() * self.scaling, freqs.sin() * self.scaling
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.cos_sin(positions)
+        return rotate_half_style(q, cos, sin, self.rotary_dim), rotate_half_style(k, cos, sin, self.rotary_dim)

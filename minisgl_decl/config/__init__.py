@@ -1,0 +1,1 @@
+"""Stage 2: resolve a spec's config mapping against a Hugging Face config.json."""

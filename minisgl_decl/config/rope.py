@@ -1,0 +1,95 @@
+"""Rotary-embedding settings normalised from HF configs (transformers 4.x and 5.x).
+
+4.x: ``rope_theta`` at the top, optional ``rope_scaling`` {"type"|"rope_type", ...}.
+5.x: ``rope_parameters`` {"rope_type", "rope_theta", ...}, possibly nested per layer type
+({"full_attention": {...}, "sliding_attention": {...}}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    type: str
+    theta: float
+    partial_rotary_factor: float = 1.0
+    factor: float | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position: int | None = None
+    max_position: int | None = None
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None
+    truncate: bool = True
+
+
+def _first(cfg: Mapping[str, Any], keys: list[str]) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    return None
+
+
+def normalise_rope(
+    params: Mapping[str, Any] | None,
+    *,
+    theta: float,
+    layer_type: str | None,
+    partial_rotary_factor: float | None,
+    max_position: int | None,
+    original_max_position: int | None,
+    where: str,
+) -> RopeConfig:
+    """Turn HF rope settings into a `RopeConfig`; unsupported types are an error, never ignored."""
+    p: Mapping[str, Any] = dict(params or {})
+    if layer_type is not None and isinstance(p.get(layer_type), Mapping):
+        p = p[layer_type]
+    elif p and all(isinstance(v, Mapping) for v in p.values()):
+        raise UserError(
+            f"{where}: rope parameters are nested per layer type ({', '.join(p)}); "
+            "set `layer_type:` in the spec's rope entry to pick one"
+        )
+    rope_type = str(p.get("rope_type") or p.get("type") or "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise UserError(
+            f"{where}: rope type `{rope_type}` is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+        )
+    theta = float(p.get("rope_theta") or theta)
+    prf = p.get("partial_rotary_factor", partial_rotary_factor)
+    orig = p.get("original_max_position_embeddings") or original_max_position or max_position
+    factor = p.get("factor")
+    if rope_type in ("linear", "llama3") and factor is None:
+        raise UserError(f"{where}: rope type `{rope_type}` needs `factor`")
+    if rope_type == "llama3":
+        for key in ("low_freq_factor", "high_freq_factor"):
+            if p.get(key) is None:
+                raise UserError(f"{where}: rope type `llama3` needs `{key}`")
+    if rope_type in ("llama3", "yarn") and orig is None:
+        raise UserError(f"{where}: rope type `{rope_type}` needs `original_max_position_embeddings`")
+    return RopeConfig(
+        type=rope_type,
+        theta=theta,
+        partial_rotary_factor=float(prf) if prf is not None else 1.0,
+        factor=float(factor) if factor is not None else None,
+        low_freq_factor=p.get("low_freq_factor"),
+        high_freq_factor=p.get("high_freq_factor"),
+        original_max_position=int(orig) if orig is not None else None,
+        max_position=max_position,
+        beta_fast=p.get("beta_fast"),
+        beta_slow=p.get("beta_slow"),
+        mscale=p.get("mscale"),
+        mscale_all_dim=p.get("mscale_all_dim"),
+        attention_factor=p.get("attention_factor"),
+        truncate=bool(p.get("truncate", True)),
+    )

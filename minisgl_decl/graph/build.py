@@ -1,0 +1,200 @@
+"""Build the module graph of a spec for one resolved config and TP size."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..catalogue import LayerKind, get_layer
+from ..catalogue.params import ParamDecl
+from ..catalogue.registry import LayerArgs
+from ..config.resolve import ResolvedConfig
+from ..errors import Problem, SpecError, UserError
+from ..spec.expr import ExprError, parse_expr
+from ..spec.loaded import LoadedSpec
+from ..spec.yaml_source import PathKey
+from .dataflow import Scope, Stmt, parse_statements
+from .program import Op, ProgramBuilder, fuse_residual_norms, rename_outputs
+
+FORWARD_INPUT = "tokens"
+FORWARD_OUTPUT = "logits"
+BODY_VAR = "x"
+STACK = "layers"
+
+
+@dataclass(frozen=True)
+class ModuleNode:
+    path: str
+    layer: str
+    args: LayerArgs
+    params: tuple[ParamDecl, ...]
+    cache_index: int | None
+    spec_path: PathKey
+
+    def args_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in dict(self.args).items()}
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    spec_name: str
+    config: ResolvedConfig
+    tp: int
+    num_layers: int
+    modules: tuple[ModuleNode, ...]
+    program: tuple[Op, ...]
+
+    def module(self, path: str) -> ModuleNode:
+        for m in self.modules:
+            if m.path == path:
+                return m
+        raise KeyError(path)
+
+    @property
+    def parameters(self) -> list[tuple[str, ParamDecl, ModuleNode]]:
+        return [(f"{m.path}.{p.name}", p, m) for m in self.modules for p in m.params]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec_name,
+            "tp": self.tp,
+            "config": {k: _jsonable(v) for k, v in self.config.values.items()},
+            "num_layers": self.num_layers,
+            "modules": [
+                {
+                    "path": m.path,
+                    "layer": m.layer,
+                    "args": m.args_json(),
+                    "cache_index": m.cache_index,
+                    "params": [
+                        {
+                            "name": p.name,
+                            "shape": list(p.shape),
+                            "local_shape": list(p.local_shape(self.tp)),
+                            "role": p.role_name,
+                        }
+                        for p in m.params
+                    ],
+                }
+                for m in self.modules
+            ],
+            "program": [op.to_json() for op in self.program],
+        }
+
+
+def _jsonable(v: Any) -> Any:
+    if is_dataclass(v) and not isinstance(v, type):
+        return asdict(v)
+    return v
+
+
+def _resolve_args(
+    spec: LoadedSpec, kind: LayerKind, raw: dict[str, Any] | None, env: dict[str, Any], where: PathKey
+) -> LayerArgs:
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for name, value in (raw or {}).items():
+        try:
+            values[name] = parse_expr(value).evaluate(env) if isinstance(value, str) else value
+        except ExprError as exc:
+            problems.append(Problem(spec.source_map.locate_in_scalar((*where, name), exc.offset), exc.message))
+    if problems:
+        raise SpecError(problems)
+    try:
+        return kind.Args(**values)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = (*where, *err["loc"][:1]) if err["loc"] else where
+            arg = err["loc"][0] if err["loc"] else ""
+            problems.append(
+                Problem(spec.where(loc), f"`{kind.name}` argument `{arg}` = {err.get('input')!r}: {err['msg']}")
+            )
+        raise SpecError(problems) from None
+
+
+def _module_nodes(
+    spec: LoadedSpec, modules: dict[str, Any], prefix: str, env: dict[str, Any], where: PathKey, tp: int
+) -> list[ModuleNode]:
+    nodes = []
+    for name, decl in modules.items():
+        ((layer_name, raw),) = decl.items()  # shape checked by spec checks
+        kind = get_layer(layer_name)
+        args = _resolve_args(spec, kind, raw, env, (*where, name, layer_name))
+        try:
+            params = tuple(kind.params(args))
+            for p in params:
+                p.check_tp(tp, f"{prefix}{name}")
+        except UserError as exc:
+            raise SpecError([Problem(spec.where((*where, name)), str(exc))]) from None
+        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, params, None, (*where, name)))
+    return nodes
+
+
+def _statements(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey) -> list[Stmt]:
+    parsed = parse_statements(lines, scope)
+    problems = [
+        Problem(spec.source_map.locate_in_scalar((*where, i), s.offset), s.message)
+        for i, s in enumerate(parsed)
+        if isinstance(s, ExprError)
+    ]
+    if problems:
+        raise SpecError(problems)
+    return [s for s in parsed if isinstance(s, Stmt)]
+
+
+def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelGraph:
+    """Resolve every module's arguments, unroll the dataflow and fuse; errors are located."""
+    s = spec.spec
+    env = config.as_dict()
+    num_layers = _count(spec, env)
+    modules = _module_nodes(spec, s.model.modules, "", env, ("model", "modules"), tp)
+    for i in range(num_layers):
+        modules += _module_nodes(
+            spec, s.model.layers.modules, f"{STACK}.{i}.", {**env, "i": i}, ("model", "layers", "modules"), tp
+        )
+    cache_index = 0
+    numbered = []
+    for m in modules:
+        if get_layer(m.layer).uses_kv_cache:
+            m = ModuleNode(m.path, m.layer, m.args, m.params, cache_index, m.spec_path)
+            cache_index += 1
+        numbered.append(m)
+
+    names = frozenset(env)
+    body = _statements(
+        spec, s.model.layers.body,
+        Scope(frozenset(s.model.layers.modules), names, (BODY_VAR,)), ("model", "layers", "body"),
+    )
+    forward = _statements(
+        spec, s.model.forward,
+        Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})), ("model", "forward"),
+    )
+    builder = ProgramBuilder(env)
+
+    def run_stack(x: str) -> str:
+        for i in range(num_layers):
+            builder.config = {**env, "i": i}
+            x = builder.emit_block(body, {BODY_VAR: x}, lambda m, i=i: f"{STACK}.{i}.{m}")[BODY_VAR]
+        builder.config = env
+        return x
+
+    final = builder.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, lambda m: m, {STACK: run_stack})
+    if FORWARD_OUTPUT not in final:
+        raise SpecError([Problem(spec.where(("model", "forward")), "`forward` must assign `logits`")])
+    kinds = {m.path: m.layer for m in numbered}
+    ops = fuse_residual_norms(builder.ops, lambda path: get_layer(kinds[path]).fuses_residual_add)
+    ops = rename_outputs(ops, {FORWARD_OUTPUT: final[FORWARD_OUTPUT]})
+    return ModelGraph(s.name, config, tp, num_layers, tuple(numbered), tuple(ops))
+
+
+def _count(spec: LoadedSpec, env: dict[str, Any]) -> int:
+    repeat = spec.spec.model.layers.repeat
+    try:
+        n = parse_expr(repeat).evaluate(env) if isinstance(repeat, str) else repeat
+    except ExprError as exc:
+        raise SpecError([Problem(spec.where(("model", "layers", "repeat")), exc.message)]) from None
+    if not isinstance(n, int) or n < 0:
+        raise SpecError([Problem(spec.where(("model", "layers", "repeat")), f"repeat must be a count, got {n!r}")])
+    return n

@@ -1,0 +1,63 @@
+"""The pipeline in one place: spec -> config -> graph -> plan -> loaded model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config.resolve import ResolvedConfig, resolve_config
+from .errors import UserError
+from .graph.build import ModelGraph, build_graph
+from .plan.build import LoadPlan, build_plan
+from .plan.checkpoint import CheckpointIndex, load_config, scan_checkpoint
+from .runtime.model import CompiledModel
+from .spec.load import load_spec
+from .spec.loaded import LoadedSpec
+
+
+@dataclass(frozen=True)
+class Compiled:
+    spec: LoadedSpec
+    config: ResolvedConfig
+    graph: ModelGraph
+    checkpoint: CheckpointIndex | None = None
+    plan: LoadPlan | None = None
+
+
+def hf_config_for(spec: LoadedSpec, model_dir: str | Path | None) -> Mapping[str, Any]:
+    if model_dir is not None:
+        return load_config(Path(model_dir))
+    if not spec.spec.example_config:
+        raise UserError(f"{spec.file}: no --model given and the spec has no `example_config`")
+    return spec.spec.example_config
+
+
+def compile_spec(
+    spec: LoadedSpec | str | Path, model_dir: str | Path | None = None, tp: int = 1,
+    hf_config: Mapping[str, Any] | None = None,
+) -> Compiled:
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    if tp < 1:
+        raise UserError(f"--tp must be at least 1, got {tp}")
+    hf = hf_config if hf_config is not None else hf_config_for(loaded, model_dir)
+    config = resolve_config(loaded, hf)
+    graph = build_graph(loaded, config, tp)
+    if model_dir is None:
+        return Compiled(loaded, config, graph)
+    ckpt = scan_checkpoint(model_dir)
+    plan = build_plan(loaded, graph, ckpt)
+    return Compiled(loaded, config, graph, ckpt, plan)
+
+
+def load_model(
+    compiled: Compiled, rank: int = 0, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> CompiledModel:
+    if compiled.plan is None or compiled.checkpoint is None:
+        raise UserError("no checkpoint: pass --model DIR to load weights")
+    model = CompiledModel(compiled.graph, rank, device)
+    model.load_plan(compiled.plan.ranks[rank], compiled.checkpoint.directory, device=device, dtype=dtype)
+    return model

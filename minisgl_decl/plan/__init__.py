@@ -1,0 +1,1 @@
+"""Stage 4: the loader plan (per TP rank, target-centric), checked against checkpoint headers."""

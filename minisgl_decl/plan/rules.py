@@ -1,0 +1,93 @@
+"""Weight rules of a spec, normalised: runtime parameter pattern -> checkpoint sources."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..spec.loaded import LoadedSpec
+from ..spec.schema import RuleSpec, SourceSpec
+from ..spec.yaml_source import PathKey
+
+INDEX = "{i}"
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    key: str  # pattern, may hold {i}
+    transpose: bool = False
+
+    def expand(self, i: int | None) -> SourceRef:
+        return SourceRef(self.key.replace(INDEX, str(i)) if i is not None else self.key, self.transpose)
+
+
+@dataclass(frozen=True)
+class WeightRule:
+    target: str  # runtime parameter pattern
+    sources: tuple[SourceRef, ...]
+    dim: int
+    add: float | None
+    tied_to: SourceRef | None
+    tied_if: str | bool | None
+    spec_path: PathKey
+    location: str  # file:line of the rule, for messages
+
+    def expand(self, i: int | None) -> WeightRule:
+        return WeightRule(
+            self.target.replace(INDEX, str(i)) if i is not None else self.target,
+            tuple(s.expand(i) for s in self.sources),
+            self.dim,
+            self.add,
+            self.tied_to.expand(i) if self.tied_to else None,
+            self.tied_if,
+            self.spec_path,
+            self.location,
+        )
+
+
+def _source(s: str | SourceSpec) -> SourceRef:
+    return SourceRef(s) if isinstance(s, str) else SourceRef(s.key, s.transpose)
+
+
+def normalise_rules(spec: LoadedSpec) -> list[WeightRule]:
+    rules = []
+    for target, raw in spec.spec.weights.params.items():
+        path: PathKey = ("weights", "params", target)
+        loc = spec.where(path, key=True)
+        where = f"{loc.file}:{loc.line}"
+        rules.append(_normalise(target, raw, path, where))
+    return rules
+
+
+def _normalise(target: str, raw: Any, path: PathKey, where: str) -> WeightRule:
+    if isinstance(raw, str):
+        return WeightRule(target, (SourceRef(raw),), 0, None, None, None, path, where)
+    if isinstance(raw, list):
+        return WeightRule(target, tuple(_source(s) for s in raw), 0, None, None, None, path, where)
+    assert isinstance(raw, RuleSpec)
+    if raw.concat is not None:
+        sources = tuple(_source(s) for s in raw.concat)
+    elif raw.from_ is not None:
+        sources = (_source(raw.from_),)
+    else:
+        sources = ()
+    tied = _source(raw.tied_to) if raw.tied_to is not None else None
+    return WeightRule(target, sources, raw.dim, raw.add, tied, raw.tied_if, path, where)
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A regex matching concrete names of a `{i}` pattern (group `i` is the layer index)."""
+    parts = pattern.split(INDEX)
+    return re.compile("^" + r"(?P<i>\d+)".join(re.escape(p) for p in parts[:2]) + "".join(
+        r"(?P=i)" + re.escape(p) for p in parts[2:]
+    ) + "$")
+
+
+def ignore_regexes(spec: LoadedSpec) -> list[re.Pattern[str]]:
+    """Ignore entries: `{i}` for a layer index, `*` for any run of characters."""
+    out = []
+    for pat in spec.spec.weights.ignore:
+        rx = re.escape(pat).replace(re.escape(INDEX), r"\d+").replace(r"\*", ".*")
+        out.append(re.compile("^" + rx + "$"))
+    return out

@@ -1,0 +1,1 @@
+"""Stage 5: the executable model, KV cache and request execution."""

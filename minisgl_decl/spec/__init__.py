@@ -1,0 +1,1 @@
+"""Stage 1: read a YAML spec (positions kept), validate it, report located errors."""
