@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
+from kernels._dispatch import interpreting
 
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+__all__ = ["cdiv", "interpreting", "next_pow2", "sm_count"]
 
 
 def next_pow2(n: int) -> int:
@@ -32,10 +30,3 @@ def sm_count(device: torch.device) -> int:
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
-
-def require_triton_device(t: torch.Tensor) -> None:
-    if t.device.type != "cuda" and not interpreting():
-        raise ValueError(
-            f"the Triton backend needs CUDA tensors (got {t.device}); on CPU use backend='torch' "
-            "or set TRITON_INTERPRET=1 before triton is imported"
-        )

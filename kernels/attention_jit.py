@@ -20,12 +20,23 @@ def tanh(x):
 
 
 @triton.jit
+def dot(a, b, acc, DOT_PRECISION: tl.constexpr):
+    """``acc + a @ b``. DOT_PRECISION "upcast" multiplies in float32: Triton's CPU
+    interpreter (3.9) multiplies bfloat16 operands as raw integers, so the launchers
+    choose it for bfloat16 under TRITON_INTERPRET only."""
+    if DOT_PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def attend_block(
     acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
     SOFTCAP: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """One online-softmax step of q [M, D] over a key block k, v [N, D]."""
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    qk = dot(q, tl.trans(k), tl.zeros([q.shape[0], k.shape[0]], tl.float32), DOT_PRECISION)
     s = cap_log2 * tanh(qk * score_scale) if SOFTCAP else qk * score_scale
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
@@ -35,7 +46,7 @@ def attend_block(
     p = tl.exp2(s - m_use[:, None])
     alpha = tl.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION)
     return acc, m_new, l_i
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import triton
 
-from kernels._util import cdiv, interpreting, next_pow2, require_triton_device, sm_count
+from kernels._util import cdiv, interpreting, next_pow2, sm_count
 from kernels.attention_jit import extend_attention_kernel
 from kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
 
@@ -28,7 +28,9 @@ def _score_params(scale: float, softcap: float | None) -> tuple[float, float]:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
+    if dtype == torch.float32:
+        return "ieee"
+    return "upcast" if dtype == torch.bfloat16 and interpreting() else "tf32"  # see attention_jit.dot
 
 
 def _prune(configs: list[triton.Config], nargs: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
@@ -75,7 +77,6 @@ def extend_attention_triton(
     max_seqlen_q: int | None,
     out: torch.Tensor,
 ) -> None:
-    require_triton_device(q)
     num_reqs = cu_seqlens_q.shape[0] - 1
     if q.shape[0] == 0 or num_reqs == 0:
         return
@@ -129,7 +130,6 @@ def decode_attention_triton(
     num_splits: int | None,
     out: torch.Tensor,
 ) -> None:
-    require_triton_device(q)
     batch, num_q_heads, head_dim = q.shape
     if batch == 0:
         return

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels._util import next_pow2, require_triton_device
+from kernels._util import next_pow2
 from kernels.kv_store_jit import store_kv_kernel
 
 
 def store_kv_triton(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
-    require_triton_device(k)
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return

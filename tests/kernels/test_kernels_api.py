@@ -1,0 +1,134 @@
+"""Dispatch, argument checks, and the package's import hygiene."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+from kernels import norm_launch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+
+
+def test_import_is_cheap_and_has_no_version() -> None:
+    res = _run_python(
+        "import sys, kernels\n"
+        "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))\n"
+        "print(hasattr(kernels, '__version__'))\n"
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["[]", "False"]
+
+
+def test_transformers_does_not_mistake_us_for_hf_kernels() -> None:
+    pytest.importorskip("transformers")
+    res = _run_python(
+        "import transformers\n"
+        "from transformers import LlamaForCausalLM\n"
+        "from transformers.utils.import_utils import is_kernels_available\n"
+        "import kernels\n"
+        "print(kernels.__file__)\n"
+        "print(is_kernels_available())\n"
+    )
+    assert res.returncode == 0, res.stderr
+    where, available = res.stdout.split()
+    assert Path(where).resolve().parent == ROOT / "kernels"
+    assert available == "False"
+
+
+def test_backend_env_var_forces_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(norm_launch, "rmsnorm_triton", lambda *a, **k: calls.append("triton"))
+    monkeypatch.setenv(kernels.BACKEND_ENV, "triton")
+    kernels.rmsnorm(torch.randn(2, 16), torch.randn(16), 1e-6)
+    monkeypatch.setenv(kernels.BACKEND_ENV, "torch")
+    kernels.rmsnorm(torch.randn(2, 16), torch.randn(16), 1e-6)
+    assert calls == ["triton"]
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        kernels.store_kv(
+            torch.randn(1, 1, 16), torch.randn(1, 1, 16), torch.randn(2, 1, 16), torch.randn(2, 1, 16),
+            torch.tensor([0]), backend="triton",
+        )
+
+
+def _extend_args(**over: object) -> dict:
+    args: dict = {
+        "q": torch.randn(5, 4, 32), "k": torch.randn(5, 2, 32), "v": torch.randn(5, 2, 32),
+        "cu_seqlens_q": torch.tensor([0, 2, 5], dtype=torch.int32), "scale": 0.1,
+    }
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"k": torch.randn(5, 3, 32), "v": torch.randn(5, 3, 32)}, "multiple of num_kv_heads"),
+        ({"q": torch.randn(5, 4, 48), "k": torch.randn(5, 2, 48), "v": torch.randn(5, 2, 48)}, "head_dim"),
+        ({"k": torch.randn(5, 2, 32).half()}, "k has dtype float16 but q has float32"),
+        ({"v": torch.randn(4, 2, 32)}, "v must have shape"),
+        ({"cu_seqlens_q": torch.tensor([0.0, 5.0])}, "cu_seqlens_q must have dtype"),
+        ({"k_cache": torch.randn(9, 2, 32)}, "give all of k_cache"),
+        ({"scale": -1.0}, "scale must be"),
+        ({"window": 0}, "window must be"),
+        ({"softcap": float("inf")}, "softcap must be"),
+        ({"q": torch.randn(32, 5, 4).transpose(0, 2)}, "contiguous in its last dimension"),
+    ],
+)
+def test_extend_attention_rejects_bad_arguments(over: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kernels.extend_attention(**_extend_args(**over))
+
+
+def test_extend_reference_rejects_inconsistent_cu_seqlens() -> None:
+    with pytest.raises(ValueError, match="cu_seqlens_q ends at 4"):
+        kernels.extend_attention(**_extend_args(cu_seqlens_q=torch.tensor([0, 2, 4])), backend="torch")
+
+
+def test_extend_prefix_checks_cache_shape() -> None:
+    with pytest.raises(ValueError, match="k_cache must have shape"):
+        kernels.extend_attention(
+            **_extend_args(), k_cache=torch.randn(9, 4, 32), v_cache=torch.randn(9, 4, 32),
+            prefix_indptr=torch.tensor([0, 1, 2]), prefix_slots=torch.tensor([3, 4]),
+        )
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"kv_indptr": torch.tensor([0, 3])}, "kv_indptr must have shape"),
+        ({"num_splits": 65}, "num_splits must be"),
+        ({"v_cache": torch.randn(7, 2, 32)}, "v_cache must have shape"),
+        ({"k_cache": torch.randn(8, 2, 32).bfloat16()}, "k_cache has dtype bfloat16"),
+    ],
+)
+def test_decode_attention_rejects_bad_arguments(over: dict, message: str) -> None:
+    args: dict = {
+        "q": torch.randn(2, 4, 32), "k_cache": torch.randn(8, 2, 32), "v_cache": torch.randn(8, 2, 32),
+        "kv_indptr": torch.tensor([0, 3, 5]), "kv_slots": torch.arange(5), "scale": 0.1,
+    }
+    args.update(over)
+    with pytest.raises(ValueError, match=message):
+        kernels.decode_attention(**args)
+
+
+def test_store_kv_rejects_slot_count_mismatch() -> None:
+    k = torch.randn(3, 2, 32)
+    cache = torch.randn(8, 2, 32)
+    with pytest.raises(ValueError, match="slots must have shape"):
+        kernels.store_kv(k, k, cache, cache, torch.tensor([0, 1]))
