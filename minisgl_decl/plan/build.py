@@ -79,7 +79,7 @@ class LoadPlan:
         }
 
 
-def _rule_for(name: str, rules: list[WeightRule]) -> tuple[WeightRule, int | None] | None:
+def rule_for(name: str, rules: list[WeightRule]) -> tuple[WeightRule, int | None] | None:
     for rule in rules:
         if "{i}" in rule.target:
             m = pattern_regex(rule.target).match(name)
@@ -115,7 +115,7 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex) -> Lo
     consumed: set[str] = set()
     resolved: list[tuple[str, ParamDecl, WeightRule, list[tuple[SourceRef, TensorInfo]]]] = []
     for name, decl, _module in graph.parameters:
-        found = _rule_for(name, rules)
+        found = rule_for(name, rules)
         if found is None:
             problems.append(f"parameter `{name}` ({decl.role_name}, shape {list(decl.shape)}) has no weight rule "
                             f"in {spec.file}; add one under weights.params")

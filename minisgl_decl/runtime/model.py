@@ -7,7 +7,7 @@ program and frees every intermediate after its last use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -40,6 +40,13 @@ class CompiledModel(nn.Module):
                 self._paths[node.path] = module
         self.program = graph.program
         self.frees = last_uses(list(graph.program))
+        self._forward_fn: Callable[[dict[str, nn.Module], torch.Tensor, ForwardBatch], torch.Tensor] | None = None
+
+    def use_forward(
+        self, fn: Callable[[dict[str, nn.Module], torch.Tensor, ForwardBatch], torch.Tensor] | None
+    ) -> None:
+        """Run `fn(modules_by_path, tokens, batch)` (e.g. the generated module) instead of the interpreter."""
+        self._forward_fn = fn
 
     def module(self, path: str) -> nn.Module:
         return self._paths[path]
@@ -81,6 +88,8 @@ class CompiledModel(nn.Module):
         return KVCache(ks, vs)
 
     def forward(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:  # type: ignore[override]
+        if self._forward_fn is not None:
+            return self._forward_fn(self._paths, tokens, batch)
         env: dict[str, torch.Tensor] = {FORWARD_INPUT: tokens}
         for op, frees in zip(self.program, self.frees, strict=True):
             args = [env[v] if isinstance(v, str) else v for v in op.inputs]

@@ -1,0 +1,1 @@
+"""The `minisgl-decl` command line."""

@@ -1,0 +1,100 @@
+"""`minisgl-decl compile SPEC [--model DIR] [--tp N] [-o OUT] [--plan-json FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..codegen.render import render_module
+from ..graph.build import STACK
+from ..pipeline import Compiled, compile_spec
+from ..plan.rules import normalise_rules
+from ..validate import load_valid_spec
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("compile", help="compile a spec: resolved config, module graph, weights, loader plan")
+    p.add_argument("spec", help="spec .yaml file")
+    p.add_argument("--model", metavar="DIR", help="HF checkpoint directory (config.json + *.safetensors)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    p.add_argument("-o", "--out", metavar="OUT", help="write <name>_model.py, <name>_graph.json (and the plan)")
+    p.add_argument("--plan-json", metavar="FILE", help="write the per-rank loader plan as JSON (needs --model)")
+    p.set_defaults(run=run)
+
+
+def _fmt(v: Any) -> str:
+    if hasattr(v, "__dataclass_fields__"):
+        fields = {k: getattr(v, k) for k in v.__dataclass_fields__}
+        return "{" + ", ".join(f"{k}={x}" for k, x in fields.items() if x is not None) + "}"
+    return repr(v)
+
+
+def describe(c: Compiled) -> str:
+    g = c.graph
+    out = [f"spec {c.spec.file} ({g.spec_name}), tp={g.tp}", "", "== resolved config =="]
+    width = max(len(k) for k in g.config.values)
+    out += [f"  {k:<{width}} = {_fmt(v)}" for k, v in g.config.values.items()]
+    out += ["", f"== module graph ({g.num_layers} layers; shapes full -> per rank) =="]
+    shown_layer = False
+    for m in g.modules:
+        if m.path.startswith(f"{STACK}.") and not m.path.startswith(f"{STACK}.0."):
+            if not shown_layer:
+                out.append(f"  {STACK}.1..{g.num_layers - 1}: same modules as {STACK}.0")
+                shown_layer = True
+            continue
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in dict(m.args).items() if v is not None and k != "rope")
+        out.append(f"  {m.path}: {m.layer}({args})")
+        for p in m.params:
+            out.append(f"      {p.name:<16} {list(p.shape)!s:<14} -> {list(p.local_shape(g.tp))!s:<14} {p.role_name}")
+    out += ["", f"== dataflow program ({len(g.program)} ops after fusion; first layer shown) =="]
+    for op in g.program:
+        if op.module and op.module.startswith(f"{STACK}.") and not op.module.startswith(f"{STACK}.0."):
+            continue
+        rhs = f"{op.kind}({', '.join(map(str, op.inputs))})" + (f" @ {op.module}" if op.module else "")
+        out.append(f"  {', '.join(op.outputs)} = {rhs}")
+    out += ["", "== weight rules (runtime parameter <- checkpoint) =="]
+    for r in normalise_rules(c.spec):
+        srcs = " ++ ".join(s.key + (" (transposed)" if s.transpose else "") for s in r.sources)
+        extra = f"  [concat dim {r.dim}]" if len(r.sources) > 1 and r.dim else ""
+        extra += f"  [+{r.add}]" if r.add else ""
+        extra += f"  [tied to {r.tied_to.key} if {r.tied_if}]" if r.tied_to else ""
+        out.append(f"  {r.target} <- {srcs}{extra}")
+    if c.plan is not None:
+        out += ["", f"== loader plan ({c.plan.checkpoint}) =="]
+        out += [f"  warning: {w}" for w in c.plan.warnings]
+        for rank in c.plan.ranks:
+            out.append(f"  rank {rank.rank}:")
+            for p in rank.params:
+                reads = "; ".join(
+                    f"{r.key}[{','.join(f'{a}:{b}' for a, b in r.src)}]" + ("^T" if r.transpose else "")
+                    for r in p.reads
+                )
+                out.append(f"    {p.name} {list(p.shape)} <- {reads}")
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_valid_spec(args.spec)
+    c = compile_spec(spec, args.model, args.tp)
+    print(describe(c))
+    if args.plan_json:
+        if c.plan is None:
+            from ..errors import UserError
+
+            raise UserError("--plan-json needs --model DIR (the plan is checked against the checkpoint)")
+        Path(args.plan_json).write_text(json.dumps(c.plan.to_json(), indent=1))
+        print(f"\nwrote {args.plan_json}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = c.graph.spec_name
+        (out / f"{name}_model.py").write_text(render_module(c.graph, str(args.spec)))
+        (out / f"{name}_graph.json").write_text(json.dumps(c.graph.to_json(), indent=1))
+        written = [f"{name}_model.py", f"{name}_graph.json"]
+        if c.plan is not None:
+            (out / f"{name}_plan.json").write_text(json.dumps(c.plan.to_json(), indent=1))
+            written.append(f"{name}_plan.json")
+        print(f"\nwrote {', '.join(str(out / w) for w in written)}")
+    return 0

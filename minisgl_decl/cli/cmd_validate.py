@@ -1,0 +1,45 @@
+"""`minisgl-decl validate PATH...`: check spec files, print every error, exit 1 on any."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..validate import validate_file
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("validate", help="validate spec files or directories of specs")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a spec .yaml file or a directory of them")
+    p.set_defaults(run=run)
+
+
+def spec_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or directory")
+    if not files:
+        raise UserError(f"no .yaml specs found in {', '.join(paths)}")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    files = spec_files(args.paths)
+    total = bad = 0
+    for f in files:
+        problems = validate_file(f)
+        total += len(problems)
+        bad += bool(problems)
+        for problem in problems:
+            print(problem)
+        print(f"{'ok  ' if not problems else 'FAIL'} {f}" + (f" ({len(problems)} error(s))" if problems else ""))
+    print(f"{len(files)} spec(s) checked, {len(files) - bad} valid, {total} error(s)")
+    return 1 if total else 0

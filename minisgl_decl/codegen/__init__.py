@@ -1,0 +1,1 @@
+"""Render a compiled graph as a readable Python module (jinja2)."""

@@ -1,0 +1,1 @@
+"""Parity with Hugging Face transformers: the numerical truth for every spec."""
