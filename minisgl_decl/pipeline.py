@@ -49,6 +49,12 @@ def compile_spec(
     if model_dir is None:
         return Compiled(loaded, config, graph)
     ckpt = scan_checkpoint(model_dir)
+    archs = list(ckpt.config.get("architectures") or [])
+    if archs and not set(archs) & set(loaded.spec.serves.architectures):
+        raise UserError(
+            f"{model_dir}: checkpoint architecture {', '.join(archs)} is not served by {loaded.file} "
+            f"(serves {', '.join(loaded.spec.serves.architectures)})"
+        )
     plan = build_plan(loaded, graph, ckpt)
     return Compiled(loaded, config, graph, ckpt, plan)
 
