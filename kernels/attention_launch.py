@@ -33,29 +33,40 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "upcast" if dtype == torch.bfloat16 and interpreting() else "tf32"  # see attention_jit.dot
 
 
-def _prune(configs: list[triton.Config], nargs: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
-    head_dim = kwargs.get("HEAD_DIM", nargs.get("HEAD_DIM", 128))
-    keep = [c for c in configs if head_dim <= 128 or c.kwargs["BLOCK_N"] <= 64]
-    return keep or configs[:1]
+def _configs(spec: list[tuple[int, ...]], names: tuple[str, ...]) -> list[triton.Config]:
+    return [
+        triton.Config(dict(zip(names, c[:-2], strict=True)), num_warps=c[-2], num_stages=c[-1]) for c in spec
+    ]
 
 
-_EXTEND_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4), (64, 64, 4, 3)]
-]
-_DECODE_CONFIGS = [
-    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bn, w, s in [(32, 4, 3), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 3)]
-]
+# (BLOCK_M, BLOCK_N, warps, stages), chosen from the sm_90 resource report (no register spills)
+_EXTEND_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
+                           ("BLOCK_M", "BLOCK_N"))
+_EXTEND_CONFIGS_D256 = _configs([(64, 64, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)],
+                                ("BLOCK_M", "BLOCK_N"))
+# (BLOCK_N, warps, stages)
+_DECODE_CONFIGS = _configs([(32, 4, 3), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 3)], ("BLOCK_N",))
+
+
+def _prune_extend(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any) -> list[triton.Config]:
+    return _EXTEND_CONFIGS_D256 if kw.get("HEAD_DIM", nargs.get("HEAD_DIM")) == 256 else configs
+
+
+def _prune_decode(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any) -> list[triton.Config]:
+    if kw.get("HEAD_DIM", nargs.get("HEAD_DIM")) == 256:  # BLOCK_N 128 spills at head_dim 256
+        return [c for c in configs if c.kwargs["BLOCK_N"] <= 64]
+    return configs
+
+
 _extend_tuned = triton.autotune(
     _EXTEND_CONFIGS,
     key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": _prune_extend},
 )(extend_attention_kernel)
 _decode_tuned = triton.autotune(
     _DECODE_CONFIGS,
-    key=["NUM_SPLITS", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"],
-    prune_configs_by={"early_config_prune": _prune},
+    key=["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"],
+    prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_split_kernel)
 _INTERPRET_EXTEND = {"BLOCK_M": 16, "BLOCK_N": 16}
 _INTERPRET_DECODE = {"BLOCK_N": 16}
@@ -145,15 +156,15 @@ def decode_attention_triton(
     args = (
         q, k_cache, v_cache, kv_indptr, kv_slots, o_part, lse_part,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), score_scale, cap_log2, window or 0,
+        v_cache.stride(0), v_cache.stride(1), score_scale, cap_log2, window or 0, num_splits,
     )
     meta: dict[str, Any] = {
-        "NUM_Q_HEADS": num_q_heads, "NUM_SPLITS": num_splits, "GROUP": group,
+        "NUM_Q_HEADS": num_q_heads, "GROUP": group,
         "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim,
         "SOFTCAP": softcap is not None, "WINDOW": window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
-    grid = (batch, num_kv_heads, num_splits)
+    grid = (num_kv_heads, batch, num_splits)
     if interpreting():
         decode_split_kernel[grid](*args, **meta, **_INTERPRET_DECODE)
     else:

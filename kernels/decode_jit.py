@@ -18,21 +18,21 @@ from kernels.attention_jit import attend_block
 def decode_split_kernel(
     Q, KC, VC, KV_INDPTR, KV_SLOTS, O_PART, LSE_PART,
     stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch,
-    score_scale, cap_log2, window,
-    NUM_Q_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr, GROUP: tl.constexpr,
+    score_scale, cap_log2, window, num_splits,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
+    kvh = tl.program_id(0)  # fastest: the KV heads of one slot row are read together
+    b = tl.program_id(1)
     split = tl.program_id(2)
     kv_start = tl.load(KV_INDPTR + b).to(tl.int64)
     kv_len = (tl.load(KV_INDPTR + b + 1) - kv_start).to(tl.int32)
     lo = 0
     if WINDOW:  # the query sits at position kv_len - 1
         lo = tl.maximum(kv_len - window, 0)
-    per_split = tl.cdiv(tl.cdiv(kv_len - lo, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(kv_len - lo, num_splits), BLOCK_N) * BLOCK_N
     start = lo + split * per_split
     end = tl.minimum(start + per_split, kv_len)
 
@@ -60,7 +60,7 @@ def decode_split_kernel(
     has_any = l_i > 0.0
     o = acc / tl.where(has_any, l_i, 1.0)[:, None]
     lse = tl.where(has_any, m_i + tl.log2(tl.where(has_any, l_i, 1.0)), float("-inf"))
-    part = (b.to(tl.int64) * NUM_Q_HEADS + heads) * NUM_SPLITS + split
+    part = (b.to(tl.int64) * NUM_Q_HEADS + heads) * num_splits + split
     tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=g_ok[:, None])
     tl.store(LSE_PART + part, lse, mask=g_ok)
 

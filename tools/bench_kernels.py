@@ -1,0 +1,218 @@
+"""Benchmark the Triton kernels against torch eager, SDPA (flash) and the copy ceiling.
+
+Run on a CUDA machine from the repo root: ``PYTHONPATH=$PWD python tools/bench_kernels.py``.
+Checks correctness first, then times medians with ``triton.testing.do_bench`` (which also
+flushes L2 between runs; inputs rotate among copies as well). Prints a markdown table last
+and writes it to $OUT/bench.md when $OUT is set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import kernels
+from kernels import attention_launch, reference
+
+DEV = "cuda"
+BF16 = torch.bfloat16
+ROWS: list[list[str]] = []
+
+
+def bench(fn: Callable[[], object]) -> float:
+    """Median time of fn in microseconds."""
+    return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")) * 1e3
+
+
+def rotating(make: Callable[[], tuple], nbytes: int) -> Callable[[], tuple]:
+    """Enough copies of the inputs to exceed 4x the L2; each call returns the next copy."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    sets = [make() for _ in range(max(1, min(8, -(-4 * l2 // nbytes))))]
+    state = {"i": 0}
+
+    def nxt() -> tuple:
+        state["i"] = (state["i"] + 1) % len(sets)
+        return sets[state["i"]]
+
+    return nxt
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    err = rel_err(got, want)
+    ok = err < tol and not torch.isnan(got).any()
+    print(f"correctness {name}: rel err {err:.2e} (tol {tol:g}) {'OK' if ok else 'FAIL'}")
+    if not ok:
+        raise SystemExit(f"correctness check failed: {name}")
+
+
+def row(
+    kernel: str, shape: str, unit: str, work: float, ours: float, others: dict[str, float], note: str
+) -> None:
+    """work: bytes (unit TB/s) or FLOPs (unit TFLOP/s); times in us."""
+
+    def rate(us: float) -> str:
+        return f"{work / us / 1e6:.2f}" if us == us else "-"
+    cols = [kernel, shape, unit, f"{ours:.1f}", rate(ours)]
+    for key in ("torch eager", "SDPA flash", "copy ceiling"):
+        us = others.get(key, float("nan"))
+        cols.append("-" if us != us else f"{rate(us)} ({us:.1f} us)")
+    ROWS.append([*cols, note])
+    print(" | ".join([*cols, note]))
+
+
+def copy_ceiling() -> float:
+    src = torch.randn(1 << 29, device=DEV, dtype=BF16)  # 1 GiB
+    dst = torch.empty_like(src)
+    us = bench(lambda: dst.copy_(src))
+    tbs = 2 * src.numel() * 2 / us / 1e6
+    print(f"copy ceiling: {tbs:.2f} TB/s (1 GiB -> 1 GiB, {us:.0f} us)")
+    return tbs
+
+
+def bench_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
+    w = torch.randn(h, device=DEV, dtype=BF16)
+    nbytes = m * h * 2
+    nxt = rotating(lambda: (torch.randn(m, h, device=DEV, dtype=BF16),
+                            torch.randn(m, h, device=DEV, dtype=BF16)), 2 * nbytes)
+    x, r = nxt()
+    if fused:
+        y, s = kernels.add_rmsnorm(x, r, w, 1e-6)
+        wy, ws = reference.add_rmsnorm(x, r, w, 1e-6)
+        check(f"add_rmsnorm {m}x{h}", torch.cat([y, s]), torch.cat([wy, ws]), 5e-3)
+        ours = bench(lambda: kernels.add_rmsnorm(*nxt(), w, 1e-6))
+        eager = bench(lambda: reference.add_rmsnorm(*nxt(), w, 1e-6))
+        work, name = 4 * nbytes, "add+RMSNorm"
+    else:
+        check(f"rmsnorm {m}x{h}", kernels.rmsnorm(x, w, 1e-6), reference.rmsnorm(x, w, 1e-6), 5e-3)
+        ours = bench(lambda: kernels.rmsnorm(nxt()[0], w, 1e-6))
+        eager = bench(lambda: reference.rmsnorm(nxt()[0], w, 1e-6))
+        work, name = 2 * nbytes, "RMSNorm"
+    pct = work / ours / 1e6 / ceiling * 100
+    row(name, f"M={m} H={h} bf16", "TB/s", work, ours,
+        {"torch eager": eager, "copy ceiling": work / ceiling / 1e6}, f"{pct:.0f}% of copy")
+
+
+def bench_prefill(b: int, hq: int, hkv: int, n: int, d: int, eager: bool = False) -> None:
+    scale = d**-0.5
+    q = torch.randn(b * n, hq, d, device=DEV, dtype=BF16)
+    k, v = (torch.randn(b * n, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+    cu = torch.arange(0, b * n + 1, n, device=DEV, dtype=torch.int32)
+    qs, ks, vs = (t.view(b, n, -1, d).transpose(1, 2) for t in (q, k, v))
+    if hkv != hq:  # SDPA flash baseline gets pre-expanded KV (expansion not timed)
+        ks, vs = (t.repeat_interleave(hq // hkv, dim=1) for t in (ks, vs))
+
+    def sdpa() -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+
+    ours_fn = lambda: kernels.extend_attention(q, k, v, cu, scale=scale, max_seqlen_q=n)  # noqa: E731
+    check(f"prefill b{b} h{hq}/{hkv} n{n}", ours_fn(), sdpa().transpose(1, 2).reshape(b * n, hq, d), 1e-2)
+    flops = 4.0 * b * hq * d * n * n / 2
+    ours, others = bench(ours_fn), {"SDPA flash": bench(sdpa)}
+    if eager:
+        with sdpa_kernel(SDPBackend.MATH):
+            others["torch eager"] = bench(
+                lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
+            )
+    cfg = attention_launch._extend_tuned.best_config
+    row("prefill causal", f"B={b} Hq={hq} Hkv={hkv} N={n} D={d}", "TFLOP/s", flops, ours,
+        others, f"{others['SDPA flash'] / ours:.2f}x SDPA; cfg {cfg}")
+
+
+def bench_extend_prefix(b: int, hq: int, hkv: int, prefix: int, new: int, d: int) -> None:
+    scale = d**-0.5
+    q = torch.randn(b * new, hq, d, device=DEV, dtype=BF16)
+    k, v = (torch.randn(b * new, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+    kc, vc = (torch.randn(b * prefix, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+    slots = torch.randperm(b * prefix, device=DEV)
+    cu = torch.arange(0, b * new + 1, new, device=DEV, dtype=torch.int32)
+    pi = torch.arange(0, b * prefix + 1, prefix, device=DEV, dtype=torch.int32)
+    args = (q, k, v, cu, kc, vc, pi, slots)
+    got = kernels.extend_attention(*args, scale=scale, max_seqlen_q=new)
+    check("extend+prefix", got[: new * 1], reference.extend_attention(
+        q[:new], k[:new], v[:new], cu[:2], kc, vc, pi[:2], slots, scale=scale), 1e-2)
+    ours = bench(lambda: kernels.extend_attention(*args, scale=scale, max_seqlen_q=new))
+    flops = 4.0 * b * hq * d * new * (prefix + new / 2)
+    row("extend (paged prefix)", f"B={b} prefix={prefix} new={new} Hq={hq} Hkv={hkv}", "TFLOP/s",
+        flops, ours, {}, "prefix read through shuffled slots")
+
+
+def bench_decode(b: int, ctx: int, hq: int, hkv: int, d: int, shuffled: bool) -> None:
+    scale, group = d**-0.5, hq // hkv
+    kv_bytes = 2 * b * ctx * hkv * d * 2
+
+    def make() -> tuple:
+        kc, vc = (torch.randn(b * ctx, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+        slots = torch.randperm(b * ctx, device=DEV) if shuffled else torch.arange(b * ctx, device=DEV)
+        q = torch.randn(b, hq, d, device=DEV, dtype=BF16)
+        kd, vd = (c[slots].view(b, ctx, hkv, d).transpose(1, 2).contiguous() for c in (kc, vc))
+        return q, kc, vc, slots.to(torch.int32), kd, vd
+
+    nxt = rotating(make, 2 * kv_bytes)
+    ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
+
+    def ours_fn(s: tuple) -> torch.Tensor:
+        return kernels.decode_attention(s[0], s[1], s[2], ip, s[3], scale=scale)
+
+    def flash(s: tuple) -> torch.Tensor:  # q heads of a KV head folded into the query length
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            o = F.scaled_dot_product_attention(s[0].view(b, hkv, group, d), s[4], s[5], scale=scale)
+        return o.reshape(b, hq, d)
+
+    def eager(s: tuple) -> torch.Tensor:
+        att = (s[0].view(b, hkv, group, d) @ s[4].transpose(-1, -2)).float() * scale
+        return (att.softmax(-1).to(BF16) @ s[5]).reshape(b, hq, d)
+
+    s = nxt()
+    check(f"decode b{b} ctx{ctx}", ours_fn(s), flash(s), 1e-2)
+    ours = bench(lambda: ours_fn(nxt()))
+    others = {"torch eager": bench(lambda: eager(nxt())), "SDPA flash": bench(lambda: flash(nxt()))}
+    cfg = attention_launch._decode_tuned.best_config
+    splits = attention_launch.default_num_splits(b, hkv, torch.device(DEV))
+    row("decode paged", f"B={b} ctx={ctx} Hq={hq} Hkv={hkv} D={d} {'shuffled' if shuffled else 'contig'}",
+        "TB/s (KV)", kv_bytes, ours, others,
+        f"{others['SDPA flash'] / ours:.2f}x SDPA; splits {splits}; cfg {cfg}")
+
+
+def main() -> None:
+    props = torch.cuda.get_device_properties(0)
+    head = (f"card: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB); "
+            f"date {datetime.date.today()}; torch {torch.__version__}; triton {triton.__version__}")
+    print(head)
+    ceiling = copy_ceiling()
+    for m in (4096, 16384):
+        for fused in (False, True):
+            bench_norm(m, 4096, fused, ceiling)
+            torch.cuda.empty_cache()
+    bench_prefill(4, 32, 32, 4096, 128, eager=True)
+    torch.cuda.empty_cache()
+    bench_prefill(4, 32, 8, 4096, 128)
+    bench_prefill(16, 32, 8, 1024, 128)
+    bench_extend_prefix(4, 32, 8, 3584, 512, 128)
+    for b, ctx in ((32, 4096), (1, 32768)):
+        for shuffled in (True, False):
+            bench_decode(b, ctx, 32, 4, 128, shuffled)
+            torch.cuda.empty_cache()
+    lines = [head, f"copy ceiling {ceiling:.2f} TB/s (bytes read + written)", "",
+             "| kernel | shape | unit | ours (us) | ours | torch eager | SDPA flash | copy ceiling | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in ROWS]
+    text = "\n".join(lines)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "bench.md"), "w") as f:
+            f.write(text + "\n")
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
