@@ -26,6 +26,7 @@ class TensorInfo:
     file: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int = 0  # absolute byte offset of the tensor's data in `file`
 
     @property
     def nbytes(self) -> int:
@@ -67,15 +68,33 @@ def read_header(path: Path) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CheckpointError([f"{path.name}: corrupt safetensors header"])
     data_size = size - 8 - n
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        end = info.get("data_offsets", [0, 0])[1] if isinstance(info, dict) else None
-        if not isinstance(end, int) or end > data_size:
-            raise CheckpointError(
-                [f"{path.name}: truncated: tensor `{key}` ends at byte {end} but the data section has {data_size}"]
-            )
+    problems = [p for key, info in header.items() if key != "__metadata__"
+                for p in _entry_problems(path.name, key, info, data_size)]
+    if problems:
+        raise CheckpointError(problems)
+    header["__data_start__"] = 8 + n
     return header
+
+
+def _entry_problems(file: str, key: str, info: Any, data_size: int) -> list[str]:
+    """Problems with one header entry: its dtype, shape and byte range must agree with the file."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        return [f"{file}: corrupt safetensors header: entry `{key}` lacks dtype/shape/data_offsets"]
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        return [f"{file}: tensor `{key}` has unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})"]
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        return [f"{file}: corrupt safetensors header: tensor `{key}` has shape {shape!r}"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        return [f"{file}: corrupt safetensors header: tensor `{key}` has data_offsets {offsets!r}"]
+    begin, end = offsets
+    if end > data_size:
+        return [f"{file}: truncated: tensor `{key}` ends at byte {end} but the data section has {data_size}"]
+    want = TensorInfo(key, file, dtype, tuple(shape)).nbytes
+    if end - begin != want:
+        return [f"{file}: corrupt safetensors header: tensor `{key}` {dtype} {shape} needs {want} bytes, "
+                f"data_offsets give {end - begin}"]
+    return []
 
 
 def load_config(directory: Path) -> dict[str, Any]:
@@ -108,8 +127,8 @@ def scan_checkpoint(directory: str | Path) -> CheckpointIndex:
         for f in files:
             if not (d / f).is_file():
                 names = [k for k, v in weight_map.items() if v == f]
-                problems.append(f"{INDEX_FILE} names shard `{f}` (for {len(names)} tensors, e.g. `{names[0]}`), "
-                                "which does not exist")
+                problems.append(f"{INDEX_FILE} names shard `{f}` (for {len(names)} tensors, e.g. "
+                                f"`{names[0]}`): expected the file in {d}, found no such file")
     else:
         files = sorted(p.name for p in d.glob("*.safetensors"))
         weight_map = {}
@@ -124,12 +143,18 @@ def scan_checkpoint(directory: str | Path) -> CheckpointIndex:
         except CheckpointError as exc:
             problems.extend(exc.problems)
             continue
+        start = header.pop("__data_start__")
         for key, info in header.items():
             if key == "__metadata__":
                 continue
             if weight_map and weight_map.get(key) != f:
                 continue
-            tensors[key] = TensorInfo(key, f, info["dtype"], tuple(info["shape"]))
+            if key in tensors:
+                problems.append(f"tensor `{key}` is in both {tensors[key].file} and {f}: expected one "
+                                f"file per tensor (no {INDEX_FILE} says which)")
+                continue
+            offset = start + info["data_offsets"][0]
+            tensors[key] = TensorInfo(key, f, info["dtype"], tuple(info["shape"]), offset)
     for key, f in weight_map.items():
         if key not in tensors and (d / f).is_file() and not any(f in p for p in problems):
             problems.append(f"{INDEX_FILE} maps `{key}` to `{f}`, but that file does not hold it")

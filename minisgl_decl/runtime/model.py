@@ -19,7 +19,7 @@ from ..catalogue.params import TPInfo
 from ..graph.build import FORWARD_INPUT, FORWARD_OUTPUT, ModelGraph
 from ..graph.program import last_uses
 from ..plan.build import RankPlan
-from ..plan.execute import materialise
+from ..plan.execute import stream
 
 
 class CompiledModel(nn.Module):
@@ -76,8 +76,8 @@ class CompiledModel(nn.Module):
         raise KeyError(path)
 
     def load_plan(self, plan: RankPlan, directory: str | Path, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> None:
-        self.load_tensors(materialise(plan, directory, device=device, dtype=dtype))
+                  dtype: torch.dtype = torch.float32, progress: bool | None = None) -> None:
+        self.load_tensors(stream(plan, directory, device=device, dtype=dtype, progress=progress))
 
     def allocate_kv_cache(self, num_slots: int, dtype: torch.dtype, device: str | torch.device) -> KVCache:
         ks, vs = [], []
