@@ -60,10 +60,16 @@ def compile_spec(
 
 
 def load_model(
-    compiled: Compiled, rank: int = 0, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    compiled: Compiled, rank: int = 0, *, device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32, progress: bool | None = None,
 ) -> CompiledModel:
+    """Build rank `rank`'s modules on the meta device and stream its shard of the checkpoint in.
+
+    `progress`: a byte progress bar on stderr (None: only when stderr is a terminal).
+    """
     if compiled.plan is None or compiled.checkpoint is None:
         raise UserError("no checkpoint: pass --model DIR to load weights")
     model = CompiledModel(compiled.graph, rank, device)
-    model.load_plan(compiled.plan.ranks[rank], compiled.checkpoint.directory, device=device, dtype=dtype)
+    model.load_plan(compiled.plan.ranks[rank], compiled.checkpoint.directory, device=device, dtype=dtype,
+                    progress=progress)
     return model

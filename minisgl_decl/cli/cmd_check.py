@@ -1,11 +1,19 @@
-"""`minisgl-decl check SPEC [--model DIR]`: parity with transformers, float32."""
+"""`minisgl-decl check SPEC [--model DIR] [--tp N]`: parity with transformers, float32.
+
+With `--tp N` the same checks run on N ranks (one process each, gloo on CPU): the plain
+command starts the ranks itself on a free localhost port; under `torchrun` (RANK /
+WORLD_SIZE set) each process is one rank. Rank 0 alone prints; the report and exit code
+are the same as at TP=1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from ..parity.check import DEFAULT_TOLERANCE, verdict
+from ..errors import UserError
+from ..parity.check import DEFAULT_TOLERANCE, CheckResult, verdict
 from ..parity.run import parity_on_checkpoint, parity_on_random_model, quiet_transformers
 from ..validate import load_valid_spec
 
@@ -16,20 +24,66 @@ def register(sub: Any) -> None:
     p.add_argument("--model", metavar="DIR", help="HF checkpoint directory; default: a tiny random model")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |Δlogit| (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
     p.set_defaults(run=run)
 
 
+def _argv(args: argparse.Namespace) -> list[str]:
+    argv = ["check", args.spec, "--tolerance", repr(args.tolerance), "--seed", str(args.seed),
+            "--tp", str(args.tp)]
+    return [*argv, "--model", args.model] if args.model else argv
+
+
+def _header(args: argparse.Namespace, name: str, arch: str) -> str:
+    what = args.model or f"tiny random {arch} from the spec's example_config"
+    return f"check {name}: {what}, tp={args.tp}, float32, tolerance {args.tolerance:g}"
+
+
+def _report(results: list[CheckResult], tolerance: float) -> int:
+    for r in results:
+        print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}")
+    ok, worst = verdict(results, tolerance)
+    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}", flush=True)
+    return 0 if ok else 1
+
+
+def _run_tp(args: argparse.Namespace) -> int:
+    from ..parity.tp import parity_on_rank
+    from ..pipeline import compile_spec
+    from ..runtime.distributed import init_group, launch, rank_env, shutdown
+
+    spec = load_valid_spec(args.spec)
+    env = rank_env()
+    if env is None:  # start the ranks; problems a person must fix are reported once, before that
+        compile_spec(spec, args.model, args.tp)
+        return launch([sys.executable, "-m", "minisgl_decl.cli.main", *_argv(args)], args.tp)
+    if env.world_size != args.tp:
+        raise UserError(f"--tp {args.tp} does not match WORLD_SIZE={env.world_size} of this launch")
+    if env.rank == 0:
+        quiet_transformers()
+        print(_header(args, spec.spec.name, spec.spec.serves.architectures[0]), flush=True)
+    comm = init_group(env)
+    try:
+        results = parity_on_rank(spec, comm, args.model, seed=args.seed)
+    except UserError:
+        if env.rank == 0:
+            raise
+        return 1  # rank 0 reports the same error
+    finally:
+        shutdown()
+    return _report(results, args.tolerance) if env.rank == 0 else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.tp < 1:
+        raise UserError(f"--tp must be at least 1, got {args.tp}")
+    if args.tp > 1:
+        return _run_tp(args)
     spec = load_valid_spec(args.spec)
     quiet_transformers()
-    what = args.model or f"tiny random {spec.spec.serves.architectures[0]} from the spec's example_config"
-    print(f"check {spec.spec.name}: {what}, tp=1, float32, tolerance {args.tolerance:g}", flush=True)
+    print(_header(args, spec.spec.name, spec.spec.serves.architectures[0]), flush=True)
     if args.model:
         results = parity_on_checkpoint(spec, args.model, args.seed)
     else:
         results = parity_on_random_model(spec, seed=args.seed)
-    for r in results:
-        print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}")
-    ok, worst = verdict(results, args.tolerance)
-    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}")
-    return 0 if ok else 1
+    return _report(results, args.tolerance)

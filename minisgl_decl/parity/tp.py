@@ -1,0 +1,136 @@
+"""Parity with transformers at TP > 1: every rank runs the same checks through its own shard.
+
+Call `parity_on_rank` on every rank of a process group (started by `launch`, torchrun,
+or the `python -m minisgl_decl.parity.tp` entry below). Rank 0 builds the tiny random
+checkpoint (unless one is given) and tells the others where it is; every rank compiles
+the plan (headers only), loads its shard, and runs the same requests; rank 0 alone runs
+transformers and holds the real differences (the logits are gathered on every rank).
+
+The module entry runs many cases in one process group, so tests pay the process start
+and the imports once:
+
+    python -m minisgl_decl.parity.tp CASES.json RESULTS.json   # under launch/torchrun
+
+CASES.json: `[{"spec": "specs/llama.yaml", "overrides": {...}, "seed": 0}, ...]`;
+RESULTS.json (rank 0): per case, either `{"results": [[name, max_abs_diff], ...]}` or
+`{"error": message}` for a user error (e.g. tp does not divide the heads).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from ..pipeline import compile_spec, load_model
+from ..runtime.distributed import GroupComm, init_group, rank_env, shutdown
+from ..runtime.runner import ModelRunner
+from ..spec.load import load_spec
+from ..spec.loaded import LoadedSpec
+from .check import CheckResult, hf_reference_fn, run_parity_checks
+from .hf_reference import build_reference, load_reference
+
+KV_SLOTS = 256
+
+
+def _placeholder_reference(vocab: int) -> Callable[[list[int]], torch.Tensor]:
+    """Ranks > 0 take part in every forward but compare nothing: their differences are discarded."""
+    return lambda ids: torch.zeros(len(ids), vocab)
+
+
+def parity_on_rank(
+    spec: LoadedSpec, comm: GroupComm, model_dir: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None, seed: int = 0,
+) -> list[CheckResult]:
+    """Run the parity checks as rank `comm.rank` of `comm.size`; meaningful results on rank 0."""
+    tmp: str | None = None
+
+    def make_checkpoint() -> str:
+        nonlocal tmp
+        if model_dir is not None:
+            return str(model_dir)
+        tmp = tempfile.mkdtemp(prefix="minisgl-check-")
+        build_reference(spec, overrides, seed=seed, directory=tmp)
+        return tmp
+
+    path = _from_rank0(comm, make_checkpoint)
+    try:
+        compiled = compile_spec(spec, path, tp=comm.size)
+        assert compiled.checkpoint is not None
+        model = load_model(compiled, comm.rank, progress=False)
+        reference: Callable[[list[int]], torch.Tensor] | None = None
+
+        def load_hf() -> str:
+            nonlocal reference
+            assert compiled.checkpoint is not None
+            arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
+            hf = load_reference(path, arch[0])
+            reference = hf_reference_fn(hf)
+            return str(int(hf.config.get_text_config().vocab_size))
+
+        vocab = int(_from_rank0(comm, load_hf))
+        ref = reference if reference is not None else _placeholder_reference(vocab)
+        return run_parity_checks(lambda: ModelRunner(model, KV_SLOTS, comm=comm), ref, vocab, seed)
+    finally:
+        comm.barrier()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _from_rank0(comm: GroupComm, work: Callable[[], str]) -> str:
+    """Run `work` on rank 0 and give its answer (or its user error) to every rank."""
+    message = b""
+    if comm.rank == 0:
+        try:
+            message = b"ok:" + work().encode()
+        except UserError as exc:
+            message = b"error:" + str(exc).encode()[:4000]
+    shared = comm.broadcast_bytes(message)
+    if shared.startswith(b"error:"):
+        raise UserError(shared[len(b"error:"):].decode(errors="replace"))
+    return shared[len(b"ok:"):].decode()
+
+
+def run_cases(cases: list[dict[str, Any]], comm: GroupComm) -> list[dict[str, Any]]:
+    """Each case on this group; a user error (same on every rank) is recorded and the next case runs."""
+    out: list[dict[str, Any]] = []
+    for case in cases:
+        try:
+            spec = load_spec(case["spec"])
+            seed = int(case.get("seed", 0))
+            results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed)
+            out.append({"case": case, "results": [[r.name, r.max_abs_diff] for r in results]})
+        except UserError as exc:
+            out.append({"case": case, "error": str(exc)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    env = rank_env()
+    if env is None or len(args) != 2:
+        print("usage: (under torchrun or minisgl_decl.runtime.distributed.launch) "
+              "python -m minisgl_decl.parity.tp CASES.json RESULTS.json", file=sys.stderr)
+        return 2
+    from .run import quiet_transformers
+
+    quiet_transformers()
+    comm = init_group(env)
+    try:
+        results = run_cases(json.loads(Path(args[0]).read_text()), comm)
+    finally:
+        shutdown()
+    if env.rank == 0:
+        Path(args[1]).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
