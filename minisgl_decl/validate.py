@@ -109,13 +109,20 @@ def _check_dataflow(spec: LoadedSpec, lines: list[str], scope: Scope, where: Pat
 
 def _check_weights(spec: LoadedSpec, top: dict[str, LayerKind], stack: dict[str, LayerKind]) -> list[Problem]:
     problems: list[Problem] = []
-    possible = {f"{m}.{p}" for m, k in top.items() for p in k.param_names}
-    possible |= {f"{STACK}.{INDEX}.{m}.{p}" for m, k in stack.items() for p in k.param_names}
+    by_module = {m: [f"{m}.{p}" for p in k.param_names] for m, k in top.items()}
+    by_module |= {f"{STACK}.{INDEX}.{m}": [f"{STACK}.{INDEX}.{m}.{p}" for p in k.param_names] for m, k in stack.items()}
+    declared = set(spec.spec.model.modules) | {f"{STACK}.{INDEX}.{m}" for m in spec.spec.model.layers.modules}
+    possible = {p for names in by_module.values() for p in names}
     for rule in normalise_rules(spec):
         loc = spec.where(rule.spec_path, key=True)
+        owner = next((m for m in sorted(declared, key=len, reverse=True) if rule.target.startswith(m + ".")), None)
+        if owner is not None and owner not in by_module:
+            continue  # its module already has an error (unknown layer)
         if rule.target not in possible:
-            problems.append(Problem(loc, f"weight rule `{rule.target}` produces no parameter; "
-                                    f"{closest(rule.target, possible)}"))
+            options = by_module.get(owner, []) if owner else sorted(possible)
+            where = f" of `{owner}`" if owner else ""
+            problems.append(Problem(loc, f"weight rule `{rule.target}` produces no parameter; parameters{where}: "
+                                    f"{closest(rule.target, options)}"))
         if not rule.sources:
             problems.append(Problem(loc, f"weight rule `{rule.target}` needs `from` or `concat`"))
         indexed = INDEX in rule.target

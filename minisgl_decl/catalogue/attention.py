@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import PositiveInt, model_validator
 from torch import nn
 
 import kernels
@@ -16,10 +17,10 @@ from .tp_linear import ColumnLinear, RowLinear, empty_param
 
 
 class AttentionArgs(LayerArgs):
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
+    hidden: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt
+    head_dim: PositiveInt
     rope: RopeConfig | None = None
     qkv_bias: bool = False
     o_bias: bool = False
@@ -29,6 +30,14 @@ class AttentionArgs(LayerArgs):
     scale: float | None = None  # softmax scale; default head_dim ** -0.5
     window: int | None = None  # sliding window (keys with pos > q_pos - window)
     softcap: float | None = None  # attention logit soft-cap
+
+    @model_validator(mode="after")
+    def _gqa(self) -> AttentionArgs:
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be at least 1 (or null), got {self.window}")
+        return self
 
 
 def qkv_segments(args: AttentionArgs) -> tuple[Segment, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
@@ -13,8 +14,8 @@ from .tp_linear import empty_param
 
 
 class EmbeddingArgs(LayerArgs):
-    vocab: int
-    dim: int
+    vocab: PositiveInt
+    dim: PositiveInt
     scale: float | None = None  # multiply the looked-up rows (Gemma: sqrt(hidden))
 
 
@@ -53,8 +54,8 @@ class Embedding(LayerKind):
 
 
 class LMHeadArgs(LayerArgs):
-    vocab: int
-    dim: int
+    vocab: PositiveInt
+    dim: PositiveInt
     bias: bool = False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
@@ -15,8 +16,8 @@ from .tp_linear import ColumnLinear, RowLinear, empty_param
 
 
 class LinearArgs(LayerArgs):
-    in_dim: int
-    out_dim: int
+    in_dim: PositiveInt
+    out_dim: PositiveInt
     bias: bool = False
     parallel: Literal["column", "row", "replicated"] = "replicated"
 

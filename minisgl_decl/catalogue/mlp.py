@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
@@ -32,8 +33,8 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class GatedMLPArgs(LayerArgs):
-    dim: int
-    ffn: int
+    dim: PositiveInt
+    ffn: PositiveInt
     act: str = "silu"
     bias: bool = False
 
@@ -73,8 +74,8 @@ class GatedMLP(LayerKind):
 
 
 class MLPArgs(LayerArgs):
-    dim: int
-    ffn: int
+    dim: PositiveInt
+    ffn: PositiveInt
     act: str = "gelu"
     bias: bool = True
 

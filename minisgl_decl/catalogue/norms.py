@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
@@ -15,7 +16,7 @@ from .tp_linear import empty_param
 
 
 class RMSNormArgs(LayerArgs):
-    dim: int
+    dim: PositiveInt
     eps: float = 1e-6
     offset: float = 0.0  # weight factor is (offset + w): Gemma's `1 + w`
     cast_before_weight: bool = True  # HF Llama rounds before the weight; Gemma multiplies in fp32
@@ -58,7 +59,7 @@ class RMSNormLayer(LayerKind):
 
 
 class LayerNormArgs(LayerArgs):
-    dim: int
+    dim: PositiveInt
     eps: float = 1e-5
     bias: bool = True
 

@@ -33,7 +33,7 @@ def render_module(graph: ModelGraph, spec_file: str) -> str:
     lines = []
     for op, frees in zip(graph.program, last_uses(list(graph.program)), strict=True):
         for name in op.outputs:
-            if not name.isidentifier() or name == FORWARD_INPUT and op.kind != "call":
+            if not name.isidentifier() or (name == FORWARD_INPUT and op.kind != "call"):
                 raise ValueError(f"bad variable name {name!r}")
         lines.append(_line(op))
         if frees:

@@ -22,6 +22,7 @@ FORWARD_INPUT = "tokens"
 FORWARD_OUTPUT = "logits"
 BODY_VAR = "x"
 STACK = "layers"
+MAX_LAYERS = 4096
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ def _count(spec: LoadedSpec, env: dict[str, Any]) -> int:
         n = parse_expr(repeat).evaluate(env) if isinstance(repeat, str) else repeat
     except ExprError as exc:
         raise SpecError([Problem(spec.where(("model", "layers", "repeat")), exc.message)]) from None
-    if not isinstance(n, int) or n < 0:
-        raise SpecError([Problem(spec.where(("model", "layers", "repeat")), f"repeat must be a count, got {n!r}")])
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LAYERS:
+        raise SpecError([Problem(spec.where(("model", "layers", "repeat")),
+                                 f"repeat must be a layer count in 0..{MAX_LAYERS}, got {n!r}")])
     return n

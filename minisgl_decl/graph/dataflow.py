@@ -12,7 +12,7 @@ import ast
 from dataclasses import dataclass
 from typing import Union
 
-from ..spec.expr import ExprError, parse_expr
+from ..spec.expr import ExprError, _skip_spaces, parse_expr
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
 
@@ -84,7 +84,7 @@ def _parse_line(line: str, scope: Scope, known_vars: set[str]) -> Stmt:
     try:
         tree = ast.parse(line, mode="exec")
     except SyntaxError as exc:
-        raise ExprError(f"statement syntax error: {exc.msg}", max((exc.offset or 1) - 1, 0)) from None
+        raise ExprError(f"statement syntax error: {exc.msg}", _skip_spaces(line, (exc.offset or 1) - 1)) from None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign):
         raise ExprError("a dataflow statement is `name = expression`", 0)
     assign = tree.body[0]

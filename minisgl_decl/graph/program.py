@@ -128,4 +128,7 @@ def rename_outputs(ops: list[Op], final: Mapping[str, str]) -> list[Op]:
     def r(v: Value) -> Value:
         return mapping.get(v, v) if isinstance(v, str) else v
 
-    return [replace(op, outputs=tuple(str(r(o)) for o in op.outputs), inputs=tuple(r(i) for i in op.inputs)) for op in ops]
+    return [
+        replace(op, outputs=tuple(str(r(o)) for o in op.outputs), inputs=tuple(r(i) for i in op.inputs))
+        for op in ops
+    ]

@@ -113,7 +113,7 @@ def parse_expr(source: str) -> Expr:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExprError(f"expression syntax error: {exc.msg}", max((exc.offset or 1) - 1, 0)) from None
+        raise ExprError(f"expression syntax error: {exc.msg}", _skip_spaces(source, (exc.offset or 1) - 1)) from None
     names: set[str] = set()
     bound: set[str] = set()
     for node in ast.walk(tree):
@@ -133,7 +133,7 @@ def parse_expr(source: str) -> Expr:
                 raise ExprError(f"name `{node.id}` is not allowed (names may not start with `_`)", _offset(node))
             if isinstance(node.ctx, ast.Store):
                 bound.add(node.id)
-        if isinstance(node, ast.comprehension) and (node.ifs and len(node.ifs) > 1 or node.is_async):
+        if isinstance(node, ast.comprehension) and ((node.ifs and len(node.ifs) > 1) or node.is_async):
             raise ExprError("only simple comprehensions are allowed", _offset(node.target))
         if isinstance(node, ast.ListComp) and len(node.generators) != 1:
             raise ExprError("list comprehensions may have one `for` only", _offset(node))
@@ -148,6 +148,13 @@ def parse_expr(source: str) -> Expr:
             if node.id not in bound and node.id not in ("True", "False", "None"):
                 names.add(node.id)
     return Expr(source=source, tree=tree, names=frozenset(names))
+
+
+def _skip_spaces(source: str, offset: int) -> int:
+    offset = max(offset, 0)
+    while offset < len(source) - 1 and source[offset] == " ":
+        offset += 1
+    return offset
 
 
 def _is_called(tree: ast.AST, name: ast.Name) -> bool:
@@ -171,7 +178,7 @@ class _Evaluator:
         self.env = env
         self.local: dict[str, Any] = {}
 
-    def visit(self, node: ast.AST) -> Any:  # noqa: C901 - a flat dispatch reads best here
+    def visit(self, node: ast.AST) -> Any:
         try:
             return self._visit(node)
         except ExprError:
@@ -194,9 +201,9 @@ class _Evaluator:
             left, right = self.visit(node.left), self.visit(node.right)
             if isinstance(node.op, ast.Pow) and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
                 raise ExprError(f"exponent larger than {MAX_EXPONENT}", _offset(node))
-            if isinstance(node.op, ast.Mult) and isinstance(left, str | list | tuple) or isinstance(
+            if (isinstance(node.op, ast.Mult) and isinstance(left, str | list | tuple)) or (isinstance(
                 right, str | list | tuple
-            ) and isinstance(node.op, ast.Mult):
+            ) and isinstance(node.op, ast.Mult)):
                 seq, n = (left, right) if isinstance(left, str | list | tuple) else (right, left)
                 if isinstance(n, int) and len(seq) * n > MAX_SEQUENCE:
                     raise ExprError(f"sequence longer than {MAX_SEQUENCE}", _offset(node))
@@ -234,7 +241,8 @@ class _Evaluator:
         if isinstance(node, ast.Subscript):
             target = self.visit(node.value)
             if isinstance(node.slice, ast.Slice):
-                parts = [self.visit(p) if p is not None else None for p in (node.slice.lower, node.slice.upper, node.slice.step)]
+                bounds = (node.slice.lower, node.slice.upper, node.slice.step)
+                parts = [self.visit(p) if p is not None else None for p in bounds]
                 return target[slice(*parts)]
             return target[self.visit(node.slice)]
         if isinstance(node, ast.Call):
