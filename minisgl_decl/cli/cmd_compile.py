@@ -10,6 +10,7 @@ from typing import Any
 from ..codegen.render import render_module
 from ..graph.build import STACK
 from ..pipeline import Compiled, compile_spec
+from ..plan.describe import describe_plan
 from ..plan.rules import normalise_rules
 from ..validate import load_valid_spec
 
@@ -62,16 +63,7 @@ def describe(c: Compiled) -> str:
         extra += f"  [tied to {r.tied_to.key} if {r.tied_if}]" if r.tied_to else ""
         out.append(f"  {r.target} <- {srcs}{extra}")
     if c.plan is not None:
-        out += ["", f"== loader plan ({c.plan.checkpoint}) =="]
-        out += [f"  warning: {w}" for w in c.plan.warnings]
-        for rank in c.plan.ranks:
-            out.append(f"  rank {rank.rank}:")
-            for p in rank.params:
-                reads = "; ".join(
-                    f"{r.key}[{','.join(f'{a}:{b}' for a, b in r.src)}]" + ("^T" if r.transpose else "")
-                    for r in p.reads
-                )
-                out.append(f"    {p.name} {list(p.shape)} <- {reads}")
+        out += ["", *describe_plan(c.plan)]
     return "\n".join(out)
 
 
