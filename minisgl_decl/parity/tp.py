@@ -11,7 +11,9 @@ and the imports once:
 
     python -m minisgl_decl.parity.tp CASES.json RESULTS.json   # under launch/torchrun
 
-CASES.json: `[{"spec": "specs/llama.yaml", "overrides": {...}, "seed": 0}, ...]`;
+CASES.json: `[{"spec": "specs/llama.yaml", "overrides": {...}, "seed": 0}, ...]` (optional
+`model`: a checkpoint directory instead of a random model; `reference`: where transformers
+reads the same weights, if not from `model`);
 RESULTS.json (rank 0): per case, either `{"results": [[name, max_abs_diff], ...]}` or
 `{"error": message}` for a user error (e.g. tp does not divide the heads).
 """
@@ -47,9 +49,13 @@ def _placeholder_reference(vocab: int) -> Callable[[list[int]], torch.Tensor]:
 
 def parity_on_rank(
     spec: LoadedSpec, comm: GroupComm, model_dir: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None, seed: int = 0,
+    overrides: Mapping[str, Any] | None = None, seed: int = 0, reference_dir: str | Path | None = None,
 ) -> list[CheckResult]:
-    """Run the parity checks as rank `comm.rank` of `comm.size`; meaningful results on rank 0."""
+    """Run the parity checks as rank `comm.rank` of `comm.size`; meaningful results on rank 0.
+
+    `reference_dir`: where transformers loads the same weights from, when `model_dir` holds
+    them in a layout transformers does not read (e.g. fused qkv); default `model_dir`.
+    """
     tmp: str | None = None
 
     def make_checkpoint() -> str:
@@ -71,7 +77,7 @@ def parity_on_rank(
             nonlocal reference
             assert compiled.checkpoint is not None
             arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
-            hf = load_reference(path, arch[0])
+            hf = load_reference(reference_dir or path, arch[0])
             reference = hf_reference_fn(hf)
             return str(int(hf.config.get_text_config().vocab_size))
 
@@ -105,7 +111,8 @@ def run_cases(cases: list[dict[str, Any]], comm: GroupComm) -> list[dict[str, An
         try:
             spec = load_spec(case["spec"])
             seed = int(case.get("seed", 0))
-            results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed)
+            results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed,
+                                     case.get("reference"))
             out.append({"case": case, "results": [[r.name, r.max_abs_diff] for r in results]})
         except UserError as exc:
             out.append({"case": case, "error": str(exc)})
