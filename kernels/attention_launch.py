@@ -8,6 +8,7 @@ each shape class: warm up before capturing a CUDA graph.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -28,8 +29,8 @@ def _score_params(scale: float, softcap: float | None) -> tuple[float, float]:
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32:
-        return "ieee"
+    if dtype == torch.float32:  # 3xTF32: float32-level accuracy on tensor cores ("ieee" spills badly)
+        return "tf32x3"
     return "upcast" if dtype == torch.bfloat16 and interpreting() else "tf32"  # see attention_jit.dot
 
 
@@ -45,7 +46,7 @@ _EXTEND_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), 
 _EXTEND_CONFIGS_D256 = _configs([(64, 64, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)],
                                 ("BLOCK_M", "BLOCK_N"))
 # (BLOCK_N, warps, stages)
-_DECODE_CONFIGS = _configs([(32, 4, 3), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 3)], ("BLOCK_N",))
+_DECODE_CONFIGS = _configs([(64, 4, 3), (64, 4, 2), (32, 4, 3), (128, 4, 2), (64, 8, 3)], ("BLOCK_N",))
 
 
 def _prune_extend(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any) -> list[triton.Config]:
@@ -68,8 +69,23 @@ _decode_tuned = triton.autotune(
     key=["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"],
     prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_split_kernel)
-_INTERPRET_EXTEND = {"BLOCK_M": 16, "BLOCK_N": 16}
-_INTERPRET_DECODE = {"BLOCK_N": 16}
+AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
+
+
+def _fixed(configs: list[triton.Config], dtype: torch.dtype, small: dict[str, int]) -> dict[str, int] | None:
+    """Launch parameters that skip autotuning, or None to autotune.
+
+    The interpreter gets small blocks; float32 (a parity-testing dtype, not a fast path)
+    gets one small config that compiles quickly; MINISGL_KERNELS_AUTOTUNE=0 takes the
+    first config (tests use it to keep GPU compile time down).
+    """
+    if interpreting():
+        return {"BLOCK_M": 16, "BLOCK_N": 16} if "BLOCK_M" in small else {"BLOCK_N": 16}
+    if dtype == torch.float32:
+        return small
+    if os.environ.get(AUTOTUNE_ENV, "1") == "0":
+        return {**configs[0].kwargs, "num_warps": configs[0].num_warps, "num_stages": configs[0].num_stages}
+    return None
 
 
 def extend_attention_triton(
@@ -117,8 +133,10 @@ def extend_attention_triton(
     def grid(cfg: dict[str, Any]) -> tuple[int, int]:
         return (cdiv(max_seqlen_q, cfg["BLOCK_M"]), num_reqs * num_q_heads)
 
-    if interpreting():
-        extend_attention_kernel[grid(_INTERPRET_EXTEND)](*args, **meta, **_INTERPRET_EXTEND)
+    configs = _EXTEND_CONFIGS_D256 if head_dim == 256 else _EXTEND_CONFIGS
+    fixed = _fixed(configs, q.dtype, {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2})
+    if fixed is not None:
+        extend_attention_kernel[grid(fixed)](*args, **meta, **fixed)
     else:
         _extend_tuned[grid](*args, **meta)
 
@@ -165,8 +183,9 @@ def decode_attention_triton(
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
     grid = (num_kv_heads, batch, num_splits)
-    if interpreting():
-        decode_split_kernel[grid](*args, **meta, **_INTERPRET_DECODE)
+    fixed = _fixed(_DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2})
+    if fixed is not None:
+        decode_split_kernel[grid](*args, **meta, **fixed)
     else:
         _decode_tuned[grid](*args, **meta)
     decode_reduce_kernel[(batch, num_q_heads)](

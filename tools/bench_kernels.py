@@ -25,9 +25,40 @@ BF16 = torch.bfloat16
 ROWS: list[list[str]] = []
 
 
-def bench(fn: Callable[[], object]) -> float:
-    """Median time of fn in microseconds."""
+def bench_plain(fn: Callable[[], object]) -> float:
+    """Median time of fn in microseconds, with do_bench (L2 flushed before each call)."""
     return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")) * 1e3
+
+
+def bench(fn: Callable[[], object], reps: int = 30) -> float:
+    """Median GPU time of fn in microseconds, from CUDA-graph replays of many calls.
+
+    Graphs take the host launch cost out (as in a serving engine's decode step); fn
+    rotates among input copies larger than L2, so the cache does not flatter.
+    """
+    for _ in range(3):  # compile and autotune outside the capture
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    calls = max(4, min(64, int(3.0 / max(start.elapsed_time(end), 1e-3))))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    del graph
+    return sorted(times)[len(times) // 2]
 
 
 def rotating(make: Callable[[], tuple], nbytes: int) -> Callable[[], tuple]:
@@ -120,8 +151,8 @@ def bench_prefill(b: int, hq: int, hkv: int, n: int, d: int, eager: bool = False
     flops = 4.0 * b * hq * d * n * n / 2
     ours, others = bench(ours_fn), {"SDPA flash": bench(sdpa)}
     if eager:
-        with sdpa_kernel(SDPBackend.MATH):
-            others["torch eager"] = bench(
+        with sdpa_kernel(SDPBackend.MATH):  # 60 ms a call: do_bench, no graph
+            others["torch eager"] = bench_plain(
                 lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
             )
     cfg = attention_launch._extend_tuned.best_config
@@ -184,6 +215,33 @@ def bench_decode(b: int, ctx: int, hq: int, hkv: int, d: int, shuffled: bool) ->
         f"{others['SDPA flash'] / ours:.2f}x SDPA; splits {splits}; cfg {cfg}")
 
 
+def sweep_decode(b: int, ctx: int, splits: list[int]) -> None:
+    """Time decode at several split counts (printed, not tabled) to tune the default."""
+    hq, hkv, d = 32, 4, 128
+    kc, vc = (torch.randn(b * ctx, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+    slots = torch.randperm(b * ctx, device=DEV).to(torch.int32)
+    q = torch.randn(b, hq, d, device=DEV, dtype=BF16)
+    ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
+    kv_bytes = 2 * b * ctx * hkv * d * 2
+    for ns in splits:
+        us = bench(lambda ns=ns: kernels.decode_attention(q, kc, vc, ip, slots, scale=0.1, num_splits=ns))
+        cfg = attention_launch._decode_tuned.best_config
+        print(f"sweep decode B={b} ctx={ctx} splits={ns}: {us:.1f} us, {kv_bytes / us / 1e6:.2f} TB/s; {cfg}")
+
+
+def profile() -> None:
+    """One launch of each kernel for ncu (run with MINISGL_KERNELS_AUTOTUNE=0)."""
+    b, ctx, hq, hkv, d = 32, 4096, 32, 4, 128
+    kc, vc = (torch.randn(b * ctx, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+    slots = torch.randperm(b * ctx, device=DEV).to(torch.int32)
+    q = torch.randn(b, hq, d, device=DEV, dtype=BF16)
+    ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
+    kernels.decode_attention(q, kc, vc, ip, slots, scale=0.1)
+    x = torch.randn(4096, 4096, device=DEV, dtype=BF16)
+    kernels.rmsnorm(x, x[0], 1e-6)
+    torch.cuda.synchronize()
+
+
 def main() -> None:
     props = torch.cuda.get_device_properties(0)
     head = (f"card: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB); "
@@ -199,6 +257,8 @@ def main() -> None:
     bench_prefill(4, 32, 8, 4096, 128)
     bench_prefill(16, 32, 8, 1024, 128)
     bench_extend_prefix(4, 32, 8, 3584, 512, 128)
+    sweep_decode(32, 4096, [2, 4, 6, 8, 12, 16])
+    sweep_decode(1, 32768, [8, 16, 32, 64])
     for b, ctx in ((32, 4096), (1, 32768)):
         for shuffled in (True, False):
             bench_decode(b, ctx, 32, 4, 128, shuffled)
@@ -215,4 +275,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    profile() if "--profile" in sys.argv else main()

@@ -21,6 +21,9 @@ if _ROOT not in sys.path:  # make the top-level `kernels` package importable wit
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# one config per kernel variant instead of autotuning: GPU compile time stays small
+# (tools/bench_kernels.py checks the autotuned configs at the benchmark shapes)
+os.environ.setdefault("MINISGL_KERNELS_AUTOTUNE", "0")
 
 
 def pytest_configure(config: pytest.Config) -> None:
