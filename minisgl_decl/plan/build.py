@@ -18,7 +18,7 @@ from ..graph.build import ModelGraph
 from ..spec.expr import ExprError, parse_expr
 from ..spec.loaded import LoadedSpec
 from .checkpoint import CheckpointError, CheckpointIndex, TensorInfo
-from .checks import check_sources, expected_part_shape, source_shape
+from .checks import check_sources, dtype_problems, expected_part_shape, source_shape
 from .model import LoadPlan, ParamPlan, Range, RankPlan, Read
 from .rules import SourceRef, WeightRule, ignore_regexes, normalise_rules, pattern_regex
 
@@ -94,6 +94,7 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
             consumed.add(s.key)
             infos.append((s, info))
         if len(infos) != len(sources):
+            problems.extend(dtype_problems(name, rule, infos))
             continue
         problems.extend(check_sources(name, decl, rule, infos))
         resolved.append((name, decl, rule, infos))
@@ -159,7 +160,30 @@ def _reads(
                 reads.append(_read(s, info, src, dst))
             src_off += n
         local_off += b - a
-    return reads
+    return _merge(reads)
+
+
+def _merge(reads: list[Read]) -> list[Read]:
+    """Join neighbouring reads that continue each other in the source and in the destination.
+
+    (A fused tensor read whole at tp=1 becomes one read, not one per segment.)
+    """
+    out: list[Read] = []
+    for r in reads:
+        prev = out[-1] if out else None
+        if prev is not None and prev.key == r.key and prev.transpose == r.transpose and r.src and r.dst:
+            ds = [k for k, (x, y) in enumerate(zip(prev.src, r.src, strict=True)) if x != y]
+            dd = [k for k, (x, y) in enumerate(zip(prev.dst, r.dst, strict=True)) if x != y]
+            if (len(ds) == 1 and len(dd) == 1 and prev.src[ds[0]][1] == r.src[ds[0]][0]
+                    and prev.dst[dd[0]][1] == r.dst[dd[0]][0]):
+                src = list(prev.src)
+                src[ds[0]] = (prev.src[ds[0]][0], r.src[ds[0]][1])
+                dst = list(prev.dst)
+                dst[dd[0]] = (prev.dst[dd[0]][0], r.dst[dd[0]][1])
+                out[-1] = Read(r.key, r.file, r.offset, r.shape, r.dtype, tuple(src), tuple(dst), r.transpose)
+                continue
+        out.append(r)
+    return out
 
 
 def _read(s: SourceRef, info: TensorInfo, src: list[Range], dst: list[Range]) -> Read:

@@ -46,16 +46,19 @@ def expected_part_shape(decl: ParamDecl, rule: WeightRule, index: int) -> str:
     return str(shape).replace("'", "")
 
 
+def dtype_problems(name: str, rule: WeightRule, infos: list[tuple[SourceRef, TensorInfo]]) -> list[str]:
+    return [f"wrong dtype for `{s.key}` ({info.file}): expected a floating type ({', '.join(FLOAT_DTYPES)}) "
+            f"for `{name}`, found {info.dtype} (rule {rule.location})"
+            for s, info in infos if info.dtype not in FLOAT_DTYPES]
+
+
 def check_sources(
     name: str, decl: ParamDecl, rule: WeightRule, infos: list[tuple[SourceRef, TensorInfo]]
 ) -> list[str]:
-    """Problems with the (present) sources of parameter `name`; empty when they build it exactly."""
-    problems: list[str] = []
+    """Problems with all the sources of parameter `name`; empty when they build it exactly."""
+    problems = dtype_problems(name, rule, infos)
     full, d, where = decl.shape, rule.dim, f"rule {rule.location}"
     for s, info in infos:
-        if info.dtype not in FLOAT_DTYPES:
-            problems.append(f"wrong dtype for `{s.key}` ({info.file}): expected a floating type "
-                            f"({', '.join(FLOAT_DTYPES)}) for `{name}`, found {info.dtype} ({where})")
         if s.transpose and len(info.shape) != 2:
             problems.append(f"`{s.key}` is marked `transpose` but has shape {list(info.shape)}; "
                             f"only 2-d tensors can be transposed ({where})")
