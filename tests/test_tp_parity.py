@@ -1,0 +1,84 @@
+"""Parity with transformers at TP=2 and TP=4, one process per rank (gloo on CPU).
+
+Each TP size starts its ranks once and runs every case in that process group
+(`python -m minisgl_decl.parity.tp`), so the tests pay the start-up and imports once.
+Truth: transformers' logits for the same weights (rank 0 runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minisgl_decl.runtime.distributed import _verdict, launch
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+ROOT = SPECS.parent
+
+
+def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
+    spec_file, fused_dir, original = fused
+    cases: list[dict[str, Any]] = [{"spec": str(SPECS / f"{n}.yaml")} for n in ("llama", "qwen2", "qwen3", "mistral")]
+    cases += [
+        {"spec": str(SPECS / "llama.yaml"), "overrides": {"num_key_value_heads": 1}},  # kv=1: replicated
+        {"spec": str(SPECS / "llama.yaml"), "overrides": {"num_key_value_heads": 4}},  # kv=4: split at tp 2/4
+        # unusual sizes: prime vocab (padded shards), ffn not a power of two, tied embeddings
+        {"spec": str(SPECS / "qwen3.yaml"), "overrides": {"vocab_size": 97 if tp == 2 else 101,
+                                                          "intermediate_size": 60, "tie_word_embeddings": True}},
+        {"spec": str(spec_file), "model": str(fused_dir), "reference": str(original)},  # fused qkv / gate_up
+    ]
+    return cases
+
+
+def _run_group(tp: int, tmp: Path) -> list[dict[str, Any]]:
+    from test_plan_fused import make_fused
+
+    cases = _cases(tp, make_fused(tmp / "fused"))
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    code = launch([sys.executable, "-m", "minisgl_decl.parity.tp", str(tmp / "cases.json"), str(tmp / "out.json")], tp)
+    assert code == 0
+    return list(json.loads((tmp / "out.json").read_text()))
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["tp2", "tp4"])
+def group(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[dict[str, Any]]]:
+    tp = int(request.param)
+    return tp, _run_group(tp, tmp_path_factory.mktemp(f"tp{tp}"))
+
+
+def test_every_case_matches_transformers(group: tuple[int, list[dict[str, Any]]]) -> None:
+    tp, results = group
+    assert len(results) == 8
+    for r in results:
+        assert "error" not in r, (tp, r)
+        assert r["results"][0][0].startswith("prefill")
+        assert len(r["results"]) == 4  # prefill, varlen batch, prefix + extend, paged decode
+        worst = max(d for _, d in r["results"])
+        assert worst <= 1e-4, (tp, r["case"], r["results"])
+
+
+def test_cli_check_tp2_prints_the_tp1_report() -> None:
+    p = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "check", "specs/qwen3.yaml", "--tp", "2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("check qwen3: tiny random Qwen3ForCausalLM") and "tp=2" in lines[0]
+    assert len(lines) == 6  # header, 4 checks, verdict: rank 1 printed nothing
+    assert lines[-1].startswith("PASS max_abs_diff=")
+    assert float(lines[-1].split("=")[1]) <= 1e-4
+
+
+def test_launcher_reports_the_rank_that_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "rank1.log"
+    log.write_text("boom on rank 1\n")
+    assert _verdict([0, 0], [None, None]) == 0
+    assert _verdict([1, -15], [None, log]) == 1  # rank 0 failed and said why: its code
+    assert _verdict([-15, 3], [None, log]) == 3  # rank 0 stopped because rank 1 failed: rank 1's log
+    assert "rank 1 of 2 failed (exit code 3)" in capsys.readouterr().err
+    code = launch([sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['RANK']) * 5)"], 2)
+    assert code == 5
