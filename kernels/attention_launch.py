@@ -45,8 +45,12 @@ _EXTEND_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), 
                            ("BLOCK_M", "BLOCK_N"))
 _EXTEND_CONFIGS_D256 = _configs([(64, 64, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)],
                                 ("BLOCK_M", "BLOCK_N"))
-# (BLOCK_N, warps, stages)
-_DECODE_CONFIGS = _configs([(64, 4, 3), (64, 4, 2), (32, 4, 3), (128, 4, 2), (64, 8, 3)], ("BLOCK_N",))
+# (BLOCK_N, PREFETCH_SLOTS, warps, stages)
+_DECODE_CONFIGS = _configs(
+    [(bn, pf, w, st) for pf in (1, 0) for bn, w, st in [(64, 4, 3), (64, 4, 2), (32, 4, 3), (128, 4, 2),
+                                                        (128, 4, 3), (64, 8, 3)]],
+    ("BLOCK_N", "PREFETCH_SLOTS"),
+)
 
 
 def _prune_extend(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any) -> list[triton.Config]:
@@ -70,6 +74,8 @@ _decode_tuned = triton.autotune(
     prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_split_kernel)
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
+INTERPRET_EXTEND = {"BLOCK_M": 16, "BLOCK_N": 16}
+INTERPRET_DECODE = {"BLOCK_N": 16, "PREFETCH_SLOTS": 1}  # tests also run PREFETCH_SLOTS=0
 
 
 def _fixed(configs: list[triton.Config], dtype: torch.dtype, small: dict[str, int]) -> dict[str, int] | None:
@@ -80,7 +86,7 @@ def _fixed(configs: list[triton.Config], dtype: torch.dtype, small: dict[str, in
     first config (tests use it to keep GPU compile time down).
     """
     if interpreting():
-        return {"BLOCK_M": 16, "BLOCK_N": 16} if "BLOCK_M" in small else {"BLOCK_N": 16}
+        return INTERPRET_EXTEND if "BLOCK_M" in small else INTERPRET_DECODE
     if dtype == torch.float32:
         return small
     if os.environ.get(AUTOTUNE_ENV, "1") == "0":
@@ -142,8 +148,12 @@ def extend_attention_triton(
 
 
 def default_num_splits(batch: int, num_kv_heads: int, device: torch.device) -> int:
-    """Enough (request, kv head, split) programs for about two per multiprocessor."""
-    return max(1, min(MAX_SPLITS, cdiv(2 * sm_count(device), batch * num_kv_heads)))
+    """Splits so that (KV head, request, split) programs fill the GPU: about one per
+    multiprocessor when the batch alone gives many, two when it gives few (measured on
+    H100: B=32 x 4 KV heads is best at 2 splits, B=1 x 4 at 64). Host data only."""
+    sms, programs = sm_count(device), batch * num_kv_heads
+    target = sms if 4 * programs >= sms else 2 * sms
+    return max(1, min(MAX_SPLITS, cdiv(target, programs)))
 
 
 def decode_attention_triton(
@@ -183,7 +193,9 @@ def decode_attention_triton(
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
     grid = (num_kv_heads, batch, num_splits)
-    fixed = _fixed(_DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "num_warps": 4, "num_stages": 2})
+    fixed = _fixed(
+        _DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "PREFETCH_SLOTS": 1, "num_warps": 4, "num_stages": 2}
+    )
     if fixed is not None:
         decode_split_kernel[grid](*args, **meta, **fixed)
     else:

@@ -22,7 +22,7 @@ def decode_split_kernel(
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr,
 ):
     kvh = tl.program_id(0)  # fastest: the KV heads of one slot row are read together
     b = tl.program_id(1)
@@ -46,10 +46,16 @@ def decode_split_kernel(
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    if PREFETCH_SLOTS:  # slot indices one block ahead, so K/V addresses are ready at once
+        slot_next = tl.load(KV_SLOTS + kv_start + start + offs_n, mask=start + offs_n < end, other=0)
     for start_n in range(start, end, BLOCK_N):
         k_pos = start_n + offs_n
         k_ok = k_pos < end
-        slot = tl.load(KV_SLOTS + kv_start + k_pos, mask=k_ok, other=0).to(tl.int64)
+        if PREFETCH_SLOTS:
+            slot = slot_next.to(tl.int64)
+            slot_next = tl.load(KV_SLOTS + kv_start + BLOCK_N + k_pos, mask=BLOCK_N + k_pos < end, other=0)
+        else:
+            slot = tl.load(KV_SLOTS + kv_start + k_pos, mask=k_ok, other=0).to(tl.int64)
         k = tl.load(KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
                     mask=k_ok[:, None], other=0.0)
         v = tl.load(VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
