@@ -31,6 +31,9 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("qwen3", {"tie_word_embeddings": True, "num_key_value_heads": 1, "attention_bias": False}),
     ("mistral", {}),  # sliding window 6 on every layer, GQA 8:2
     ("mistral", {"sliding_window": None, "num_key_value_heads": 8}),
+    # families beyond the first four, written in YAML only:
+    ("gemma2", {}),  # sandwich norms, (1 + w) fp32 norms, embed scale, attention + final soft-cap, windows
+    ("granite", {}),  # embedding / residual / attention / logits multipliers in the dataflow
 ]
 
 

@@ -50,8 +50,11 @@ def describe(c: Compiled) -> str:
         for p in m.params:
             out.append(f"      {p.name:<16} {list(p.shape)!s:<14} -> {list(p.local_shape(g.tp))!s:<14} {p.role_name}")
     out += ["", f"== dataflow program ({len(g.program)} ops after fusion; first layer shown) =="]
+    layer: str | None = None  # arithmetic ops belong to the layer of the module op before them
     for op in g.program:
-        if op.module and op.module.startswith(f"{STACK}.") and not op.module.startswith(f"{STACK}.0."):
+        if op.module:
+            layer = op.module.split(".")[1] if op.module.startswith(f"{STACK}.") else None
+        if layer not in (None, "0"):
             continue
         rhs = f"{op.kind}({', '.join(map(str, op.inputs))})" + (f" @ {op.module}" if op.module else "")
         out.append(f"  {', '.join(op.outputs)} = {rhs}")
