@@ -34,6 +34,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     # families beyond the first four, written in YAML only:
     ("gemma2", {}),  # sandwich norms, (1 + w) fp32 norms, embed scale, attention + final soft-cap, windows
     ("granite", {}),  # embedding / residual / attention / logits multipliers in the dataflow
+    ("gemma3", {}),  # per-layer-type rope (linear-scaled global, local base), (1 + w) q/k norms
 ]
 
 

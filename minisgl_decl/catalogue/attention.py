@@ -27,6 +27,7 @@ class AttentionArgs(LayerArgs):
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before rope (Qwen3, Gemma 3)
     qk_norm_eps: float = 1e-6
     qk_norm_offset: float = 0.0
+    qk_norm_cast_before_weight: bool = True  # False: Gemma-style multiply in float32
     scale: float | None = None  # softmax scale; default head_dim ** -0.5
     window: int | None = None  # sliding window (keys with pos > q_pos - window)
     softcap: float | None = None  # attention logit soft-cap
@@ -58,6 +59,7 @@ class AttentionModule(nn.Module):
         self.o = RowLinear(q_local * args.head_dim, args.hidden, args.o_bias)
         self.rotary = Rotary(args.rope, args.head_dim) if args.rope is not None else None
         self.qk_norm_eps, self.qk_norm_offset = args.qk_norm_eps, args.qk_norm_offset
+        self.qk_norm_cast = args.qk_norm_cast_before_weight
         if args.qk_norm:
             self.q_norm = empty_param(args.head_dim)
             self.k_norm = empty_param(args.head_dim)
@@ -72,8 +74,9 @@ class AttentionModule(nn.Module):
         k = k.reshape(t, self.kv_local, self.head_dim)
         v = v.reshape(t, self.kv_local, self.head_dim)
         if hasattr(self, "q_norm"):
-            q = kernels.rmsnorm(q, self.q_norm, self.qk_norm_eps, offset=self.qk_norm_offset)
-            k = kernels.rmsnorm(k, self.k_norm, self.qk_norm_eps, offset=self.qk_norm_offset)
+            norm = {"offset": self.qk_norm_offset, "cast_before_weight": self.qk_norm_cast}
+            q = kernels.rmsnorm(q, self.q_norm, self.qk_norm_eps, **norm)
+            k = kernels.rmsnorm(k, self.k_norm, self.qk_norm_eps, **norm)
         if self.rotary is not None:
             q, k = self.rotary(q, k, ctx.positions)
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
