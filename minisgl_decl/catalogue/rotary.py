@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -14,22 +15,20 @@ def rope_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, flo
     dim = int(head_dim * rope.partial_rotary_factor)
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     base_freq = 1.0 / (rope.theta**exponents)
-    scaling = 1.0
-    if rope.type == "default":
-        inv_freq = base_freq
-    elif rope.type == "linear":
-        assert rope.factor is not None
-        inv_freq = base_freq / rope.factor
-    elif rope.type == "llama3":
-        inv_freq = _llama3(rope, base_freq)
-    elif rope.type == "yarn":
-        inv_freq, scaling = _yarn(rope, dim)
-    else:  # normalise_rope rejects anything else
-        raise ValueError(f"unsupported rope type {rope.type}")
+    inv_freq, scaling = FREQUENCIES[rope.type](rope, base_freq, dim)
     return inv_freq, scaling, dim
 
 
-def _llama3(rope: RopeConfig, inv_freq: torch.Tensor) -> torch.Tensor:
+def _default(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
+    return inv_freq, 1.0
+
+
+def _linear(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
+    assert rope.factor is not None
+    return inv_freq / rope.factor, 1.0
+
+
+def _llama3(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
     assert rope.factor and rope.low_freq_factor and rope.high_freq_factor and rope.original_max_position
     factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
     old_len = rope.original_max_position
@@ -39,10 +38,10 @@ def _llama3(rope: RopeConfig, inv_freq: torch.Tensor) -> torch.Tensor:
     smooth = (old_len / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-    return torch.where(medium, smoothed, scaled)
+    return torch.where(medium, smoothed, scaled), 1.0
 
 
-def _yarn(rope: RopeConfig, dim: int) -> tuple[torch.Tensor, float]:
+def _yarn(rope: RopeConfig, base_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
     assert rope.original_max_position is not None
     orig = rope.original_max_position
     factor = rope.factor if rope.factor is not None else (rope.max_position or orig) / orig
@@ -73,6 +72,15 @@ def _yarn(rope: RopeConfig, dim: int) -> tuple[torch.Tensor, float]:
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
     keep = 1 - ramp
     return interpolation * (1 - keep) + extrapolation * keep, scaling
+
+
+#: rope type -> (inverse frequencies, cos/sin scaling); keys match config.rope.REQUIRED_KEYS
+FREQUENCIES: dict[str, Callable[[RopeConfig, torch.Tensor, int], tuple[torch.Tensor, float]]] = {
+    "default": _default,
+    "linear": _linear,
+    "llama3": _llama3,
+    "yarn": _yarn,
+}
 
 
 def rotate_half_style(

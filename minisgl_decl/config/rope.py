@@ -13,7 +13,14 @@ from typing import Any
 
 from ..errors import UserError
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+#: rope type (HF `rope_type`) -> the parameters it cannot do without
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("original_max_position_embeddings",),
+}
+SUPPORTED_ROPE_TYPES = tuple(REQUIRED_KEYS)
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,11 @@ def normalise_rope(
     prf = p.get("partial_rotary_factor", partial_rotary_factor)
     orig = p.get("original_max_position_embeddings") or original_max_position or max_position
     factor = p.get("factor")
-    if rope_type in ("linear", "llama3") and factor is None:
-        raise UserError(f"{where}: rope type `{rope_type}` needs `factor`")
-    if rope_type == "llama3":
-        for key in ("low_freq_factor", "high_freq_factor"):
-            if p.get(key) is None:
-                raise UserError(f"{where}: rope type `llama3` needs `{key}`")
-    if rope_type in ("llama3", "yarn") and orig is None:
-        raise UserError(f"{where}: rope type `{rope_type}` needs `original_max_position_embeddings`")
+    present = {"factor": factor, "low_freq_factor": p.get("low_freq_factor"),
+               "high_freq_factor": p.get("high_freq_factor"), "original_max_position_embeddings": orig}
+    for key in REQUIRED_KEYS[rope_type]:
+        if present[key] is None:
+            raise UserError(f"{where}: rope type `{rope_type}` needs `{key}`")
     return RopeConfig(
         type=rope_type,
         theta=theta,
