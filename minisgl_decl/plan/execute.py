@@ -60,9 +60,10 @@ class _Files:
         return self.fds[file]
 
     def read_into(self, file: str, offset: int, buf: memoryview) -> None:
+        """Fill `buf` from `file` at `offset`, in pieces of at most CHUNK_BYTES (faster than one huge read)."""
         done = 0
         while done < len(buf):
-            n = os.preadv(self.fd(file), [buf[done:]], offset + done)
+            n = os.preadv(self.fd(file), [buf[done : done + CHUNK_BYTES]], offset + done)
             if n <= 0:
                 raise OSError(f"{self.directory / file}: unexpected end of file at byte {offset + done}")
             done += n
