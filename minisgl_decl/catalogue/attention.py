@@ -91,7 +91,7 @@ class AttentionModule(nn.Module):
             o = kernels.extend_attention(
                 q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_seqlens_q, k_cache, v_cache,
                 ctx.prefix_indptr, ctx.prefix_slots,
-                scale=self.scale, window=self.window, softcap=self.softcap,
+                scale=self.scale, window=self.window, softcap=self.softcap, max_seqlen_q=ctx.max_seqlen_q,
             )
         return self.o(o.reshape(t, self.q_local * self.head_dim), ctx.comm)
 

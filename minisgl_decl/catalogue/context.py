@@ -64,4 +64,5 @@ class ForwardBatch:
     kv_indptr: torch.Tensor | None = None
     kv_slots: torch.Tensor | None = None
     logits_indices: torch.Tensor | None = None
+    max_seqlen_q: int | None = None  # longest new-token run (saves the extend kernel a host sync)
     comm: Comm = field(default_factory=SingleRank)

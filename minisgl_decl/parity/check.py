@@ -24,7 +24,7 @@ class CheckResult:
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return float((a.float().cpu() - b.float().cpu()).abs().max())
 
 
 def run_parity_checks(
@@ -69,11 +69,11 @@ def run_parity_checks(
     return results
 
 
-def hf_reference_fn(hf_model: object) -> Callable[[list[int]], torch.Tensor]:
+def hf_reference_fn(hf_model: object, device: str | torch.device = "cpu") -> Callable[[list[int]], torch.Tensor]:
     @torch.inference_mode()
     def reference(ids: list[int]) -> torch.Tensor:
-        out = hf_model(torch.tensor([ids]), use_cache=False)  # type: ignore[operator]
-        return out.logits[0].float()
+        out = hf_model(torch.tensor([ids], device=device), use_cache=False)  # type: ignore[operator]
+        return out.logits[0].float().cpu()
 
     return reference
 

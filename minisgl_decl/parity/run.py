@@ -24,19 +24,24 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def parity_on_checkpoint(spec: LoadedSpec, model_dir: str | Path, seed: int = 0) -> list[CheckResult]:
+def parity_on_checkpoint(
+    spec: LoadedSpec, model_dir: str | Path, seed: int = 0, device: str = "cpu"
+) -> list[CheckResult]:
+    """Float32 parity; on CUDA both sides run there (ours through the Triton kernels)."""
     compiled = compile_spec(spec, model_dir)
     assert compiled.checkpoint is not None
     arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
-    hf = load_reference(model_dir, arch[0])
-    model = load_model(compiled)
+    hf = load_reference(model_dir, arch[0]).to(device)
+    model = load_model(compiled, device=device)
     vocab = int(hf.config.get_text_config().vocab_size)
-    return run_parity_checks(lambda: ModelRunner(model, KV_SLOTS), hf_reference_fn(hf), vocab, seed)
+    return run_parity_checks(
+        lambda: ModelRunner(model, KV_SLOTS, device=device), hf_reference_fn(hf, device), vocab, seed
+    )
 
 
 def parity_on_random_model(
-    spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0
+    spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu"
 ) -> list[CheckResult]:
     with tempfile.TemporaryDirectory(prefix="minisgl-check-") as tmp:
         build_reference(spec, overrides, seed=seed, directory=tmp)
-        return parity_on_checkpoint(spec, tmp, seed)
+        return parity_on_checkpoint(spec, tmp, seed, device)

@@ -72,6 +72,7 @@ class ModelRunner:
             positions=self._t(positions), out_slots=self._t(out_slots), cu_seqlens_q=self._t(cu),
             is_decode=False, kv=self.kv, prefix_indptr=self._t(prefix_ptr), prefix_slots=self._t(prefix_slots),
             logits_indices=None if all_logits else self._t(last), comm=self.comm,
+            max_seqlen_q=max(len(new) for new in requests.values()),
         )
         logits = self.model(self._t(tokens), batch)
         if all_logits:
