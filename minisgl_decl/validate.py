@@ -17,7 +17,7 @@ from .errors import Problem, SpecError, UserError, closest
 from .graph.build import BODY_VAR, FORWARD_INPUT, STACK, build_graph
 from .graph.dataflow import Scope, parse_statements
 from .plan.build import rule_for
-from .plan.rules import INDEX, normalise_rules
+from .plan.rules import EXPERT, INDEX, normalise_rules
 from .spec.expr import ExprError, parse_expr
 from .spec.load import load_spec
 from .spec.loaded import LoadedSpec
@@ -130,6 +130,12 @@ def _check_weights(spec: LoadedSpec, top: dict[str, LayerKind], stack: dict[str,
             if (INDEX in s.key) != indexed:
                 problems.append(Problem(loc, f"source `{s.key}` and target `{rule.target}` must both use "
                                         f"`{INDEX}` or neither"))
+            if (EXPERT in s.key) != (rule.experts is not None):
+                problems.append(Problem(loc, f"source `{s.key}`: `{EXPERT}` (expert index) goes with `experts:` "
+                                        "(how many experts to stack), and each needs the other"))
+        if isinstance(rule.experts, str):
+            problems += _expr_problems(spec, rule.experts, (*rule.spec_path, "experts"), set(spec.spec.config),
+                                       "experts")
         if isinstance(rule.tied_if, str):
             problems += _expr_problems(spec, rule.tied_if, (*rule.spec_path, "tied_if"), set(spec.spec.config),
                                        "tied_if")
@@ -158,6 +164,8 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
                                 Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,),
                                       frozenset({STACK})), ("model", "forward"))
     problems += _check_weights(spec, top, stack)
+    for k, source in enumerate(s.requires):
+        problems += _expr_problems(spec, source, ("requires", k), names, "requires")
     if problems or not s.example_config:
         return problems
     return _check_example_build(spec)

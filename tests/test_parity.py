@@ -35,6 +35,9 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("gemma2", {}),  # sandwich norms, (1 + w) fp32 norms, embed scale, attention + final soft-cap, windows
     ("granite", {}),  # embedding / residual / attention / logits multipliers in the dataflow
     ("gemma3", {}),  # per-layer-type rope (linear-scaled global, local base), (1 + w) q/k norms
+    ("qwen3_moe", {}),  # routed experts, top-2 renormalised, expert-stacked weight rules
+    ("qwen3_moe", {"norm_topk_prob": False, "num_experts_per_tok": 3}),
+    ("mixtral", {}),  # 4 experts top-2 + sliding window
 ]
 
 

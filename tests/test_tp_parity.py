@@ -31,6 +31,9 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
         {"spec": str(SPECS / "qwen3.yaml"), "overrides": {"vocab_size": 97 if tp == 2 else 101,
                                                           "intermediate_size": 60, "tie_word_embeddings": True}},
         {"spec": str(spec_file), "model": str(fused_dir), "reference": str(original)},  # fused qkv / gate_up
+        # routed experts: every expert's ffn sharded like a dense MLP, router replicated
+        {"spec": str(SPECS / "qwen3_moe.yaml")},
+        {"spec": str(SPECS / "mixtral.yaml")},
     ]
     return cases
 
@@ -53,7 +56,7 @@ def group(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_every_case_matches_transformers(group: tuple[int, list[dict[str, Any]]]) -> None:
     tp, results = group
-    assert len(results) == 8
+    assert len(results) == 10
     for r in results:
         assert "error" not in r, (tp, r)
         assert r["results"][0][0].startswith("prefill")

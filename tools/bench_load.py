@@ -1,4 +1,4 @@
-"""Loader benchmark: our plan executor vs a raw `safetensors` read of the same files (TP=1, CPU).
+"""Loader benchmark: our plan executor vs a raw `safetensors` read of the same files (TP=1).
 
 Generates a Llama-shaped F32 checkpoint (default 2.2 GiB, 1 GiB shards), warms the page
 cache, then measures each reader in a fresh subprocess (best of --repeat), printing a
@@ -15,7 +15,10 @@ Markdown table for docs/perf.md:
 Peak RSS growth is VmHWM after minus before reading, in the measuring process (not
 ru_maxrss: a child inherits that from its parent's size at fork).
 
-    python tools/bench_load.py [--gb 2.2] [--dir /tmp/minisgl-bench-ckpt] [--keep]
+With `--device cuda` every reader places the tensors on the GPU (safetensors' own
+`device="cuda"` path is the baseline) and the RSS column is host memory growth.
+
+    python tools/bench_load.py [--gb 2.2] [--dir /tmp/minisgl-bench-ckpt] [--keep] [--device cuda]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from make_checkpoint import make_checkpoint, sized  # noqa: E402
 MEASURE = r"""
 import gc, glob, json, resource, sys, time
 import torch
-mode, d = sys.argv[1], sys.argv[2]
+mode, d, device = sys.argv[1], sys.argv[2], sys.argv[4]
 files = sorted(glob.glob(d + "/*.safetensors"))
 if mode.startswith("ours"):
     from minisgl_decl.pipeline import compile_spec
@@ -61,23 +64,26 @@ t0 = time.perf_counter()
 nbytes, keep = 0, []
 if mode == "raw_clone":
     for f in files:
-        with safe_open(f, "pt") as h:
+        with safe_open(f, "pt", device=device) as h:
             for k in h.keys():
-                t = h.get_tensor(k).clone()
+                t = h.get_tensor(k)
+                t = t.clone() if device == "cpu" else t
                 nbytes += t.numel() * t.element_size()
                 keep.append(t)
 elif mode == "raw_load_file":
     for f in files:
-        for t in load_file(f).values():
+        for t in load_file(f, device=device).values():
             t.sum()
             nbytes += t.numel() * t.element_size()
             keep.append(t)
 else:
-    for name, t in execute.materialise(plan.ranks[0], d):
+    for name, t in execute.materialise(plan.ranks[0], d, device=device):
         nbytes += t.numel() * t.element_size()
         if mode == "ours_keep":
             keep.append(t)
         del t
+if device != "cpu":
+    torch.cuda.synchronize()
 dt = time.perf_counter() - t0
 after = peak_rss()
 print(json.dumps({"seconds": dt, "bytes": nbytes, "growth": after - before}))
@@ -91,10 +97,10 @@ MODES = [
 ]
 
 
-def _measure(mode: str, d: Path, repeat: int) -> dict[str, float]:
+def _measure(mode: str, d: Path, repeat: int, device: str) -> dict[str, float]:
     runs = []
     for _ in range(repeat):
-        p = subprocess.run([sys.executable, "-c", MEASURE, mode, str(d), str(ROOT / "specs/llama.yaml")],
+        p = subprocess.run([sys.executable, "-c", MEASURE, mode, str(d), str(ROOT / "specs/llama.yaml"), device],
                            cwd=ROOT, capture_output=True, text=True, check=True)
         runs.append(json.loads(p.stdout))
     best = min(runs, key=lambda r: r["seconds"])
@@ -107,6 +113,7 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/minisgl-bench-ckpt")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoint")
+    ap.add_argument("--device", default="cpu", help="target device: cpu, or cuda (safetensors loads to cuda too)")
     a = ap.parse_args()
     d = Path(a.dir)
     sizes = sized(a.gb)
@@ -130,7 +137,8 @@ def main() -> None:
                     for x in sl.get_shape():
                         n *= x
                     largest = max(largest, n)
-        results = {m: _measure(m, d, a.repeat) for m, _ in MODES}
+        modes = MODES if a.device == "cpu" else [m for m in MODES if m[0] != "ours_stream"]
+        results = {m: _measure(m, d, a.repeat, a.device) for m, _ in modes}
     finally:
         if not a.keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -138,6 +146,7 @@ def main() -> None:
     import torch
 
     base = results["raw_clone"]["bytes"] / results["raw_clone"]["seconds"]
+    print(f"target device: {a.device}" + (f" ({torch.cuda.get_device_name()})" if a.device != "cpu" else ""))
     print(f"checkpoint: Llama F32 {sizes}, {total / 2**30:.2f} GiB in {len(files)} shards, "
           f"largest tensor {largest / 2**20:.1f} MiB")
     print(f"python {platform.python_version()}, torch {torch.__version__}, safetensors {safetensors.__version__}, "
@@ -146,6 +155,8 @@ def main() -> None:
     print("| reader | GiB/s | vs baseline | peak RSS growth | growth / largest tensor | growth / checkpoint |")
     print("|---|---|---|---|---|---|")
     for m, label in MODES:
+        if m not in results:
+            continue
         r = results[m]
         rate = r["bytes"] / r["seconds"]
         print(f"| {label} | {rate / 2**30:.2f} | {rate / base:.0%} | {r['growth'] / 2**20:.0f} MiB | "

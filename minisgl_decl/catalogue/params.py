@@ -95,6 +95,13 @@ class ParamDecl:
     role: Role
     role_name: str  # column, row, qkv, merged_column, vocab, replicated
 
+    def per_expert(self) -> ParamDecl:
+        """One expert's slice of an expert-stacked parameter (leading dim dropped)."""
+        role: Role = self.role
+        if isinstance(role, Sharded):
+            role = Sharded(role.dim - 1, role.segments)
+        return ParamDecl(f"{self.name}[e]", self.shape[1:], role, self.role_name)
+
     def check_tp(self, tp: int, owner: str) -> None:
         if isinstance(self.role, Sharded):
             for seg in self.role.segments:
@@ -137,6 +144,11 @@ def merged_column(name: str, shape: tuple[int, ...], segments: tuple[Segment, ..
 
 def vocab(name: str, shape: tuple[int, ...], size: int) -> ParamDecl:
     return ParamDecl(name, shape, Sharded(0, (Segment("vocab", size, 1, "pad"),)), "vocab")
+
+
+def expert_stacked(name: str, shape: tuple[int, ...], dim: int, segments: tuple[Segment, ...]) -> ParamDecl:
+    """[experts, ...]: every rank holds every expert, each sharded along `dim` (>= 1) like a dense layer."""
+    return ParamDecl(name, shape, Sharded(dim, segments), "expert_stacked")
 
 
 def replicated(name: str, shape: tuple[int, ...]) -> ParamDecl:

@@ -50,6 +50,7 @@ _ENTRIES: dict[str, str] = {
     "mlp": "mlp:MLP",
     "linear": "linear:Linear",
     "softcap": "elementwise:SoftCap",
+    "moe": "moe:MoE",
 }
 _CACHE: dict[str, LayerKind] = {}
 

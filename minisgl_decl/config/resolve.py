@@ -122,9 +122,28 @@ def resolve_config(spec: LoadedSpec, hf: Mapping[str, Any]) -> ResolvedConfig:
             for name in pending:
                 problems.append(Problem(spec.where(("config", name)), f"config `{name}` depends on itself"))
             break
+    if not problems:
+        problems = _unmet_requirements(spec, values)
     if problems:
         raise SpecError(problems)
     return ResolvedConfig(values=MappingProxyType(values), hf=MappingProxyType(dict(hf)))
+
+
+def _unmet_requirements(spec: LoadedSpec, values: dict[str, Any]) -> list[Problem]:
+    """`requires:` expressions that are false for this config (the spec cannot serve it)."""
+    problems = []
+    for k, source in enumerate(spec.spec.requires):
+        try:
+            expr = parse_expr(source)
+            ok = bool(expr.evaluate(values))
+        except ExprError as exc:
+            problems.append(Problem(spec.where(("requires", k)), f"requires: {exc.message}"))
+            continue
+        if not ok:
+            seen = ", ".join(f"{n}={values.get(n)!r}" for n in sorted(expr.names))
+            problems.append(Problem(spec.where(("requires", k)),
+                                    f"this checkpoint is not supported by the spec: `{source}` is false ({seen})"))
+    return problems
 
 
 def _resolve_entry(name: str, entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:

@@ -58,7 +58,8 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
     problems: list[str] = []
     warnings: list[str] = []
     consumed: set[str] = set()
-    resolved: list[tuple[str, ParamDecl, WeightRule, list[tuple[SourceRef, TensorInfo]]]] = []
+    # (name, full decl, rule, [(expert index or None, part decl, part rule, sources)])
+    resolved: list[tuple[str, ParamDecl, WeightRule, list[_Part]]] = []
     for name, decl, _module in graph.parameters:
         found = rule_for(name, rules)
         if found is None:
@@ -68,36 +69,13 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
             continue
         rule, i = found
         rule = rule.expand(i)
-        sources = rule.sources
-        if _tied(rule, config, spec):
-            assert rule.tied_to is not None
-            sources = (rule.tied_to,)
-            for s in rule.sources:
-                if s.key in ckpt.tensors:
-                    consumed.add(s.key)
-                    warnings.append(f"`{s.key}` is in the checkpoint but the config ties `{name}` to "
-                                    f"`{rule.tied_to.key}` (rule {rule.location}); it is not used, "
-                                    "as in transformers")
-        infos = []
-        for k, s in enumerate(sources):
-            info = ckpt.tensors.get(s.key)
-            if info is None:
-                hint = ""
-                if rule.tied_to is not None and sources is rule.sources:
-                    hint = (f"; the config does not tie it to `{rule.tied_to.key}` "
-                            f"(tied_if: {rule.tied_if!r} is false), so the checkpoint must hold it")
-                own = sources is rule.sources
-                shape = expected_part_shape(decl, rule, k) if own else str(list(decl.shape))
-                problems.append(f"missing tensor `{s.key}` for `{name}` (rule {rule.location}): "
-                                f"expected shape {shape}, found no such tensor in the checkpoint{hint}")
-                continue
-            consumed.add(s.key)
-            infos.append((s, info))
-        if len(infos) != len(sources):
-            problems.extend(dtype_problems(name, rule, infos))
-            continue
-        problems.extend(check_sources(name, decl, rule, infos))
-        resolved.append((name, decl, rule, infos))
+        parts: list[_Part] = []
+        for e, part_decl, part_rule in _expert_parts(name, decl, rule, config, spec, problems):
+            infos = _sources(name, part_decl, part_rule, config, spec, ckpt, consumed, problems, warnings)
+            if infos is not None:
+                problems.extend(check_sources(name, part_decl, part_rule, infos))
+                parts.append((e, part_decl, part_rule, infos))
+        resolved.append((name, decl, rule, parts))
     problems.extend(_unconsumed(spec, ckpt, consumed))
     if problems:
         raise CheckpointError(problems)
@@ -105,11 +83,77 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
     for rank in range(graph.tp):
         params = [
             ParamPlan(name, decl.local_shape(graph.tp), decl.shape, decl.role_name,
-                      tuple(_reads(decl, rule, infos, graph.tp, rank)), rule.add, rule.location, rule.dim)
-            for name, decl, rule, infos in resolved
+                      tuple(r for e, pd, pr, infos in parts
+                            for r in _at_expert(e, _reads(pd, pr, infos, graph.tp, rank))),
+                      rule.add, rule.location, rule.dim)
+            for name, decl, rule, parts in resolved
         ]
         ranks.append(RankPlan(rank, tuple(params)))
     return LoadPlan(graph.tp, str(ckpt.directory), tuple(ranks), tuple(warnings), dtype)
+
+
+_Part = tuple[int | None, ParamDecl, WeightRule, list[tuple[SourceRef, TensorInfo]]]
+
+
+def _expert_parts(
+    name: str, decl: ParamDecl, rule: WeightRule, config: dict[str, Any], spec: LoadedSpec, problems: list[str]
+) -> list[tuple[int | None, ParamDecl, WeightRule]]:
+    """The whole parameter, or one part per expert for a rule with `experts:` (stacked along dim 0)."""
+    if rule.experts is None:
+        return [(None, decl, rule)]
+    try:
+        n = parse_expr(rule.experts).evaluate(config) if isinstance(rule.experts, str) else rule.experts
+    except ExprError as exc:
+        raise SpecError([Problem(spec.where((*rule.spec_path, "experts")), exc.message)]) from None
+    if not decl.shape or n != decl.shape[0]:
+        problems.append(f"`{name}` stacks {n!r} experts (rule {rule.location}) but the parameter's leading "
+                        f"dimension is {decl.shape[0] if decl.shape else 'missing'} (shape {list(decl.shape)})")
+        return []
+    return [(e, decl.per_expert(), rule.for_expert(e)) for e in range(n)]
+
+
+def _sources(
+    name: str, decl: ParamDecl, rule: WeightRule, config: dict[str, Any], spec: LoadedSpec,
+    ckpt: CheckpointIndex, consumed: set[str], problems: list[str], warnings: list[str],
+) -> list[tuple[SourceRef, TensorInfo]] | None:
+    """The checkpoint tensors a rule reads (the tied source when tied); None if any is missing."""
+    sources = rule.sources
+    if _tied(rule, config, spec):
+        assert rule.tied_to is not None
+        sources = (rule.tied_to,)
+        for s in rule.sources:
+            if s.key in ckpt.tensors:
+                consumed.add(s.key)
+                warnings.append(f"`{s.key}` is in the checkpoint but the config ties `{name}` to "
+                                f"`{rule.tied_to.key}` (rule {rule.location}); it is not used, "
+                                "as in transformers")
+    infos = []
+    for k, s in enumerate(sources):
+        info = ckpt.tensors.get(s.key)
+        if info is None:
+            hint = ""
+            if rule.tied_to is not None and sources is rule.sources:
+                hint = (f"; the config does not tie it to `{rule.tied_to.key}` "
+                        f"(tied_if: {rule.tied_if!r} is false), so the checkpoint must hold it")
+            own = sources is rule.sources
+            shape = expected_part_shape(decl, rule, k) if own else str(list(decl.shape))
+            problems.append(f"missing tensor `{s.key}` for `{name}` (rule {rule.location}): "
+                            f"expected shape {shape}, found no such tensor in the checkpoint{hint}")
+            continue
+        consumed.add(s.key)
+        infos.append((s, info))
+    if len(infos) != len(sources):
+        problems.extend(dtype_problems(name, rule, infos))
+        return None
+    return infos
+
+
+def _at_expert(e: int | None, reads: list[Read]) -> list[Read]:
+    """Place one expert's reads at index `e` of the stacked parameter's leading dim."""
+    if e is None:
+        return reads
+    return [Read(r.key, r.file, r.offset, r.shape, r.dtype, r.src, ((e, e + 1), *r.dst), r.transpose)
+            for r in reads]
 
 
 def _unconsumed(spec: LoadedSpec, ckpt: CheckpointIndex, consumed: set[str]) -> list[str]:

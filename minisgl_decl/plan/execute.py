@@ -87,8 +87,13 @@ def _row_bytes(r: Read) -> int:
 
 
 def _copy(files: _Files, r: Read, out: torch.Tensor, add: float | None) -> int:
-    """Fill `out[r.dst]` from the checkpoint; returns the bytes read from the file."""
-    dst = out[_slices(r.dst)]
+    """Fill `out[r.dst]` from the checkpoint; returns the bytes read from the file.
+
+    `dst` may have more dims than the source (an expert-stacked parameter): the extra
+    leading ranges have length 1 and are indexed away, leaving a view of the source's rank.
+    """
+    lead = len(r.dst) - len(r.src)
+    dst = out[tuple(a for a, _ in r.dst[:lead]) + _slices(r.dst[lead:])]
     src_dtype = TORCH_DTYPES[r.dtype]
     if not r.shape:  # scalar
         buf = files.stage(_row_bytes(r)).view(src_dtype).reshape(())

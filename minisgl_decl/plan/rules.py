@@ -11,6 +11,7 @@ from ..spec.schema import RuleSpec, SourceSpec
 from ..spec.yaml_source import PathKey
 
 INDEX = "{i}"
+EXPERT = "{e}"
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,8 @@ class SourceRef:
     key: str  # pattern, may hold {i}
     transpose: bool = False
 
-    def expand(self, i: int | None) -> SourceRef:
-        return SourceRef(self.key.replace(INDEX, str(i)) if i is not None else self.key, self.transpose)
+    def expand(self, i: int | None, pattern: str = INDEX) -> SourceRef:
+        return SourceRef(self.key.replace(pattern, str(i)) if i is not None else self.key, self.transpose)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class WeightRule:
     tied_if: str | bool | None
     spec_path: PathKey
     location: str  # file:line of the rule, for messages
+    experts: str | int | None = None  # count of `{e}` experts stacked along a new dim 0
+
+    def for_expert(self, e: int) -> WeightRule:
+        """The per-expert rule: `{e}` filled in, no stacking (its target is one expert's slice)."""
+        return WeightRule(f"{self.target}[{e}]", tuple(s.expand(e, EXPERT) for s in self.sources), self.dim,
+                          self.add, None, None, self.spec_path, self.location, None)
 
     def expand(self, i: int | None) -> WeightRule:
         return WeightRule(
@@ -43,6 +50,7 @@ class WeightRule:
             self.tied_if,
             self.spec_path,
             self.location,
+            self.experts,
         )
 
 
@@ -73,7 +81,7 @@ def _normalise(target: str, raw: Any, path: PathKey, where: str) -> WeightRule:
     else:
         sources = ()
     tied = _source(raw.tied_to) if raw.tied_to is not None else None
-    return WeightRule(target, sources, raw.dim, raw.add, tied, raw.tied_if, path, where)
+    return WeightRule(target, sources, raw.dim, raw.add, tied, raw.tied_if, path, where, raw.experts)
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:

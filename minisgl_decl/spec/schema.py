@@ -151,6 +151,10 @@ class RuleSpec(Strict):
     add: float | None = Field(default=None, description="Constant added to every element (e.g. Gemma's +1)")
     tied_to: Source | None = Field(default=None, description="Tensor used instead when `tied_if` is true")
     tied_if: str | bool | None = Field(default=None, description="Expression deciding whether to tie")
+    experts: str | int | None = Field(
+        default=None,
+        description="Stack over expert index `{e}` in range(experts) along a new leading dim (routed experts)",
+    )
 
 
 
@@ -190,6 +194,10 @@ class Spec(Strict):
     config: dict[Identifier, ConfigField]
     model: Model
     weights: Weights
+    requires: list[str] = Field(
+        default_factory=list,
+        description="Expressions over config names that must hold for a checkpoint this spec can serve",
+    )
     example_config: dict[str, Any] = Field(
         default_factory=dict, description="A small HF config.json used by `compile`/`check` without --model"
     )

@@ -1,0 +1,79 @@
+"""Routed mixture of experts: softmax router, top-k, gated expert MLPs (Mixtral, Qwen3-MoE).
+
+Tensor parallelism shards every expert like a dense gated MLP (each rank holds a slice of
+every expert's ffn), so the router and the routing are replicated and one all-reduce
+finishes the block.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import PositiveInt, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from .context import ForwardBatch
+from .mlp import activation
+from .params import ParamDecl, Segment, TPInfo, expert_stacked, replicated
+from .registry import LayerArgs, LayerKind
+from .tp_linear import empty_param
+
+
+class MoEArgs(LayerArgs):
+    dim: PositiveInt
+    ffn: PositiveInt  # per expert
+    experts: PositiveInt
+    top_k: PositiveInt
+    act: str = "silu"
+    norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
+
+    @model_validator(mode="after")
+    def _k(self) -> MoEArgs:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        return self
+
+
+class MoEModule(nn.Module):
+    def __init__(self, args: MoEArgs, tp: TPInfo) -> None:
+        super().__init__()
+        self.top_k, self.norm = args.top_k, args.norm_topk_prob
+        self.ffn_local = args.ffn // tp.size
+        self.act = activation(args.act)
+        self.router = nn.Module()
+        self.router.weight = empty_param(args.experts, args.dim)
+        self.gate_up = empty_param(args.experts, 2 * self.ffn_local, args.dim)
+        self.down = empty_param(args.experts, args.dim, self.ffn_local)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        probs = F.softmax(F.linear(x, self.router.weight), dim=-1, dtype=torch.float)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        if self.norm:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in torch.unique(chosen).tolist():
+            token, slot = torch.where(chosen == e)
+            gate, up = F.linear(x[token], self.gate_up[e]).split(self.ffn_local, dim=-1)
+            y = F.linear(self.act(gate) * up, self.down[e]) * weights[token, slot, None]
+            out.index_add_(0, token, y)
+        return ctx.comm.all_reduce(out)
+
+
+class MoE(LayerKind):
+    name = "moe"
+    summary = "routed experts: softmax router, top-k (optionally renormalised), gated expert MLPs"
+    Args = MoEArgs
+    param_names = ("router.weight", "gate_up", "down")
+
+    def params(self, args: MoEArgs) -> list[ParamDecl]:
+        activation(args.act)
+        e, d, f = args.experts, args.dim, args.ffn
+        return [
+            replicated("router.weight", (e, d)),
+            expert_stacked("gate_up", (e, 2 * f, d), 1, (Segment("gate rows", f, 1), Segment("up rows", f, 1))),
+            expert_stacked("down", (e, d, f), 2, (Segment("ffn columns", f, 1),)),
+        ]
+
+    def build(self, args: MoEArgs, tp: TPInfo) -> nn.Module:
+        return MoEModule(args, tp)
