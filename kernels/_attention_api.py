@@ -87,6 +87,7 @@ def extend_attention(
             scale=scale, window=window, softcap=softcap,
         )
         return o if out is None else out.copy_(o)
+    _checks.triton_head_dim(q.shape[2])
     from kernels.attention_launch import extend_attention_triton
 
     o = torch.empty_like(q) if out is None else out
@@ -142,6 +143,7 @@ def decode_attention(
             q, k_cache, v_cache, ip, kv_slots, scale=scale, window=window, softcap=softcap
         )
         return o if out is None else out.copy_(o)
+    _checks.triton_head_dim(q.shape[2])
     from kernels.attention_launch import decode_attention_triton
 
     o = torch.empty_like(q) if out is None else out
@@ -183,6 +185,7 @@ def store_kv(
 
         reference.store_kv(k, v, k_cache, v_cache, s)
         return
+    _checks.triton_head_dim(k.shape[2])
     from kernels.kv_store_launch import store_kv_triton
 
     store_kv_triton(k, v, k_cache, v_cache, s)

@@ -58,9 +58,19 @@ def dims(name: str, t: torch.Tensor, expected: tuple[int | None, ...]) -> None:
         raise ValueError(f"{name} must have shape {shown}, got {tuple(t.shape)}")
 
 
+MAX_TRITON_HEAD_DIM = 256
+
+
 def head_dim(d: int) -> None:
-    if d < 16 or d > 256 or d & (d - 1):
-        raise ValueError(f"head_dim must be a power of two in [16, 256], got {d}")
+    """Any positive head_dim (the torch references have no other limit)."""
+    if d < 1:
+        raise ValueError(f"head_dim must be >= 1, got {d}")
+
+
+def triton_head_dim(d: int) -> None:
+    """The Triton kernels pad the feature block to a power of two, up to 256."""
+    if not 1 <= d <= MAX_TRITON_HEAD_DIM:
+        raise ValueError(f"the Triton backend supports head_dim 1..{MAX_TRITON_HEAD_DIM}, got {d}")
 
 
 def heads(num_q_heads: int, num_kv_heads: int) -> None:

@@ -8,11 +8,16 @@ import torch
 
 from kernels._dispatch import interpreting
 
-__all__ = ["cdiv", "interpreting", "next_pow2", "sm_count"]
+__all__ = ["cdiv", "head_dim_block", "interpreting", "next_pow2", "sm_count"]
 
 
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def head_dim_block(head_dim: int) -> int:
+    """Feature block of the attention kernels: the next power of two, at least 16 (tl.dot)."""
+    return max(16, next_pow2(head_dim))
 
 
 def cdiv(a: int, b: int) -> int:

@@ -4,6 +4,11 @@ Scores live in the log2 domain: ``s2 = log2(e) * score`` so softmax uses exp2.
 Without soft-cap ``s2 = qk * score_scale`` with ``score_scale = scale * log2(e)``;
 with soft-cap ``s2 = cap_log2 * tanh(qk * score_scale)`` with ``score_scale = scale / cap``
 and ``cap_log2 = cap * log2(e)``. Launcher: attention_launch.py.
+
+Feature dimension: HEAD_DIM is the real head dim, BLOCK_D the power of two (>= 16, for
+tl.dot) that tiles it. At a power-of-two head dim they are equal and the kernels take
+exactly the unpadded code path; otherwise loads and stores are masked on the features,
+and the padded features load as 0, which leaves q.k and p@v (hence the output) exact.
 """
 
 from __future__ import annotations
@@ -17,6 +22,24 @@ def tanh(x):
     """tanh through exp2; saturates cleanly to +-1 for large |x|."""
     e = tl.exp2(x * 2.8853900817779268)  # exp(2x)
     return 1.0 - 2.0 / (e + 1.0)
+
+
+@triton.jit
+def tile_mask(rows_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mask of a [rows, BLOCK_D] tile: the valid rows, and the real features when padded."""
+    if BLOCK_D == HEAD_DIM:
+        return rows_ok[:, None]
+    else:
+        return rows_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+
+
+@triton.jit
+def load_rows(ptrs, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Load a tile whose rows are all valid: unmasked unless the feature block is padded."""
+    if BLOCK_D == HEAD_DIM:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
 
 
 @triton.jit
@@ -56,7 +79,7 @@ def extend_attention_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_kcs, stride_kch, stride_vcs, stride_vch,
     score_scale, cap_log2, window, seq_bucket,  # seq_bucket: autotune key only
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_PREFIX: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -72,15 +95,15 @@ def extend_attention_kernel(
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_new
     q = tl.load(
         Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-        mask=row_ok[:, None], other=0.0,
+        mask=tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     # 1) cached prefix (positions 0 .. n_prefix-1), read through slot indices
     if HAS_PREFIX:
@@ -95,9 +118,9 @@ def extend_attention_kernel(
             k_ok = k_pos < n_prefix
             slot = tl.load(P_SLOTS + p_start + k_pos, mask=k_ok, other=0).to(tl.int64)
             k = tl.load(KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
-                        mask=k_ok[:, None], other=0.0)
+                        mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
             v = tl.load(VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
-                        mask=k_ok[:, None], other=0.0)
+                        mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
             visible = k_ok[None, :]
             if WINDOW:
                 visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
@@ -110,8 +133,10 @@ def extend_attention_kernel(
         lo = tl.maximum(start_m - window + 1, 0) // BLOCK_N * BLOCK_N
     for start_n in range(lo, start_m, BLOCK_N):
         k_rows = q_start + start_n + offs_n
-        k = tl.load(K + k_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :])
-        v = tl.load(V + k_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :])
+        k = load_rows(K + k_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+                      offs_d, HEAD_DIM, BLOCK_D)
+        v = load_rows(V + k_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                      offs_d, HEAD_DIM, BLOCK_D)
         visible = (start_n + offs_n)[None, :] > offs_m[:, None] - window  # used only with WINDOW
         acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
                                      SOFTCAP, WINDOW, DOT_PRECISION)
@@ -121,9 +146,9 @@ def extend_attention_kernel(
         k_idx = start_n + offs_n
         k_ok = k_idx < n_new
         k = tl.load(K + (q_start + k_idx)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
-                    mask=k_ok[:, None], other=0.0)
+                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
         v = tl.load(V + (q_start + k_idx)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=k_ok[:, None], other=0.0)
+                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
         visible = (k_idx[None, :] <= offs_m[:, None]) & k_ok[None, :]
         if WINDOW:
             visible = visible & (k_idx[None, :] > offs_m[:, None] - window)
@@ -132,4 +157,4 @@ def extend_attention_kernel(
 
     o = acc / tl.where(row_ok, l_i, 1.0)[:, None]  # padding rows may have seen nothing
     tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-             o.to(Out.dtype.element_ty), mask=row_ok[:, None])
+             o.to(Out.dtype.element_ty), mask=tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import triton
 
-from kernels._util import cdiv, interpreting, next_pow2, sm_count
+from kernels._util import cdiv, head_dim_block, interpreting, next_pow2, sm_count
 from kernels.attention_jit import extend_attention_kernel
 from kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
 
@@ -53,12 +53,14 @@ _DECODE_CONFIGS = _configs(
 )
 
 
+# Configs follow the feature block BLOCK_D (the head dim padded to a power of two), so a
+# padded head dim (80, 96 -> 128; 160..255 -> 256) is tuned among its power of two's configs.
 def _prune_extend(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any) -> list[triton.Config]:
-    return _EXTEND_CONFIGS_D256 if kw.get("HEAD_DIM", nargs.get("HEAD_DIM")) == 256 else configs
+    return _EXTEND_CONFIGS_D256 if kw.get("BLOCK_D", nargs.get("BLOCK_D")) == 256 else configs
 
 
 def _prune_decode(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any) -> list[triton.Config]:
-    if kw.get("HEAD_DIM", nargs.get("HEAD_DIM")) == 256:  # BLOCK_N 128 spills at head_dim 256
+    if kw.get("BLOCK_D", nargs.get("BLOCK_D")) == 256:  # BLOCK_N 128 spills at head_dim 256
         return [c for c in configs if c.kwargs["BLOCK_N"] <= 64]
     return configs
 
@@ -118,6 +120,7 @@ def extend_attention_triton(
     if max_seqlen_q <= 0:
         return
     num_q_heads, head_dim = q.shape[1], q.shape[2]
+    block_d = head_dim_block(head_dim)
     has_prefix = prefix_indptr is not None
     kc = k_cache if k_cache is not None else k
     vc = v_cache if v_cache is not None else v
@@ -132,14 +135,14 @@ def extend_attention_triton(
     )
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads, "GROUP": num_q_heads // k.shape[1], "HEAD_DIM": head_dim,
-        "HAS_PREFIX": has_prefix, "SOFTCAP": softcap is not None, "WINDOW": window is not None,
+        "BLOCK_D": block_d, "HAS_PREFIX": has_prefix, "SOFTCAP": softcap is not None, "WINDOW": window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
 
     def grid(cfg: dict[str, Any]) -> tuple[int, int]:
         return (cdiv(max_seqlen_q, cfg["BLOCK_M"]), num_reqs * num_q_heads)
 
-    configs = _EXTEND_CONFIGS_D256 if head_dim == 256 else _EXTEND_CONFIGS
+    configs = _EXTEND_CONFIGS_D256 if block_d == 256 else _EXTEND_CONFIGS
     fixed = _fixed(configs, q.dtype, {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2})
     if fixed is not None:
         extend_attention_kernel[grid(fixed)](*args, **meta, **fixed)
@@ -174,11 +177,12 @@ def decode_attention_triton(
         return
     num_kv_heads = k_cache.shape[1]
     group = num_q_heads // num_kv_heads
+    block_d = head_dim_block(head_dim)
     if num_splits is None:
         num_splits = default_num_splits(batch, num_kv_heads, q.device)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
-    o_part = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+    o_part = torch.empty((batch, num_q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
     score_scale, cap_log2 = _score_params(scale, softcap)
     args = (
@@ -188,7 +192,7 @@ def decode_attention_triton(
     )
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads, "GROUP": group,
-        "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim,
+        "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim, "BLOCK_D": block_d,
         "SOFTCAP": softcap is not None, "WINDOW": window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
@@ -203,6 +207,6 @@ def decode_attention_triton(
     decode_reduce_kernel[(batch, num_q_heads)](
         o_part, lse_part, out, out.stride(0), out.stride(1),
         NUM_Q_HEADS=num_q_heads, NUM_SPLITS=num_splits, SPLITS_PAD=next_pow2(num_splits),
-        HEAD_DIM=head_dim, num_warps=4 if num_splits * head_dim <= 8192 else 8,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if num_splits * block_d <= 8192 else 8,
     )
 

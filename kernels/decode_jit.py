@@ -3,7 +3,9 @@
 One program of the split pass handles one (request, KV head, split) and all the
 query heads that share the KV head, so q @ k^T is a [GROUP_PAD, BLOCK_N] tensor-core
 dot. Every split writes its partial output and log2-sum-exp (``-inf`` when empty), so
-the reduce pass needs no data from the host. Launcher: attention_launch.py.
+the reduce pass needs no data from the host. Partial outputs are BLOCK_D wide (padded
+features are exact zeros), so only the final store is masked on the features.
+Launcher: attention_launch.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention_jit import attend_block
+from kernels.attention_jit import attend_block, tile_mask
 
 
 @triton.jit
@@ -20,7 +22,7 @@ def decode_split_kernel(
     stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch,
     score_scale, cap_log2, window, num_splits,
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr,
 ):
@@ -38,14 +40,14 @@ def decode_split_kernel(
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     g_ok = offs_g < GROUP
     heads = kvh * GROUP + offs_g
     q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=g_ok[:, None], other=0.0)
+                mask=tile_mask(g_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
     if PREFETCH_SLOTS:  # slot indices one block ahead, so K/V addresses are ready at once
         slot_next = tl.load(KV_SLOTS + kv_start + start + offs_n, mask=start + offs_n < end, other=0)
     for start_n in range(start, end, BLOCK_N):
@@ -57,9 +59,9 @@ def decode_split_kernel(
         else:
             slot = tl.load(KV_SLOTS + kv_start + k_pos, mask=k_ok, other=0).to(tl.int64)
         k = tl.load(KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
-                    mask=k_ok[:, None], other=0.0)
+                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
         v = tl.load(VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
-                    mask=k_ok[:, None], other=0.0)
+                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
         acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, k_ok[None, :], score_scale, cap_log2,
                                      SOFTCAP, True, DOT_PRECISION)
 
@@ -67,7 +69,7 @@ def decode_split_kernel(
     o = acc / tl.where(has_any, l_i, 1.0)[:, None]
     lse = tl.where(has_any, m_i + tl.log2(tl.where(has_any, l_i, 1.0)), float("-inf"))
     part = (b.to(tl.int64) * NUM_Q_HEADS + heads) * num_splits + split
-    tl.store(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], o, mask=g_ok[:, None])
+    tl.store(O_PART + part[:, None] * BLOCK_D + offs_d[None, :], o, mask=g_ok[:, None])
     tl.store(LSE_PART + part, lse, mask=g_ok)
 
 
@@ -75,18 +77,22 @@ def decode_split_kernel(
 def decode_reduce_kernel(
     O_PART, LSE_PART, Out, stride_ob, stride_oh,
     NUM_Q_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < NUM_SPLITS
     part = (b.to(tl.int64) * NUM_Q_HEADS + h) * NUM_SPLITS + offs_s
     lse = tl.load(LSE_PART + part, mask=s_ok, other=float("-inf"))
     m = tl.max(lse, axis=0)
     w = tl.exp2(lse - tl.where(m == float("-inf"), 0.0, m))  # empty splits weigh 0
-    o = tl.load(O_PART + part[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None], other=0.0)
+    o = tl.load(O_PART + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_ok[:, None], other=0.0)
     total = tl.sum(w, axis=0)
     out = tl.sum(o * w[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
-    tl.store(Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d, out.to(Out.dtype.element_ty))
+    out_ptrs = Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d
+    if BLOCK_D == HEAD_DIM:
+        tl.store(out_ptrs, out.to(Out.dtype.element_ty))
+    else:
+        tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)

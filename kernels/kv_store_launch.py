@@ -14,11 +14,11 @@ def store_kv_triton(
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
-    heads_pad = next_pow2(num_kv_heads)
+    heads_pad, block_d = next_pow2(num_kv_heads), next_pow2(head_dim)
     store_kv_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slots,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        NUM_KV_HEADS=num_kv_heads, HEADS_PAD=heads_pad, HEAD_DIM=head_dim,
-        num_warps=4 if heads_pad * head_dim <= 2048 else 8,
+        NUM_KV_HEADS=num_kv_heads, HEADS_PAD=heads_pad, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        num_warps=4 if heads_pad * block_d <= 2048 else 8,
     )

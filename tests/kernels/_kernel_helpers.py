@@ -81,3 +81,45 @@ def naive_attention(
         e = torch.exp(s - s.max(dim=1, keepdim=True).values)
         out[:, h] = (e / e.sum(dim=1, keepdim=True)) @ vv[:, h // group]
     return out
+
+
+def extend_inputs(case: tuple, device: str, seed: int) -> dict:
+    """Random extend inputs for case (lens, prefix lens or None, Hq, Hkv, D, window, softcap,
+    dtype); on CUDA the lengths are multiplied by 8 so that several blocks are used."""
+    lens, prefix, hq, hkv, d, _, _, dtype = case
+    if device == "cuda":
+        lens = [8 * n for n in lens]
+        prefix = None if prefix is None else [8 * n for n in prefix]
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(lens)
+    inputs = {
+        "q": rand(total, hq, d, dtype=dtype, device=device, gen=gen),
+        "k": rand(total, hkv, d, dtype=dtype, device=device, gen=gen),
+        "v": rand(total, hkv, d, dtype=dtype, device=device, gen=gen),
+        "cu_seqlens_q": indptr(lens, device),
+        "max_len": max(lens),
+    }
+    if prefix is not None:
+        num_slots = sum(prefix) + 29
+        inputs["k_cache"] = rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen)
+        inputs["v_cache"] = rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen)
+        inputs["prefix_indptr"] = indptr(prefix, device, torch.int64)
+        inputs["prefix_slots"] = torch.randperm(num_slots, generator=gen)[: sum(prefix)].to(device)
+    return inputs
+
+
+def decode_inputs(case: tuple, device: str, seed: int, index_dtype: torch.dtype) -> dict:
+    """Random decode inputs for case (kv lens, Hq, Hkv, D, window, softcap, dtype); on CUDA
+    the lengths are multiplied by 16."""
+    lens, hq, hkv, d, _, _, dtype = case
+    if device == "cuda":
+        lens = [16 * n for n in lens]
+    gen = torch.Generator().manual_seed(seed)
+    num_slots = sum(lens) + 37
+    return {
+        "q": rand(len(lens), hq, d, dtype=dtype, device=device, gen=gen),
+        "k_cache": rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen),
+        "v_cache": rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen),
+        "kv_indptr": indptr(lens, device, index_dtype),
+        "kv_slots": torch.randperm(num_slots, generator=gen)[: sum(lens)].to(device, index_dtype),
+    }

@@ -79,7 +79,7 @@ def _extend_args(**over: object) -> dict:
     ("over", "message"),
     [
         ({"k": torch.randn(5, 3, 32), "v": torch.randn(5, 3, 32)}, "multiple of num_kv_heads"),
-        ({"q": torch.randn(5, 4, 48), "k": torch.randn(5, 2, 48), "v": torch.randn(5, 2, 48)}, "head_dim"),
+        ({"q": torch.randn(5, 4, 0), "k": torch.randn(5, 2, 0), "v": torch.randn(5, 2, 0)}, "head_dim must be >= 1"),
         ({"k": torch.randn(5, 2, 32).half()}, "k has dtype float16 but q has float32"),
         ({"v": torch.randn(4, 2, 32)}, "v must have shape"),
         ({"cu_seqlens_q": torch.tensor([0.0, 5.0])}, "cu_seqlens_q must have dtype"),
@@ -93,6 +93,26 @@ def _extend_args(**over: object) -> dict:
 def test_extend_attention_rejects_bad_arguments(over: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kernels.extend_attention(**_extend_args(**over))
+
+
+def test_head_dim_limit_is_per_backend() -> None:
+    """The references take any head_dim; Triton (any device) stops at 256, before launching."""
+    d, dev = 300, "cuda" if torch.cuda.is_available() else "cpu"
+    qkv = {n: torch.randn(5, h, d, device=dev) for n, h in (("q", 4), ("k", 2), ("v", 2))}
+    args = _extend_args(**qkv, cu_seqlens_q=torch.tensor([0, 2, 5], device=dev))
+    out = kernels.extend_attention(**args, backend="torch")
+    assert out.shape == (5, 4, d) and torch.isfinite(out).all()
+    cache = torch.randn(3, 2, d, device=dev)
+    with pytest.raises(ValueError, match=r"head_dim 1\.\.256, got 300"):
+        kernels.extend_attention(**args, backend="triton")
+    with pytest.raises(ValueError, match=r"head_dim 1\.\.256, got 300"):
+        kernels.decode_attention(
+            args["q"][:2], cache, cache, torch.tensor([0, 1, 3], device=dev), torch.arange(3, device=dev),
+            scale=0.1, backend="triton",
+        )
+    with pytest.raises(ValueError, match=r"head_dim 1\.\.256, got 300"):
+        slots = torch.arange(5, device=dev) - 2
+        kernels.store_kv(args["k"], args["v"], cache, cache.clone(), slots, backend="triton")
 
 
 def test_extend_reference_rejects_inconsistent_cu_seqlens() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _kernel_helpers import DEVICES, TOL, assert_close, indptr, poisoned, rand
+from _kernel_helpers import DEVICES, TOL, assert_close, decode_inputs, extend_inputs, indptr, poisoned, rand
 
 import kernels
 from kernels import attention_launch, reference
@@ -21,36 +21,13 @@ EXTEND_CASES = [
 ]
 
 
-def _extend_inputs(case: tuple, device: str, seed: int) -> dict:
-    lens, prefix, hq, hkv, d, _, _, dtype = case
-    if device == "cuda":
-        lens = [8 * n for n in lens]
-        prefix = None if prefix is None else [8 * n for n in prefix]
-    gen = torch.Generator().manual_seed(seed)
-    total = sum(lens)
-    inputs = {
-        "q": rand(total, hq, d, dtype=dtype, device=device, gen=gen),
-        "k": rand(total, hkv, d, dtype=dtype, device=device, gen=gen),
-        "v": rand(total, hkv, d, dtype=dtype, device=device, gen=gen),
-        "cu_seqlens_q": indptr(lens, device),
-        "max_len": max(lens),
-    }
-    if prefix is not None:
-        num_slots = sum(prefix) + 29
-        inputs["k_cache"] = rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen)
-        inputs["v_cache"] = rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen)
-        inputs["prefix_indptr"] = indptr(prefix, device, torch.int64)
-        inputs["prefix_slots"] = torch.randperm(num_slots, generator=gen)[: sum(prefix)].to(device)
-    return inputs
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "case", EXTEND_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}x{c[3]}-d{c[4]}-w{c[5]}-c{c[6]}"
 )
 def test_extend_attention(device: str, case: tuple) -> None:
     window, softcap = case[5], case[6]
-    inp = _extend_inputs(case, device, seed=len(case[0]) * 7 + case[4])
+    inp = extend_inputs(case, device, seed=len(case[0]) * 7 + case[4])
     max_len = inp.pop("max_len")
     out = poisoned(tuple(inp["q"].shape), inp["q"].dtype, device)
     got = kernels.extend_attention(
@@ -66,7 +43,7 @@ def test_extend_attention(device: str, case: tuple) -> None:
 @pytest.mark.parametrize("window", [None, 100])
 def test_extend_attention_head_dim_256_cuda(window: int | None) -> None:
     case = ([37, 130], [50, 0], 4, 2, 256, window, None, torch.bfloat16)
-    inp = _extend_inputs(case, "cuda", seed=256)
+    inp = extend_inputs(case, "cuda", seed=256)
     inp.pop("max_len")
     got = kernels.extend_attention(**inp, scale=0.0625, window=window, backend="triton")
     want = kernels.extend_attention(**inp, scale=0.0625, window=window, backend="torch")
@@ -82,21 +59,6 @@ DECODE_CASES = [
 ]
 
 
-def _decode_inputs(case: tuple, device: str, seed: int, index_dtype: torch.dtype) -> dict:
-    lens, hq, hkv, d, _, _, dtype = case
-    if device == "cuda":
-        lens = [16 * n for n in lens]
-    gen = torch.Generator().manual_seed(seed)
-    num_slots = sum(lens) + 37
-    return {
-        "q": rand(len(lens), hq, d, dtype=dtype, device=device, gen=gen),
-        "k_cache": rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen),
-        "v_cache": rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen),
-        "kv_indptr": indptr(lens, device, index_dtype),
-        "kv_slots": torch.randperm(num_slots, generator=gen)[: sum(lens)].to(device, index_dtype),
-    }
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-d{c[3]}-w{c[4]}-c{c[5]}")
 @pytest.mark.parametrize("num_splits", [None, 1, 5])
@@ -107,7 +69,7 @@ def test_decode_attention(
         monkeypatch.setitem(attention_launch.INTERPRET_DECODE, "PREFETCH_SLOTS", 0)
     window, softcap = case[4], case[5]
     index_dtype = torch.int64 if num_splits == 5 else torch.int32
-    inp = _decode_inputs(case, device, seed=case[1] * 13 + case[3], index_dtype=index_dtype)
+    inp = decode_inputs(case, device, seed=case[1] * 13 + case[3], index_dtype=index_dtype)
     out = poisoned(tuple(inp["q"].shape), inp["q"].dtype, device)
     got = kernels.decode_attention(
         **inp, scale=0.2, window=window, softcap=softcap, num_splits=num_splits, out=out, backend="triton"
@@ -123,7 +85,7 @@ def test_decode_attention(
 def test_decode_equals_extend_of_last_token(device: str) -> None:
     """Two kernels, one function: decode of the last token == extend with the rest as prefix."""
     case = ([23, 40], 8, 2, 64, 11, None, torch.float32)
-    inp = _decode_inputs(case, device, seed=9, index_dtype=torch.int32)
+    inp = decode_inputs(case, device, seed=9, index_dtype=torch.int32)
     lens = [23, 40] if device == "cpu" else [16 * 23, 16 * 40]
     dec = kernels.decode_attention(**inp, scale=0.3, window=11, backend="triton")
     bounds = inp["kv_indptr"].tolist()

@@ -6,6 +6,7 @@ import pytest
 import torch
 from _kernel_helpers import assert_close, indptr, naive_attention
 
+import kernels
 from kernels import reference
 
 
@@ -86,12 +87,15 @@ def _extend_case(seed: int, lens: list[int], prefix: list[int], hq: int, hkv: in
 
 @pytest.mark.parametrize(("window", "softcap"), [(None, None), (5, None), (None, 2.0), (9, 30.0)])
 @pytest.mark.parametrize(("hq", "hkv"), [(2, 2), (4, 1)])
-def test_extend_reference_matches_naive(window: int | None, softcap: float | None, hq: int, hkv: int) -> None:
+@pytest.mark.parametrize("d", [16, 8])  # any head_dim: 8 is a tiny test model's
+def test_extend_reference_matches_naive(
+    window: int | None, softcap: float | None, hq: int, hkv: int, d: int
+) -> None:
     lens, prefix = [6, 1, 13], [4, 7, 0]
-    c = _extend_case(3, lens, prefix, hq, hkv, 16)
-    got = reference.extend_attention(
+    c = _extend_case(3, lens, prefix, hq, hkv, d)
+    got = kernels.extend_attention(  # the public entry point: its checks must accept any d
         c["q"], c["k"], c["v"], c["cu"], c["k_cache"], c["v_cache"], c["pi"], c["slots"],
-        scale=0.3, window=window, softcap=softcap,
+        scale=0.3, window=window, softcap=softcap, backend="torch",
     )
     keys, values, k_req, k_pos, q_req, q_pos = [], [], [], [], [], []
     t = 0
@@ -117,14 +121,16 @@ def test_extend_reference_matches_naive(window: int | None, softcap: float | Non
 
 
 @pytest.mark.parametrize(("window", "softcap"), [(None, None), (3, 5.0)])
-def test_decode_reference_matches_naive(window: int | None, softcap: float | None) -> None:
+@pytest.mark.parametrize("d", [16, 8])
+def test_decode_reference_matches_naive(window: int | None, softcap: float | None, d: int) -> None:
     gen = torch.Generator().manual_seed(4)
-    lens, hq, hkv, d = [5, 1, 12], 4, 2, 16
+    lens, hq, hkv = [5, 1, 12], 4, 2
     k_cache, v_cache = torch.randn(40, hkv, d, generator=gen), torch.randn(40, hkv, d, generator=gen)
     slots = torch.randperm(40, generator=gen)[: sum(lens)]
     q = torch.randn(len(lens), hq, d, generator=gen)
-    got = reference.decode_attention(
-        q, k_cache, v_cache, indptr(lens, "cpu"), slots, scale=0.5, window=window, softcap=softcap
+    got = kernels.decode_attention(
+        q, k_cache, v_cache, indptr(lens, "cpu"), slots, scale=0.5, window=window, softcap=softcap,
+        backend="torch",
     )
     keys, values, k_req, k_pos = [], [], [], []
     off = 0
