@@ -7,6 +7,10 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_transformers() -> None:
-    from minisgl_decl.parity.run import quiet_transformers
-
-    quiet_transformers()
+    """No progress bars or info logs from transformers in test output."""
+    try:
+        import transformers
+    except ImportError:  # kernel-only environments
+        return
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
