@@ -25,13 +25,14 @@ def register(sub: Any) -> None:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |Δlogit| (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda: both models there, ours on the Triton kernels")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda: both models there, ours on the Triton kernels (with --tp: NCCL, one GPU a rank)")
     p.set_defaults(run=run)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
     argv = ["check", args.spec, "--tolerance", repr(args.tolerance), "--seed", str(args.seed),
-            "--tp", str(args.tp)]
+            "--tp", str(args.tp), "--device", args.device]
     return [*argv, "--model", args.model] if args.model else argv
 
 
@@ -63,7 +64,7 @@ def _run_tp(args: argparse.Namespace) -> int:
     if env.rank == 0:
         quiet_transformers()
         print(_header(args, spec.spec.name, spec.spec.serves.architectures[0]), flush=True)
-    comm = init_group(env)
+    comm = init_group(env, args.device)
     try:
         results = parity_on_rank(spec, comm, args.model, seed=args.seed)
     except UserError:
@@ -79,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     if args.tp < 1:
         raise UserError(f"--tp must be at least 1, got {args.tp}")
     if args.tp > 1:
-        if args.device != "cpu":
-            raise UserError("--tp with --device is not supported yet: TP checks run on CPU (gloo)")
         return _run_tp(args)
     spec = load_valid_spec(args.spec)
     quiet_transformers()

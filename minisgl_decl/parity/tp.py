@@ -70,20 +70,23 @@ def parity_on_rank(
     try:
         compiled = compile_spec(spec, path, tp=comm.size)
         assert compiled.checkpoint is not None
-        model = load_model(compiled, comm.rank, progress=False)
+        device = comm.device
+        model = load_model(compiled, comm.rank, progress=False, device=device)
         reference: Callable[[list[int]], torch.Tensor] | None = None
 
         def load_hf() -> str:
             nonlocal reference
             assert compiled.checkpoint is not None
             arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
-            hf = load_reference(reference_dir or path, arch[0])
-            reference = hf_reference_fn(hf)
+            hf = load_reference(reference_dir or path, arch[0]).to(device)
+            reference = hf_reference_fn(hf, device)
             return str(int(hf.config.get_text_config().vocab_size))
 
         vocab = int(_from_rank0(comm, load_hf))
         ref = reference if reference is not None else _placeholder_reference(vocab)
-        return run_parity_checks(lambda: ModelRunner(model, KV_SLOTS, comm=comm), ref, vocab, seed)
+        return run_parity_checks(
+            lambda: ModelRunner(model, KV_SLOTS, comm=comm, device=device), ref, vocab, seed
+        )
     finally:
         comm.barrier()
         if tmp is not None:

@@ -52,10 +52,11 @@ def rank_env() -> RankEnv | None:
 class GroupComm:
     """Collectives over a torch.distributed process group (the default group if None)."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, group: dist.ProcessGroup | None = None, device: str | torch.device = "cpu") -> None:
         self.group = group
         self.size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
+        self.device = torch.device(device)  # where collectives' tensors live (NCCL: this rank's GPU)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         t = t.contiguous()
@@ -78,21 +79,24 @@ class GroupComm:
             assert data is not None and len(data) <= max_len
             buf[:8] = torch.tensor(list(len(data).to_bytes(8, "little")), dtype=torch.uint8)
             buf[8 : 8 + len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+        buf = buf.to(self.device)
         dist.broadcast(buf, src=0, group=self.group)
+        buf = buf.cpu()
         n = int.from_bytes(bytes(buf[:8].tolist()), "little")
         return bytes(buf[8 : 8 + n].tolist())
 
 
 def init_group(env: RankEnv, device: str | torch.device = "cpu") -> GroupComm:
-    """Join the default process group: NCCL for CUDA devices, gloo for CPU."""
+    """Join the default process group: NCCL for CUDA devices (this rank's GPU), gloo for CPU."""
     dev = torch.device(device)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
-        torch.cuda.set_device(env.local_rank)
+        dev = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
                                 timeout=COLLECTIVE_TIMEOUT)
-    return GroupComm()
+    return GroupComm(device=dev)
 
 
 def shutdown() -> None:
@@ -122,6 +126,7 @@ def launch(cmd: list[str], world: int, *, quiet_others: bool = True) -> int:
             env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
                    "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
             env.setdefault("OMP_NUM_THREADS", threads)
+            env.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on shared hosts
             log = Path(tmp.name) / f"rank{r}.log" if r and quiet_others else None
             logs.append(log)
             out = subprocess.DEVNULL if log else None
