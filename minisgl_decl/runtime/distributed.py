@@ -95,7 +95,7 @@ def init_group(env: RankEnv, device: str | torch.device = "cpu") -> GroupComm:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-                                timeout=COLLECTIVE_TIMEOUT)
+                                timeout=COLLECTIVE_TIMEOUT, device_id=dev if dev.type == "cuda" else None)
     return GroupComm(device=dev)
 
 
