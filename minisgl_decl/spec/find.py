@@ -17,30 +17,32 @@ def default_spec_dirs() -> list[Path]:
     return [d for d in (Path.cwd() / "specs", here) if d.is_dir()]
 
 
+def _loadable_specs(dirs: list[Path]) -> list[LoadedSpec]:
+    specs = []
+    for d in dirs:
+        for path in sorted(d.glob("*.yaml")):
+            try:
+                specs.append(load_spec(path))
+            except SpecError:
+                continue  # `validate` reports broken specs; they serve nothing here
+    return specs
+
+
 def find_spec(hf_config: Mapping[str, Any], dirs: list[Path] | None = None) -> LoadedSpec:
-    archs = list(hf_config.get("architectures") or [])
+    """The first spec serving one of the config's `architectures` (else its `model_type`)."""
+    archs = set(hf_config.get("architectures") or [])
     model_type = hf_config.get("model_type")
     searched = dirs if dirs is not None else default_spec_dirs()
-    seen: list[str] = []
-    for d in searched:
-        for path in sorted(d.glob("*.yaml")):
-            try:
-                spec = load_spec(path)
-            except SpecError:
-                continue
-            seen += spec.spec.serves.architectures
-            if set(archs) & set(spec.spec.serves.architectures):
-                return spec
-    for d in searched:
-        for path in sorted(d.glob("*.yaml")):
-            try:
-                spec = load_spec(path)
-            except SpecError:
-                continue
-            if not archs and model_type in spec.spec.serves.model_types:
-                return spec
+    specs = _loadable_specs(searched)
+    for spec in specs:
+        if archs & set(spec.spec.serves.architectures):
+            return spec
+    for spec in specs:
+        if not archs and model_type in spec.spec.serves.model_types:
+            return spec
+    seen = sorted({a for spec in specs for a in spec.spec.serves.architectures})
     raise UserError(
-        f"no spec serves {', '.join(archs) or model_type or '(no architectures in config.json)'}; "
-        f"searched {', '.join(map(str, searched)) or '(no specs/ directory)'} (serving: {', '.join(sorted(seen))}); "
+        f"no spec serves {', '.join(sorted(archs)) or model_type or '(no architectures in config.json)'}; "
+        f"searched {', '.join(map(str, searched)) or '(no specs/ directory)'} (serving: {', '.join(seen)}); "
         "pass --spec"
     )
