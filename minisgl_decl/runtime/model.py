@@ -38,6 +38,13 @@ class CompiledModel(nn.Module):
                     self.cache_modules.append(module)
                 self.mods[node.path.replace(".", "__")] = module
                 self._paths[node.path] = module
+        self._slots: dict[str, tuple[nn.Module, str]] = {}  # parameter name -> (owning module, attribute)
+        for name, decl, node in graph.parameters:
+            *inner, attr = decl.name.split(".")
+            owner = self._paths[node.path]
+            for part in inner:
+                owner = getattr(owner, part)
+            self._slots[name] = (owner, attr)
         self.program = graph.program
         self.frees = last_uses(list(graph.program))
         self._forward_fn: Callable[[dict[str, nn.Module], torch.Tensor, ForwardBatch], torch.Tensor] | None = None
@@ -54,8 +61,7 @@ class CompiledModel(nn.Module):
     def load_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Install loaded tensors by runtime parameter name (`layers.0.attn.qkv.weight`)."""
         for name, tensor in tensors:
-            owner_path, _, attr = name.rpartition(".")
-            owner = self._owner(owner_path)
+            owner, attr = self._slots[name]
             current = getattr(owner, attr)
             if tuple(current.shape) != tuple(tensor.shape):
                 raise RuntimeError(f"plan shape {tuple(tensor.shape)} != module shape {tuple(current.shape)} "
@@ -64,16 +70,6 @@ class CompiledModel(nn.Module):
         missing = [n for n, p in self.named_parameters() if p.is_meta]
         if missing:
             raise RuntimeError(f"parameters not loaded: {missing[:5]}")
-
-    def _owner(self, path: str) -> nn.Module:
-        for mpath in sorted(self._paths, key=len, reverse=True):
-            if path == mpath or path.startswith(mpath + "."):
-                owner = self._paths[mpath]
-                rest = path[len(mpath) + 1 :]
-                for part in filter(None, rest.split(".")):
-                    owner = getattr(owner, part)
-                return owner
-        raise KeyError(path)
 
     def load_plan(self, plan: RankPlan, directory: str | Path, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, progress: bool | None = None) -> None:
