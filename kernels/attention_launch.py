@@ -16,6 +16,7 @@ import triton
 
 from kernels._util import cdiv, head_dim_block, interpreting, next_pow2, sm_count
 from kernels.attention_jit import extend_attention_kernel
+from kernels.decode_fused_jit import decode_fused_kernel
 from kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
 
 LOG2E = 1.4426950408889634
@@ -70,12 +71,16 @@ _extend_tuned = triton.autotune(
     key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW"],
     prune_configs_by={"early_config_prune": _prune_extend},
 )(extend_attention_kernel)
+_DECODE_KEY = ["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"]
 _decode_tuned = triton.autotune(
-    _DECODE_CONFIGS,
-    key=["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"],
-    prune_configs_by={"early_config_prune": _prune_decode},
+    _DECODE_CONFIGS, key=_DECODE_KEY, prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_split_kernel)
+_fused_tuned = triton.autotune(  # every launch leaves the counters at 0, so tuning runs are safe
+    _DECODE_CONFIGS, key=_DECODE_KEY, prune_configs_by={"early_config_prune": _prune_decode},
+)(decode_fused_kernel)
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
+FUSED_DECODE_ENV = "MINISGL_KERNELS_FUSED_DECODE"
+FUSED_DECODE_DEFAULT = True
 INTERPRET_EXTEND = {"BLOCK_M": 16, "BLOCK_N": 16}
 INTERPRET_DECODE = {"BLOCK_N": 16, "PREFETCH_SLOTS": 1}  # tests also run PREFETCH_SLOTS=0
 
@@ -159,6 +164,45 @@ def default_num_splits(batch: int, num_kv_heads: int, device: torch.device) -> i
     return max(1, min(MAX_SPLITS, cdiv(target, programs)))
 
 
+FUSED_MAX_SPLITS = 4  # above this the last program's serial combine costs more than a launch
+
+
+def fused_decode_enabled(num_splits: int, fused: bool | None = None) -> bool:
+    """Whether decode runs as one launch (``decode_fused_jit``). ``fused`` forces the
+    choice; otherwise one launch for up to FUSED_MAX_SPLITS splits, unless
+    $MINISGL_KERNELS_FUSED_DECODE=0 (H100, same run as split + reduce: 0.3-1.9% faster at
+    2-4 splits, equal at 1, 42% slower at 64: the last program's combine is serial)."""
+    if fused is not None:
+        return fused
+    if os.environ.get(FUSED_DECODE_ENV, "1") in ("", "0"):
+        return False
+    return FUSED_DECODE_DEFAULT and num_splits <= FUSED_MAX_SPLITS
+
+
+_COUNTERS: dict[tuple[str, int | None], torch.Tensor] = {}
+_RETIRED: list[torch.Tensor] = []  # outgrown counter buffers: captured graphs may still use them
+
+
+def decode_counters(device: torch.device, n: int) -> torch.Tensor:
+    """The device's zeroed int32 counters of the fused decode (at least ``n``).
+
+    Every fused launch leaves them at 0. One buffer per device, grown outside CUDA-graph
+    capture and never freed; a capture that needs more gets its own zeroed buffer (the
+    zero fill is then part of the graph).
+    """
+    key = (device.type, device.index)
+    buf = _COUNTERS.get(key)
+    if buf is not None and buf.numel() >= n:
+        return buf
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(n, dtype=torch.int32, device=device)
+    if buf is not None:
+        _RETIRED.append(buf)
+    buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    _COUNTERS[key] = buf
+    return buf
+
+
 def decode_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -171,6 +215,7 @@ def decode_attention_triton(
     softcap: float | None,
     num_splits: int | None,
     out: torch.Tensor,
+    fused: bool | None = None,
 ) -> None:
     batch, num_q_heads, head_dim = q.shape
     if batch == 0:
@@ -182,14 +227,17 @@ def decode_attention_triton(
         num_splits = default_num_splits(batch, num_kv_heads, q.device)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
-    o_part = torch.empty((batch, num_q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
-    lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+    fused = fused_decode_enabled(num_splits, fused)
+    if fused and num_splits == 1:  # no partials (the kernel never touches these)
+        o_part = lse_part = torch.empty(1, dtype=torch.float32, device=q.device)
+    else:
+        o_part = torch.empty((batch, num_q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
     score_scale, cap_log2 = _score_params(scale, softcap)
-    args = (
-        q, k_cache, v_cache, kv_indptr, kv_slots, o_part, lse_part,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        v_cache.stride(0), v_cache.stride(1), score_scale, cap_log2, window or 0, num_splits,
-    )
+    head = (q, k_cache, v_cache, kv_indptr, kv_slots, o_part, lse_part)
+    strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+               v_cache.stride(0), v_cache.stride(1))
+    tail = (score_scale, cap_log2, window or 0, num_splits)
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads, "GROUP": group,
         "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim, "BLOCK_D": block_d,
@@ -200,13 +248,21 @@ def decode_attention_triton(
     fixed = _fixed(
         _DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "PREFETCH_SLOTS": 1, "num_warps": 4, "num_stages": 2}
     )
-    if fixed is not None:
-        decode_split_kernel[grid](*args, **meta, **fixed)
+    if fused:
+        counters = decode_counters(q.device, 1 if num_splits == 1 else batch * num_kv_heads)
+        args = (*head, counters, out, *strides, out.stride(0), out.stride(1), *tail)
+        kernel, tuned = decode_fused_kernel, _fused_tuned
     else:
-        _decode_tuned[grid](*args, **meta)
+        args = (*head, *strides, *tail)
+        kernel, tuned = decode_split_kernel, _decode_tuned
+    if fixed is not None:
+        kernel[grid](*args, **meta, **fixed)
+    else:
+        tuned[grid](*args, **meta)
+    if fused:
+        return
     decode_reduce_kernel[(batch, num_q_heads)](
         o_part, lse_part, out, out.stride(0), out.stride(1),
         NUM_Q_HEADS=num_q_heads, NUM_SPLITS=num_splits, SPLITS_PAD=next_pow2(num_splits),
         HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if num_splits * block_d <= 8192 else 8,
     )
-

@@ -5,7 +5,8 @@ query heads that share the KV head, so q @ k^T is a [GROUP_PAD, BLOCK_N] tensor-
 dot. Every split writes its partial output and log2-sum-exp (``-inf`` when empty), so
 the reduce pass needs no data from the host. Partial outputs are BLOCK_D wide (padded
 features are exact zeros), so only the final store is masked on the features.
-Launcher: attention_launch.py.
+``split_bounds`` and ``attend_split`` are shared with the fused kernel
+(decode_fused_jit.py). Launcher: attention_launch.py.
 """
 
 from __future__ import annotations
@@ -17,18 +18,8 @@ from kernels.attention_jit import attend_block, tile_mask
 
 
 @triton.jit
-def decode_split_kernel(
-    Q, KC, VC, KV_INDPTR, KV_SLOTS, O_PART, LSE_PART,
-    stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch,
-    score_scale, cap_log2, window, num_splits,
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr,
-):
-    kvh = tl.program_id(0)  # fastest: the KV heads of one slot row are read together
-    b = tl.program_id(1)
-    split = tl.program_id(2)
+def split_bounds(KV_INDPTR, b, split, window, num_splits, WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Request b's first cache-list index, and this split's [start, end) key positions."""
     kv_start = tl.load(KV_INDPTR + b).to(tl.int64)
     kv_len = (tl.load(KV_INDPTR + b + 1) - kv_start).to(tl.int32)
     lo = 0
@@ -37,14 +28,25 @@ def decode_split_kernel(
     per_split = tl.cdiv(tl.cdiv(kv_len - lo, num_splits), BLOCK_N) * BLOCK_N
     start = lo + split * per_split
     end = tl.minimum(start + per_split, kv_len)
+    return kv_start, start, end
 
+
+@triton.jit
+def attend_split(
+    Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
+    stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREFETCH_SLOTS: tl.constexpr,
+):
+    """Attention of KV head kvh's query heads over key positions [start, end): the
+    normalised output [GROUP_PAD, BLOCK_D] (zeros when empty) and log2-sum-exp (-inf)."""
     offs_g = tl.arange(0, GROUP_PAD)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    g_ok = offs_g < GROUP
     heads = kvh * GROUP + offs_g
     q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=tile_mask(g_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
+                mask=tile_mask(offs_g < GROUP, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
@@ -64,12 +66,35 @@ def decode_split_kernel(
                     mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
         acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, k_ok[None, :], score_scale, cap_log2,
                                      SOFTCAP, True, DOT_PRECISION)
-
     has_any = l_i > 0.0
     o = acc / tl.where(has_any, l_i, 1.0)[:, None]
     lse = tl.where(has_any, m_i + tl.log2(tl.where(has_any, l_i, 1.0)), float("-inf"))
-    part = (b.to(tl.int64) * NUM_Q_HEADS + heads) * num_splits + split
-    tl.store(O_PART + part[:, None] * BLOCK_D + offs_d[None, :], o, mask=g_ok[:, None])
+    return o, lse
+
+
+@triton.jit
+def decode_split_kernel(
+    Q, KC, VC, KV_INDPTR, KV_SLOTS, O_PART, LSE_PART,
+    stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch,
+    score_scale, cap_log2, window, num_splits,
+    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr,
+):
+    kvh = tl.program_id(0)  # fastest: the KV heads of one slot row are read together
+    b = tl.program_id(1)
+    split = tl.program_id(2)
+    kv_start, start, end = split_bounds(KV_INDPTR, b, split, window, num_splits, WINDOW, BLOCK_N)
+    o, lse = attend_split(
+        Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
+        stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,
+        GROUP, GROUP_PAD, HEAD_DIM, BLOCK_D, SOFTCAP, DOT_PRECISION, BLOCK_N, PREFETCH_SLOTS,
+    )
+    offs_g = tl.arange(0, GROUP_PAD)
+    g_ok = offs_g < GROUP
+    part = (b.to(tl.int64) * NUM_Q_HEADS + kvh * GROUP + offs_g) * num_splits + split
+    tl.store(O_PART + part[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :], o, mask=g_ok[:, None])
     tl.store(LSE_PART + part, lse, mask=g_ok)
 
 

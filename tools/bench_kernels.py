@@ -1,6 +1,8 @@
 """Benchmark the Triton kernels against torch eager, SDPA (flash) and the copy ceiling.
 
-Run on a CUDA machine from the repo root: ``PYTHONPATH=$PWD python tools/bench_kernels.py``.
+Run on a CUDA machine from the repo root: ``PYTHONPATH=$PWD python tools/bench_kernels.py``
+(``--compare``: only the side-by-side old/candidate timings of RMSNorm grids and decode;
+``--confirm``: the adopted defaults against the old code).
 Checks correctness first, then times medians with ``triton.testing.do_bench`` (which also
 flushes L2 between runs; inputs rotate among copies as well). Prints a markdown table last
 and writes it to $OUT/bench.md when $OUT is set.
@@ -18,7 +20,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import kernels
-from kernels import attention_launch, reference
+from kernels import attention_launch, norm_launch, reference
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -237,11 +239,17 @@ def bench_decode(b: int, ctx: int, hq: int, hkv: int, d: int, shuffled: bool) ->
     check(f"decode b{b} ctx{ctx}", ours_fn(s), flash(s), 1e-2)
     ours = bench(lambda: ours_fn(nxt()))
     others = {"torch eager": bench(lambda: eager(nxt())), "SDPA flash": bench(lambda: flash(nxt()))}
-    cfg = attention_launch._decode_tuned.best_config
     splits = attention_launch.default_num_splits(b, hkv, torch.device(DEV))
+    cfg = decode_config(splits)
     row("decode paged", f"B={b} ctx={ctx} Hq={hq} Hkv={hkv} D={d} {'shuffled' if shuffled else 'contig'}",
         "TB/s (KV)", kv_bytes, ours, others,
         f"{others['SDPA flash'] / ours:.2f}x SDPA; splits {splits}; cfg {cfg}")
+
+
+def decode_config(splits: int) -> object:
+    """The autotuned config of the decode kernel the default path uses."""
+    fused = attention_launch.fused_decode_enabled(splits)
+    return getattr(attention_launch._fused_tuned if fused else attention_launch._decode_tuned, "best_config", None)
 
 
 def sweep_decode(b: int, ctx: int, splits: list[int]) -> None:
@@ -254,7 +262,7 @@ def sweep_decode(b: int, ctx: int, splits: list[int]) -> None:
     kv_bytes = 2 * b * ctx * hkv * d * 2
     for ns in splits:
         us = bench(lambda ns=ns: kernels.decode_attention(q, kc, vc, ip, slots, scale=0.1, num_splits=ns))
-        cfg = attention_launch._decode_tuned.best_config
+        cfg = decode_config(ns)
         print(f"sweep decode B={b} ctx={ctx} splits={ns}: {us:.1f} us, {kv_bytes / us / 1e6:.2f} TB/s; {cfg}")
 
 
@@ -269,6 +277,123 @@ def profile() -> None:
     x = torch.randn(4096, 4096, device=DEV, dtype=BF16)
     kernels.rmsnorm(x, x[0], 1e-6)
     torch.cuda.synchronize()
+
+
+# (label, norm_launch overrides): the old default first and last (its spread is the noise)
+OLD_NORM: dict[str, int | bool] = {"programs_per_sm": 0, "evict_first": False}
+NORM_VARIANTS: list[tuple[str, dict[str, int | bool]]] = [
+    ("one program per row (old)", OLD_NORM),
+    ("per row, evict_first", {"programs_per_sm": 1 << 20, "evict_first": True, "prefetch": False}),
+    ("persistent 4/SM", {"programs_per_sm": 4, "evict_first": False, "prefetch": False}),
+    ("persistent 8/SM", {"programs_per_sm": 8, "evict_first": False, "prefetch": False}),
+    ("persistent 8/SM evict", {"programs_per_sm": 8, "evict_first": True, "prefetch": False}),
+    ("persistent 2/SM prefetch", {"programs_per_sm": 2, "evict_first": False, "prefetch": True}),
+    ("persistent 4/SM prefetch", {"programs_per_sm": 4, "evict_first": False, "prefetch": True}),
+    ("persistent 8/SM prefetch", {"programs_per_sm": 8, "evict_first": False, "prefetch": True}),
+    ("persistent 4/SM prefetch evict", {"programs_per_sm": 4, "evict_first": True, "prefetch": True}),
+    ("one program per row (old, again)", OLD_NORM),
+]
+CONFIRM_NORM: list[tuple[str, dict[str, int | bool]]] = [  # --confirm: old vs the new defaults
+    ("old", OLD_NORM), ("new default", {}), ("old, again", OLD_NORM), ("new default, again", {}),
+]
+CMP: list[str] = []
+
+
+def compare_norm(m: int, h: int, fused: bool, ceiling: float,
+                 variants: list[tuple[str, dict[str, int | bool]]]) -> None:
+    """Old and candidate RMSNorm grids in one run, timed as bench_norm times kernels.rmsnorm."""
+    w = torch.randn(h, device=DEV, dtype=BF16)
+    nbytes = m * h * 2
+    nxt = rotating(lambda: (torch.randn(m, h, device=DEV, dtype=BF16),
+                            torch.randn(m, h, device=DEV, dtype=BF16)), 2 * nbytes)
+    work = (4 if fused else 2) * nbytes
+    for label, kw in variants:
+        def call(x: torch.Tensor, r: torch.Tensor, kw: dict = kw) -> torch.Tensor:
+            y, s = torch.empty_like(x), (torch.empty_like(x) if fused else None)
+            norm_launch.rmsnorm_triton(x, w, 1e-6, offset=0.0, cast_before_weight=True, out=y,
+                                       residual=r if fused else None, residual_out=s, **kw)
+            return y
+        x, r = nxt()
+        want = (reference.add_rmsnorm(x, r, w, 1e-6)[0] if fused else reference.rmsnorm(x, w, 1e-6))
+        check(f"{label} {m}", call(x, r), want, 5e-3)
+        us = bench(lambda call=call: call(*nxt()))
+        tbs = work / us / 1e6
+        CMP.append(f"| {'add+RMSNorm' if fused else 'RMSNorm'} M={m} | {label} | {us:.1f} | {tbs:.2f} | "
+                   f"{tbs / ceiling * 100:.1f}% |")
+        print(CMP[-1])
+
+
+def compare_decode(b: int, ctx: int, shuffled: bool) -> None:
+    """Two-launch (old) and fused decode alternately, with SDPA flash, in one run."""
+    hq, hkv, d = 32, 4, 128
+    scale, group, kv_bytes = d**-0.5, hq // hkv, 2 * b * ctx * hkv * d * 2
+
+    def make() -> tuple:
+        kc, vc = (torch.randn(b * ctx, hkv, d, device=DEV, dtype=BF16) for _ in range(2))
+        slots = torch.randperm(b * ctx, device=DEV) if shuffled else torch.arange(b * ctx, device=DEV)
+        q = torch.randn(b, hq, d, device=DEV, dtype=BF16)
+        kd, vd = (c[slots].view(b, ctx, hkv, d).transpose(1, 2).contiguous() for c in (kc, vc))
+        return q, kc, vc, slots.to(torch.int32), kd, vd
+
+    nxt = rotating(make, 2 * kv_bytes)
+    ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
+
+    def ours(s: tuple, fused: bool) -> torch.Tensor:
+        out = torch.empty_like(s[0])
+        attention_launch.decode_attention_triton(s[0], s[1], s[2], ip, s[3], scale=scale, window=None,
+                                                 softcap=None, num_splits=None, out=out, fused=fused)
+        return out
+
+    def flash(s: tuple) -> torch.Tensor:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            o = F.scaled_dot_product_attention(s[0].view(b, hkv, group, d), s[4], s[5], scale=scale)
+        return o.reshape(b, hq, d)
+
+    s = nxt()
+    for fused in (False, True):
+        check(f"decode b{b} ctx{ctx} fused={fused}", ours(s, fused), flash(s), 1e-2)
+    times: dict[str, list[float]] = {"two launches (old)": [], "fused": []}
+    for _ in range(2):
+        for label, fused in (("two launches (old)", False), ("fused", True)):
+            times[label].append(bench(lambda fused=fused: ours(nxt(), fused)))
+    sdpa = bench(lambda: flash(nxt()))
+    splits = attention_launch.default_num_splits(b, hkv, torch.device(DEV))
+    cfgs = [getattr(t, "best_config", None) for t in (attention_launch._decode_tuned, attention_launch._fused_tuned)]
+    print(f"decode B={b} ctx={ctx}: configs old {cfgs[0]}, fused {cfgs[1]}")
+    for label, ts in times.items():
+        CMP.append(f"| decode B={b} ctx={ctx} {'shuffled' if shuffled else 'contig'} ({splits} splits) | "
+                   f"{label} | {min(ts):.1f} ({max(ts):.1f}) | {kv_bytes / min(ts) / 1e6:.2f} | "
+                   f"{sdpa / min(ts):.3f}x SDPA ({sdpa:.1f} us) |")
+        print(CMP[-1])
+
+
+def compare(confirm: bool) -> None:
+    """Side by side, same run: RMSNorm grids and two-launch vs fused decode (--compare);
+    --confirm: the adopted defaults against the old code, at 1 to 64 decode splits."""
+    props = torch.cuda.get_device_properties(0)
+    head = (f"card: {props.name} ({props.multi_processor_count} SMs); date {datetime.date.today()}; "
+            f"torch {torch.__version__}; triton {triton.__version__}")
+    print(head)
+    ceiling = copy_ceiling()
+    keep = {(128, 1, 4, 2), (128, 0, 4, 2), (64, 1, 4, 3), (64, 1, 4, 2)}  # earlier winners: less compiling
+    subset = [c for c in attention_launch._DECODE_CONFIGS
+              if (c.kwargs["BLOCK_N"], c.kwargs["PREFETCH_SLOTS"], c.num_warps, c.num_stages) in keep]
+    attention_launch._decode_tuned.configs = attention_launch._fused_tuned.configs = subset
+    decode = ((32, 4096, True), (16, 8192, True), (10, 8192, True), (1, 32768, True)) if confirm else (
+        (32, 4096, True), (32, 4096, False), (1, 32768, True), (128, 1024, True))
+    for b, ctx, shuffled in decode:
+        compare_decode(b, ctx, shuffled)
+        torch.cuda.empty_cache()
+    for m in (4096, 16384):
+        for fused in (False,) if confirm else (False, True):
+            compare_norm(m, 4096, fused, ceiling, CONFIRM_NORM if confirm else NORM_VARIANTS)
+            torch.cuda.empty_cache()
+    lines = [head, f"copy ceiling {ceiling:.2f} TB/s", "",
+             "| kernel | variant | us (decode: best (worst) of 2) | TB/s | vs |", "|---|---|---|---|---|", *CMP]
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "compare.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
 
 
 def main() -> None:
@@ -307,4 +432,9 @@ def main() -> None:
 if __name__ == "__main__":
     import sys
 
-    profile() if "--profile" in sys.argv else main()
+    if "--profile" in sys.argv:
+        profile()
+    elif "--compare" in sys.argv or "--confirm" in sys.argv:
+        compare("--confirm" in sys.argv)
+    else:
+        main()

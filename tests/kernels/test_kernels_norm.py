@@ -110,3 +110,33 @@ def test_add_rmsnorm_rejects_mismatched_residual() -> None:
 def test_unknown_backend_is_rejected() -> None:
     with pytest.raises(ValueError, match="backend must be"):
         kernels.rmsnorm(torch.randn(2, 8), torch.randn(8), 1e-6, backend="cuda")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("evict_first", "prefetch"), [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rmsnorm_persistent_grid(device: str, evict_first: bool, prefetch: bool, residual: bool) -> None:
+    """The persistent kernel (each program loops over row tiles) against the reference."""
+    from kernels.norm_launch import rmsnorm_triton
+
+    rows, hidden, dtype = (13, 4096, torch.bfloat16) if device == "cuda" else (11, 160, torch.float32)
+    per_sm = 1 if device == "cpu" else 0
+    gen = torch.Generator().manual_seed(rows + residual)
+    if device == "cuda":  # more rows than programs: every program loops
+        rows, per_sm = 3 * 132 * 4 + 5, 1
+    x = rand(rows, hidden, dtype=dtype, device=device, gen=gen) * 3
+    r = rand(rows, hidden, dtype=dtype, device=device, gen=gen)
+    w = rand(hidden, dtype=dtype, device=device, gen=gen)
+    out = poisoned((rows, hidden), dtype, device)
+    res_out = r.clone() if residual else None  # in place on a copy of the residual
+    rmsnorm_triton(
+        x, w, 1e-6, offset=0.25, cast_before_weight=True, out=out, residual=res_out, residual_out=res_out,
+        programs_per_sm=per_sm, evict_first=evict_first, prefetch=prefetch,
+    )
+    if residual:
+        want_y, want_s = reference.add_rmsnorm(x, r, w, 1e-6, offset=0.25)
+        assert res_out is not None
+        torch.testing.assert_close(res_out, want_s, atol=0.0, rtol=2.0**-7)
+    else:
+        want_y = reference.rmsnorm(x, w, 1e-6, offset=0.25)
+    assert_close(out, want_y, NORM_TOL[dtype])
