@@ -20,21 +20,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 from make_checkpoint import make_checkpoint  # noqa: E402
 
 MEASURE = """
-import gc, json, resource, sys
+import gc, json, sys
 from minisgl_decl.pipeline import compile_spec
 from minisgl_decl.plan import execute
 directory, tp, rank = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 plan = compile_spec("specs/llama.yaml", directory, tp).plan
-def peak_rss() -> int:
-    '''Peak RSS of this process in bytes: VmHWM (reset by exec, unlike ru_maxrss, which a child
-    inherits from its parent's size at fork), else ru_maxrss.'''
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, "tools")  # cwd is the repository root
+from peak_rss import peak_rss
 gc.collect()
 before = peak_rss()
 largest = n = 0

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from make_checkpoint import make_checkpoint, sized  # noqa: E402
 
 MEASURE = r"""
-import gc, glob, json, resource, sys, time
+import gc, glob, json, sys, time
 import torch
 mode, d, device = sys.argv[1], sys.argv[2], sys.argv[4]
 files = sorted(glob.glob(d + "/*.safetensors"))
@@ -48,16 +48,8 @@ if mode.startswith("ours"):
 else:
     from safetensors import safe_open
     from safetensors.torch import load_file
-def peak_rss() -> int:
-    '''Peak RSS of this process in bytes: VmHWM (reset by exec, unlike ru_maxrss, which a child
-    inherits from its parent's size at fork), else ru_maxrss.'''
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, "tools")  # cwd is the repository root
+from peak_rss import peak_rss
 gc.collect()
 before = peak_rss()
 t0 = time.perf_counter()
