@@ -1,0 +1,1 @@
+"""Stage 6: the serving engine (schedule -> run -> postprocess) over the runtime."""
