@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         name = c.graph.spec_name
-        (out / f"{name}_model.py").write_text(render_module(c.graph, str(args.spec)))
+        (out / f"{name}_model.py").write_text(render_module(c.graph, str(args.spec)).source)
         (out / f"{name}_graph.json").write_text(json.dumps(c.graph.to_json(), indent=1))
         written = [f"{name}_model.py", f"{name}_graph.json"]
         if c.plan is not None:
