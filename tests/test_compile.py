@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import SPECS
 
 from minisgl_decl.codegen.render import render_module
 from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.spec.load import load_spec
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

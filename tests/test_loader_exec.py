@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import SPECS
 from safetensors.torch import load_file, save_file
 
 from minisgl_decl.catalogue.params import Replicated
@@ -22,8 +23,6 @@ from minisgl_decl.plan.build import rule_for
 from minisgl_decl.plan.model import ParamPlan, RankPlan, Read
 from minisgl_decl.plan.rules import normalise_rules
 from minisgl_decl.spec.load import load_spec
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 @pytest.fixture(scope="module")
