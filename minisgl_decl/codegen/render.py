@@ -37,8 +37,8 @@ from ..graph.program import Block, Op, last_uses
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 #: names the template itself uses
-_RESERVED = frozenset({"torch", "nn", "Any", "ForwardBatch", "block", "forward", "top", "layers", "layer",
-                       "residual", "batch"})
+_RESERVED = frozenset({"torch", "Any", "ForwardBatch", "block", "forward", "top", "layers", "layer", "residual",
+                       "batch"})
 
 
 @dataclass(frozen=True)
@@ -92,16 +92,15 @@ class _Lines:
         self.mods = mods
         self.out: list[str] = []
 
-    def op(self, op: Op, indent: str = "") -> None:
+    def op(self, op: Op) -> None:
         a = [_ident(v) if isinstance(v, str) else _const(v) for v in op.inputs]
         outs = [_ident(o) for o in op.outputs]
         if op.kind == "call":
-            self.out.append(f"{indent}{outs[0]} = {self.mods[op.module or '']}({', '.join(a)}, batch)")
-        elif op.kind == "add_norm":
-            self.out.append(f"{indent}{outs[1]}, {outs[0]} = {self.mods[op.module or '']}.forward_add({a[0]}, {a[1]}, "
-                            "batch)")
+            self.out.append(f"{outs[0]} = {self.mods[op.module or '']}({', '.join(a)}, batch)")
+        elif op.kind == "add_norm":  # forward_add returns (normed, sum); the op lists (sum, normed)
+            self.out.append(f"{outs[1]}, {outs[0]} = {self.mods[op.module or '']}.forward_add({a[0]}, {a[1]}, batch)")
         else:
-            self.out.append(f"{indent}{outs[0]} = {a[0]} {_INFIX[op.kind]} {a[1]}")
+            self.out.append(f"{outs[0]} = {a[0]} {_INFIX[op.kind]} {a[1]}")
 
     def frees(self, names: tuple[str, ...], keep: set[str]) -> None:
         names = tuple(n for n in names if n not in keep)
@@ -188,8 +187,6 @@ def render_module(graph: ModelGraph, spec_file: str) -> Rendered:
     if graph.num_layers:
         block_lines, layer_modules, carries = _block(graph.block, fusable_layer)
     forward_lines, top = _forward(graph, fusable_top, carries)
-    if FORWARD_INPUT != "tokens":
-        raise ValueError("internal error: the template names the input `tokens`")
     modules = [f"{m}: {kinds[m].layer}({_args(kinds[m].args_json())})" for m in top]
     for name in layer_modules:
         per_layer = [kinds[f"{STACK}.{i}.{name}"].args_json() for i in range(graph.num_layers)]
@@ -210,6 +207,7 @@ def render_module(graph: ModelGraph, spec_file: str) -> Rendered:
         block=block_lines,
         carries=carries,
         forward=forward_lines,
+        tokens=_ident(FORWARD_INPUT),
     )
     return Rendered(source, tuple(top), tuple(layer_modules))
 
