@@ -15,6 +15,7 @@ from minisgl_decl.parity.check import verdict
 from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.parity.run import parity_on_random_model
 from minisgl_decl.pipeline import compile_spec, load_model
+from minisgl_decl.runtime.model import CompiledModel
 from minisgl_decl.spec.load import load_spec, load_spec_text
 
 
@@ -74,6 +75,14 @@ def test_generated_module_without_cross_block_fusion_matches_transformers(old: s
     assert expect in render_module(compile_spec(spec).graph, "llama_variant.yaml").source
     ok, worst = verdict(parity_on_random_model(spec))
     assert ok and worst < 1e-4
+
+
+def test_non_finite_constants_compile() -> None:
+    text = (SPECS / "llama.yaml").read_text().replace("    - logits = lm_head(norm(x))\n",
+                                                      "    - logits = lm_head(norm(x)) * 1e400\n")
+    graph = compile_spec(load_spec_text(text, "inf.yaml")).graph
+    model = CompiledModel(graph)  # compiles and executes the rendered source
+    assert "logits = logits_4 * float('inf')" in model.rendered.source
 
 
 def test_user_errors_have_no_traceback(tmp_path: Path) -> None:
