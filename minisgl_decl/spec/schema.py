@@ -188,6 +188,11 @@ class Spec(Strict):
     """One architecture spec (the top of a `specs/*.yaml` file)."""
 
     spec_version: Literal[1]
+    extends: str | None = Field(
+        default=None,
+        description="Another spec this one overrides: a name in the same directory (`llama`) or a relative "
+        "path; mappings merge, lists and scalars replace, `key: null` deletes an inherited key",
+    )
     name: Identifier
     description: str = ""
     serves: Serves
