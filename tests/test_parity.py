@@ -38,6 +38,16 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("qwen3_moe", {}),  # routed experts, top-2 renormalised, expert-stacked weight rules
     ("qwen3_moe", {"norm_topk_prob": False, "num_experts_per_tok": 3}),
     ("mixtral", {}),  # 4 experts top-2 + sliding window
+    # families from issue 10 (tests/test_families*.py hold their language tests):
+    ("phi3", {}),  # fused qkv_proj / gate_up_proj, partial rotary 0.75, default rope
+    ("phi3", {"rope_parameters": {  # longrope, short factors (max_position == original), attention factor 4.0
+        "rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0,
+        "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.2], "long_factor": [1.5, 2.0, 3.0, 5.0, 8.0, 13.0]}}),
+    ("phi3", {"sliding_window": 5, "partial_rotary_factor": 1.0}),
+    ("gemma", {}),  # (1 + w) fp32 norms, sqrt(hidden) embed scale, GeGLU, head_dim 24 != 96/4, tied
+    ("starcoder2", {}),  # LayerNorm with bias, biases on attention and plain MLP, window 7, tied
+    ("starcoder2", {"use_bias": False, "sliding_window": None, "tie_word_embeddings": False}),
+    ("phi", {}),  # parallel block with one LayerNorm, partial rotary 0.5, lm_head bias
 ]
 
 

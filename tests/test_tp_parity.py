@@ -35,7 +35,12 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
         {"spec": str(SPECS / "qwen3_moe.yaml")},
         {"spec": str(SPECS / "mixtral.yaml")},
     ]
+    if tp == 2:  # families from issue 10: TP=1 and TP=2 (CI time), in the same process group
+        cases += [{"spec": str(SPECS / f"{n}.yaml")} for n in FAMILIES_TP2]
     return cases
+
+
+FAMILIES_TP2 = ("phi3", "gemma", "starcoder2", "phi")
 
 
 def _run_group(tp: int, tmp: Path) -> list[dict[str, Any]]:
@@ -56,7 +61,7 @@ def group(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_every_case_matches_transformers(group: tuple[int, list[dict[str, Any]]]) -> None:
     tp, results = group
-    assert len(results) == 10
+    assert len(results) == 10 + (len(FAMILIES_TP2) if tp == 2 else 0)
     for r in results:
         assert "error" not in r, (tp, r)
         assert r["results"][0][0].startswith("prefill")

@@ -132,7 +132,7 @@ def overlapping_specs(specs: list[LoadedSpec]) -> list[tuple[LoadedSpec, LoadedS
     """Pairs of specs that could both serve one checkpoint: (spec, other, why).
 
     What is checked: for every ordered pair (A, B) of different specs, A's `example_config`
-    is a checkpoint config; if B serves its architecture (`serves_architecture`) and B's
+    is a checkpoint config that A itself accepts; if B serves its architecture (`serves_architecture`) and B's
     `requires:` hold for it (`unmet_requirements` is empty), then A and B overlap — one
     real checkpoint (A's example) would be claimed by both, and `find_spec` would pick
     whichever comes first. Specs whose example configs are disjoint under each other's
@@ -142,8 +142,8 @@ def overlapping_specs(specs: list[LoadedSpec]) -> list[tuple[LoadedSpec, LoadedS
     reported: set[frozenset[str]] = set()
     for a in specs:
         example = a.spec.example_config
-        if not example:
-            continue
+        if not example or unmet_requirements(a, example):
+            continue  # no example, or one its own spec refuses (validate reports that on its own)
         for b in specs:
             if b is a or a.file == b.file or not serves_architecture(b, example):
                 continue
