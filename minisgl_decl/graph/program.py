@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..spec.expr import parse_expr
-from .dataflow import BinOp, Call, Node, Scalar, Stmt, Var
+from .dataflow import BinOp, Call, Cond, Node, Scalar, Stmt, Var
 
 Value = str | float  # a variable name or a folded constant
 
@@ -67,6 +67,9 @@ class ProgramBuilder:
         if isinstance(node, Scalar):
             value = parse_expr(node.source).evaluate(self.config)
             return float(value)
+        if isinstance(node, Cond):  # chosen now: only the taken branch is emitted
+            taken = node.body if parse_expr(node.test.source).evaluate(self.config) else node.orelse
+            return self._emit(taken, env, module_path, expand, hint)
         if isinstance(node, Call):
             args = [self._emit(a, env, module_path, expand, hint) for a in node.args]
             if node.module in expand:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
 
 SPEC_VERSION = 1
 
@@ -17,6 +17,32 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$"
 Scalar = int | float | bool | str | None
 # A value in a module's arguments: a literal, or a string holding an expression over config names.
 ArgValue = int | float | bool | str | None | list[Any]
+
+
+#: the key of a module declaration holding its condition: `q_norm: {if: qk_norm, layernorm: {...}}`
+MODULE_IF = "if"
+
+
+def _module_decl(decl: dict[str, Any]) -> dict[str, Any]:
+    for key, value in decl.items():
+        if key == MODULE_IF:
+            if not isinstance(value, str | bool):
+                raise ValueError(f"`{MODULE_IF}:` is an expression over config names (and `i` in layers)")
+        elif value is not None and not isinstance(value, dict):
+            raise ValueError(f"the arguments of layer `{key}` are a mapping {{arg: value}}")
+    return decl
+
+
+#: name -> {catalogue_layer: {arg: value}}, optionally with `if: <expression>` (the module exists only
+#: where it holds; in the layer stack it may use the layer index `i`)
+ModuleDecl = Annotated[dict[str, dict[str, ArgValue] | str | bool | None], AfterValidator(_module_decl)]
+
+
+def split_module_decl(decl: dict[str, Any]) -> tuple[str | bool | None, str, dict[str, Any] | None]:
+    """(condition or None, layer name, raw arguments) of a module declaration with one layer."""
+    rest = {k: v for k, v in decl.items() if k != MODULE_IF}
+    ((layer, raw),) = rest.items()
+    return decl.get(MODULE_IF), layer, raw
 
 
 class Strict(BaseModel):
@@ -101,15 +127,16 @@ class LayerStack(Strict):
     """The repeated decoder block: its modules and its residual dataflow."""
 
     repeat: str | int = Field(description="How many layers (expression over config names)")
-    modules: dict[Identifier, dict[str, dict[str, ArgValue] | None]] = Field(
-        description="name -> {catalogue_layer: {arg: value}}; args may use the layer index `i`"
+    modules: dict[Identifier, ModuleDecl] = Field(
+        description="name -> {catalogue_layer: {arg: value}}; args may use the layer index `i`; "
+        "`if: <expression>` makes a module exist only in the layers where it holds"
     )
     body: list[str] = Field(min_length=1, description="Statements `name = expression` over x and module calls")
 
 
 class Model(Strict):
-    modules: dict[Identifier, dict[str, dict[str, ArgValue] | None]] = Field(
-        description="Top-level modules: name -> {catalogue_layer: {arg: value}}"
+    modules: dict[Identifier, ModuleDecl] = Field(
+        description="Top-level modules: name -> {catalogue_layer: {arg: value}}, optionally `if: <expression>`"
     )
     layers: LayerStack
     forward: list[str] = Field(
