@@ -60,6 +60,7 @@ _ENTRIES: dict[str, str] = {
     "mlp": "mlp:MLP",
     "linear": "linear:Linear",
     "softcap": "elementwise:SoftCap",
+    "activation": "elementwise:Activation",
     "moe": "moe:MoE",
 }
 _CACHE: dict[str, LayerKind] = {}
