@@ -48,6 +48,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("starcoder2", {}),  # LayerNorm with bias, biases on attention and plain MLP, window 7, tied
     ("starcoder2", {"use_bias": False, "sliding_window": None, "tie_word_embeddings": False}),
     ("phi", {}),  # parallel block with one LayerNorm, partial rotary 0.5, lm_head bias
+    ("smollm3", {}),  # NoPE on every 2nd layer: rope argument chosen per layer
+    ("smollm3", {"no_rope_layers": [1, 0, 0, 1], "use_sliding_window": True, "sliding_window": 4}),
+    ("stablelm", {}),  # sequential residual, per-head q/k LayerNorm, partial rotary 0.25, qkv bias
+    ("stablelm", {"use_parallel_residual": True, "qk_layernorm": False}),  # no post-attention norm: `if:`
+    ("stablelm", {"use_parallel_residual": True, "use_qkv_bias": False, "num_key_value_heads": 1}),
+    ("qwen2_moe", {}),  # dense layers 0 and 2, sparse 1 and 3 with the sigmoid-gated shared expert
+    ("qwen2_moe", {"decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}),
+    ("olmo2", {}),  # post-norm block, q/k RMSNorm over the whole projection
 ]
 
 

@@ -145,9 +145,23 @@ class Model(Strict):
     )
 
 
+class LayoutSpec(Strict):
+    """The source's rows along the rule's `dim` are stored in another order (a re-layout).
+
+    View that dim as `split` (sizes; expressions over config names), permute those axes by
+    `order`, flatten: target axis j is source axis `order[j]`. GPT-NeoX's per-head fused
+    qkv, stored [heads, 3, head_dim], becomes q | k | v with `split: [heads, 3, head_dim]`,
+    `order: [1, 0, 2]`. The loader still reads only each rank's rows (several strided reads).
+    """
+
+    split: list[str | int] = Field(min_length=2, description="Sizes the dim is viewed as (outermost first)")
+    order: list[int] = Field(min_length=2, description="Permutation of the split axes giving the target order")
+
+
 class SourceSpec(Strict):
     key: str = Field(description="Checkpoint tensor name; `{i}` is the layer index")
     transpose: bool = False
+    layout: LayoutSpec | None = Field(default=None, description="Re-layout of the rows along the rule's dim")
 
 
 
