@@ -61,6 +61,7 @@ _ENTRIES: dict[str, str] = {
     "linear": "linear:Linear",
     "softcap": "elementwise:SoftCap",
     "activation": "elementwise:Activation",
+    "position_embedding": "positions:PositionEmbedding",
     "moe": "moe:MoE",
 }
 _CACHE: dict[str, LayerKind] = {}
