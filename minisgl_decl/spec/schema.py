@@ -30,12 +30,16 @@ def _module_decl(decl: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"`{MODULE_IF}:` is an expression over config names (and `i` in layers)")
         elif value is not None and not isinstance(value, dict):
             raise ValueError(f"the arguments of layer `{key}` are a mapping {{arg: value}}")
+        elif isinstance(value, dict):
+            for arg, v in value.items():
+                if isinstance(v, dict):
+                    raise ValueError(f"argument `{arg}` of layer `{key}` is a value or an expression, not a mapping")
     return decl
 
 
 #: name -> {catalogue_layer: {arg: value}}, optionally with `if: <expression>` (the module exists only
 #: where it holds; in the layer stack it may use the layer index `i`)
-ModuleDecl = Annotated[dict[str, dict[str, ArgValue] | str | bool | None], AfterValidator(_module_decl)]
+ModuleDecl = Annotated[dict[str, Any], AfterValidator(_module_decl)]
 
 
 def split_module_decl(decl: dict[str, Any]) -> tuple[str | bool | None, str, dict[str, Any] | None]:
