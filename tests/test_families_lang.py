@@ -96,10 +96,13 @@ def test_extends_cycles_and_missing_parents_are_located(tmp_path: Path) -> None:
     assert exc.value.problems[0].location.line == 2
 
 
-@pytest.mark.parametrize("name", ["qwen2", "qwen3", "mistral", "granite", "phi3", "gemma"])
-def test_specs_written_with_extends_resolve_to_complete_specs(name: str) -> None:
+@pytest.mark.parametrize(("name", "parent"), [
+    ("qwen2", "llama"), ("qwen3", "llama"), ("mistral", "llama"), ("granite", "llama"), ("phi3", "llama"),
+    ("gemma", "llama"), ("smollm3", "llama"), ("olmo2", "llama"), ("qwen2_moe", "qwen2"), ("olmoe", "qwen3_moe"),
+])
+def test_specs_written_with_extends_resolve_to_complete_specs(name: str, parent: str) -> None:
     spec = load_spec(SPECS / f"{name}.yaml").spec
-    assert spec.extends == "llama" and spec.name == name
+    assert spec.extends == parent and spec.name == name
     archs = spec.example_config["architectures"]
     assert archs == spec.serves.architectures and "LlamaForCausalLM" not in archs
     assert validate_file(SPECS / f"{name}.yaml") == []

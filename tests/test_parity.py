@@ -56,6 +56,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("qwen2_moe", {}),  # dense layers 0 and 2, sparse 1 and 3 with the sigmoid-gated shared expert
     ("qwen2_moe", {"decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}),
     ("olmo2", {}),  # post-norm block, q/k RMSNorm over the whole projection
+    ("olmoe", {}),  # full-width q/k RMSNorm + routed experts (extends qwen3_moe)
     ("gpt_neox", {}),  # per-head interleaved fused qkv (re-layout), parallel residual, partial rotary 0.25
     ("gpt_neox", {"use_parallel_residual": False, "attention_bias": False, "tie_word_embeddings": True}),
     ("cohere", {}),  # interleaved-pair rope (q/k re-layout), parallel block, logit scale, tied

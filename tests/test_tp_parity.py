@@ -42,7 +42,7 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
 
 
 FAMILIES_TP2 = ("phi3", "gemma", "starcoder2", "phi", "smollm3", "stablelm", "qwen2_moe", "olmo2", "gpt_neox",
-                "cohere", "gpt2")
+                "cohere", "gpt2", "olmoe")
 FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     # parallel residual; kv=1 < tp: the per-head k norm row and full-width k stats on replicated heads
     ("stablelm", {"use_parallel_residual": True, "num_key_value_heads": 1}),
