@@ -48,6 +48,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("starcoder2", {}),  # LayerNorm with bias, biases on attention and plain MLP, window 7, tied
     ("starcoder2", {"use_bias": False, "sliding_window": None, "tie_word_embeddings": False}),
     ("phi", {}),  # parallel block with one LayerNorm, partial rotary 0.5, lm_head bias
+    ("phi", {"qk_layernorm": True, "tie_word_embeddings": True}),  # shared q/k LayerNorm with bias
     ("smollm3", {}),  # NoPE on every 2nd layer: rope argument chosen per layer
     ("smollm3", {"no_rope_layers": [1, 0, 0, 1], "use_sliding_window": True, "sliding_window": 4}),
     ("stablelm", {}),  # sequential residual, per-head q/k LayerNorm, partial rotary 0.25, qkv bias

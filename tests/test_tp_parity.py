@@ -48,6 +48,7 @@ FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     ("stablelm", {"use_parallel_residual": True, "num_key_value_heads": 1}),
     ("olmo2", {"num_key_value_heads": 1}),
     ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),
+    ("phi", {"qk_layernorm": True}),
 )
 
 
