@@ -192,3 +192,9 @@ def test_longrope_needs_its_factors() -> None:
     with pytest.raises(SpecError) as exc:
         resolve_config(load_spec(SPECS / "phi3.yaml"), hf)
     assert "rope type `longrope` needs `long_factor`" in str(exc.value)
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_spec_is_found_for_its_own_example(path: Path) -> None:
+    spec = load_spec(path)
+    assert find_spec(spec.spec.example_config, [SPECS]).file == str(path)
