@@ -21,7 +21,7 @@ from .plan.rules import EXPERT, INDEX, WeightRule, normalise_rules
 from .spec.expr import ExprError, parse_expr
 from .spec.load import load_spec
 from .spec.loaded import LoadedSpec
-from .spec.schema import ExprField, FromField, Spec
+from .spec.schema import MODULE_IF, ExprField, FromField, Spec
 from .spec.yaml_source import PathKey
 
 
@@ -68,8 +68,12 @@ def _check_modules(
     spec: LoadedSpec, modules: dict[str, Any], where: PathKey, names: set[str]
 ) -> list[Problem]:
     problems: list[Problem] = []
-    for mod_name, decl in modules.items():
+    for mod_name, full_decl in modules.items():
         path = (*where, mod_name)
+        condition = full_decl.get(MODULE_IF)
+        if isinstance(condition, str):
+            problems += _expr_problems(spec, condition, (*path, MODULE_IF), names, f"`{mod_name}.if`")
+        decl = {k: v for k, v in full_decl.items() if k != MODULE_IF}
         if len(decl) != 1:
             problems.append(Problem(spec.where(path), f"module `{mod_name}` must name exactly one catalogue layer "
                                     f"(found {len(decl)}: {', '.join(decl) or 'none'})"))
@@ -144,7 +148,7 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
     for n in sorted(overlap):
         problems.append(Problem(spec.where(("config", n), key=True), f"`{n}` is both a config name and a module"))
     problems += _check_dataflow(spec, s.model.layers.body,
-                                Scope(frozenset(s.model.layers.modules), frozenset(names), (BODY_VAR,)),
+                                Scope(frozenset(s.model.layers.modules), frozenset(names | {"i"}), (BODY_VAR,)),
                                 ("model", "layers", "body"))
     problems += _check_dataflow(spec, s.model.forward,
                                 Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,),

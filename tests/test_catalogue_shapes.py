@@ -26,6 +26,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"hidden": 16, "heads": 12, "kv_heads": 12, "head_dim": 4},
         {"hidden": 16, "heads": 12, "kv_heads": 1, "head_dim": 4, "qkv_bias": True, "o_bias": True},
         {"hidden": 16, "heads": 12, "kv_heads": 2, "head_dim": 4, "qk_norm": True},
+        {"hidden": 16, "heads": 12, "kv_heads": 12, "head_dim": 4, "qk_norm": True, "qk_norm_type": "layernorm",
+         "qk_norm_scope": "per_head", "qk_norm_bias": True},
+        {"hidden": 16, "heads": 12, "kv_heads": 1, "head_dim": 4, "qk_norm": True, "qk_norm_scope": "full"},
     ],
     "gated_mlp": [{"dim": 8, "ffn": 12}, {"dim": 8, "ffn": 24, "bias": True}],
     "mlp": [{"dim": 8, "ffn": 12}, {"dim": 8, "ffn": 12, "bias": False}],
@@ -35,6 +38,8 @@ CASES: dict[str, list[dict[str, Any]]] = {
     ],
     "softcap": [{"cap": 30.0}, {}],
     "moe": [{"dim": 8, "ffn": 12, "experts": 3, "top_k": 2}],
+    "activation": [{"fn": "sigmoid"}],
+    "position_embedding": [{"max_positions": 16, "dim": 8}],
 }
 
 # (layer, case index) -> the tps the case cannot run at (the test checks that they are refused)
@@ -54,6 +59,10 @@ EXPECTED: dict[tuple[str, int, int], dict[str, tuple[int, ...]]] = {
     ("moe", 0, 2): {"router.weight": (3, 8), "gate_up": (3, 12, 8), "down": (3, 8, 6)},
     ("linear", 3, 4): {"weight": (24, 3), "bias": (24,)},
     ("linear", 1, 2): {"weight": (12, 12), "bias": (12,)},
+    # per-head q/k norm weights: every head's row on every rank; full-width: sharded like the q / k rows
+    ("attention", 3, 4): {"q_norm": (12, 4), "k_norm": (12, 4), "q_norm_bias": (12, 4), "k_norm_bias": (12, 4)},
+    ("attention", 4, 4): {"qkv.weight": ((3 + 1 + 1) * 4, 16), "q_norm": (12,), "k_norm": (4,)},
+    ("position_embedding", 0, 2): {"weight": (16, 8)},
 }
 
 

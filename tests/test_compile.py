@@ -46,7 +46,7 @@ def test_runtime_executes_the_module_compile_writes(tmp_path: Path) -> None:
     model = load_model(compile_spec(spec, tmp_path / "ckpt"))
     executed = model.rendered.source.splitlines()
     assert written[1:] == executed[1:]  # line 1 names the spec file
-    assert "def block(" in model.rendered.source and "for layer in layers:" in model.rendered.source
+    assert "def block(" in model.rendered.source and "for block, layer in layers:" in model.rendered.source
 
 
 @pytest.mark.parametrize(("name", "few", "many"), [("llama", 3, 30), ("gemma2", 4, 26)])

@@ -11,6 +11,7 @@ import kernels
 from ..config.rope import RopeConfig
 from .context import ForwardBatch
 from .params import ParamDecl, Segment, merged_column, replicated, row
+from .qk_norm import QKNorm, QKNormScope, QKNormType, qk_norm_params
 from .registry import LayerArgs, LayerKind
 from .rotary import Rotary
 from .shard import Shard
@@ -25,7 +26,10 @@ class AttentionArgs(LayerArgs):
     rope: RopeConfig | None = None
     qkv_bias: bool = False
     o_bias: bool = False
-    qk_norm: bool = False  # RMSNorm over head_dim on q and k before rope (Qwen3, Gemma 3)
+    qk_norm: bool = False  # normalise q and k before rope (Qwen3, Gemma 3, OLMo 2, StableLM); see qk_norm.py
+    qk_norm_type: QKNormType = "rmsnorm"  # or layernorm
+    qk_norm_scope: QKNormScope = "head"  # head (shared weight) | per_head (own weights) | full (whole projection)
+    qk_norm_bias: bool = False  # layernorm with a bias
     qk_norm_eps: float = 1e-6
     qk_norm_offset: float = 0.0
     qk_norm_cast_before_weight: bool = True  # False: Gemma-style multiply in float32
@@ -53,6 +57,8 @@ def qkv_segments(args: AttentionArgs) -> tuple[Segment, ...]:
 class AttentionModule(nn.Module):
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
+    q_norm_bias: torch.Tensor | None
+    k_norm_bias: torch.Tensor | None
 
     def __init__(self, args: AttentionArgs, shard: Shard) -> None:
         super().__init__()
@@ -64,8 +70,12 @@ class AttentionModule(nn.Module):
         self.qkv = ColumnLinear()
         self.o = RowLinear()
         self.rotary = Rotary(args.rope, args.head_dim) if args.rope is not None else None
-        self.qk_norm_eps, self.qk_norm_offset = args.qk_norm_eps, args.qk_norm_offset
-        self.qk_norm_cast = args.qk_norm_cast_before_weight
+        qkv = shard.decl("qkv.weight").rank_pieces(shard.tp.size, shard.tp.rank)
+        first_q, first_kv = qkv[0][0] // args.head_dim, (qkv[1][0] - args.heads * args.head_dim) // args.head_dim
+        norm = (args.qk_norm_type, args.qk_norm_scope, args.qk_norm_eps, args.qk_norm_offset,
+                args.qk_norm_cast_before_weight)
+        self.norm_q = QKNorm(*norm, first_q, self.q_local, shard.tp.size)
+        self.norm_k = QKNorm(*norm, first_kv, self.kv_local, shard.tp.size)
         self.cache_index = -1  # set by the graph builder
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
@@ -75,9 +85,8 @@ class AttentionModule(nn.Module):
         k = k.reshape(t, self.kv_local, self.head_dim)
         v = v.reshape(t, self.kv_local, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
-            norm = {"offset": self.qk_norm_offset, "cast_before_weight": self.qk_norm_cast}
-            q = kernels.rmsnorm(q, self.q_norm, self.qk_norm_eps, **norm)
-            k = kernels.rmsnorm(k, self.k_norm, self.qk_norm_eps, **norm)
+            q = self.norm_q(q, self.q_norm, self.q_norm_bias, ctx)
+            k = self.norm_k(k, self.k_norm, self.k_norm_bias, ctx)
         if self.rotary is not None:
             q, k = self.rotary(q, k, ctx.positions)
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
@@ -111,8 +120,8 @@ class Attention(LayerKind):
             merged_column("qkv.bias", (qkv_rows,), segs, "qkv").when(args.qkv_bias),
             row("o.weight", (args.hidden, args.heads * args.head_dim), args.heads, args.head_dim),
             replicated("o.bias", (args.hidden,)).when(args.o_bias),
-            replicated("q_norm", (args.head_dim,)).when(args.qk_norm),
-            replicated("k_norm", (args.head_dim,)).when(args.qk_norm),
+            *qk_norm_params(args.qk_norm, args.qk_norm_scope, args.qk_norm_bias, args.heads, args.kv_heads,
+                            args.head_dim),
         ]
 
     def module(self, args: AttentionArgs, shard: Shard) -> nn.Module:

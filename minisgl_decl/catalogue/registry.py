@@ -60,6 +60,8 @@ _ENTRIES: dict[str, str] = {
     "mlp": "mlp:MLP",
     "linear": "linear:Linear",
     "softcap": "elementwise:SoftCap",
+    "activation": "elementwise:Activation",
+    "position_embedding": "positions:PositionEmbedding",
     "moe": "moe:MoE",
 }
 _CACHE: dict[str, LayerKind] = {}

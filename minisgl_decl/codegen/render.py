@@ -33,7 +33,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from ..catalogue import get_layer
 from ..graph.build import FORWARD_INPUT, FORWARD_OUTPUT, STACK, ModelGraph
-from ..graph.program import Block, Op, last_uses
+from ..graph.program import LayerOps, Op, last_uses
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 #: names the template itself uses
@@ -47,7 +47,8 @@ class Rendered:
 
     source: str
     top: tuple[str, ...]  # module paths, in the order of the `top` tuple
-    layer: tuple[str, ...]  # module names inside a layer, in the order of each `layers[i]` tuple
+    blocks: tuple[tuple[str, tuple[str, ...]], ...]  # (function, module names in its tuple's order)
+    which: tuple[int, ...]  # the block each layer runs
 
 
 def _ident(name: str) -> str:
@@ -117,33 +118,38 @@ def _fusable_first_use(ops: list[Op], var: str, fusable: set[str]) -> int | None
     return None
 
 
-def _block(block: Block, fusable: set[str]) -> tuple[list[str], list[str], bool]:
-    """(lines, module names in call order, carries_residual) of the block function."""
-    ops = list(block.ops)
-    last = ops[-1] if ops else None
-    pending = (last is not None and last.kind == "add" and last.outputs == (block.output,)
-               and all(isinstance(v, str) for v in last.inputs))
-    entry = _fusable_first_use(ops, block.input, fusable)
-    carries = pending and entry is not None
+def _carries(layer: LayerOps, input_var: str, fusable: set[str]) -> bool:
+    """Whether this layer can hand its last residual add to the next layer's first norm."""
+    last = layer.ops[-1] if layer.ops else None
+    return (last is not None and last.kind == "add" and last.outputs == (layer.output,)
+            and all(isinstance(v, str) for v in last.inputs)
+            and _fusable_first_use(list(layer.ops), input_var, fusable) is not None)
+
+
+def _block(layer: LayerOps, input_var: str, fusable: set[str], carries: bool) -> tuple[list[str], list[str]]:
+    """(lines, module names in call order) of one block function."""
+    ops = list(layer.ops)
+    last = ops[-1]
+    entry = _fusable_first_use(ops, input_var, fusable) if carries else None
     body = ops[:-1] if carries else ops
-    returned = {str(v) for v in last.inputs} if carries and last is not None else {block.output}
+    returned = {str(v) for v in last.inputs} if carries else {layer.output}
     modules = _called(ops)
     mods = _locals(modules, _variables(ops))
     lines = _Lines(mods)
     for i, (op, frees) in enumerate(zip(body, last_uses(body), strict=True)):
-        if carries and i == entry:
-            n, m, x = _ident(op.outputs[0]), mods[op.module or ""], _ident(block.input)
+        if i == entry:
+            n, m, x = _ident(op.outputs[0]), mods[op.module or ""], _ident(input_var)
             lines.out += ["if residual is None:", f"    {n} = {m}({x}, batch)", "else:",
                           f"    {n}, {x} = {m}.forward_add({x}, residual, batch)"]
         else:
             lines.op(op)
         lines.frees(frees, returned)
     head = [f"{', '.join(mods[m] for m in modules)}{',' if len(modules) == 1 else ''} = layer"] if modules else []
-    if carries and last is not None:  # (new sublayer output, residual stream)
+    if carries:  # (new sublayer output, residual stream)
         tail = f"return {_ident(str(last.inputs[1]))}, {_ident(str(last.inputs[0]))}"
     else:
-        tail = f"return {_ident(block.output)}"
-    return head + lines.out + [tail], modules, carries
+        tail = f"return {_ident(layer.output)}"
+    return head + lines.out + [tail], modules
 
 
 def _forward(graph: ModelGraph, fusable: set[str], carries: bool) -> tuple[list[str], list[str]]:
@@ -162,7 +168,7 @@ def _forward(graph: ModelGraph, fusable: set[str], carries: bool) -> tuple[list[
             if not graph.num_layers:
                 lines.out.append(f"{y} = {x}")
             elif carries:
-                lines.out += [f"{y}, residual = {x}, None", "for layer in layers:",
+                lines.out += [f"{y}, residual = {x}, None", "for block, layer in layers:",
                               f"    {y}, residual = block(layer, {y}, residual, batch)"]
                 j = _fusable_first_use(ops[i + 1:], y, fusable)
                 if j is None:
@@ -170,7 +176,7 @@ def _forward(graph: ModelGraph, fusable: set[str], carries: bool) -> tuple[list[
                 else:
                     fuse_at[i + 1 + j] = y
             else:
-                lines.out += [f"{y} = {x}", "for layer in layers:", f"    {y} = block(layer, {y}, batch)"]
+                lines.out += [f"{y} = {x}", "for block, layer in layers:", f"    {y} = block(layer, {y}, batch)"]
         else:
             lines.op(op)
     return head + lines.out + [f"return {FORWARD_OUTPUT}"], modules
@@ -179,18 +185,23 @@ def _forward(graph: ModelGraph, fusable: set[str], carries: bool) -> tuple[list[
 def render_module(graph: ModelGraph, spec_file: str) -> Rendered:
     kinds = {m.path: m for m in graph.modules}
     fusable_layer = {m.path.split(".", 2)[2] for m in graph.modules
-                     if m.path.startswith(f"{STACK}.0.") and _fuses(m.layer)}
+                     if m.path.startswith(f"{STACK}.") and _fuses(m.layer)}
     fusable_top = {m.path for m in graph.modules if "." not in m.path and _fuses(m.layer)}
-    block_lines: list[str] = []
-    layer_modules: list[str] = []
-    carries = False
-    if graph.num_layers:
-        block_lines, layer_modules, carries = _block(graph.block, fusable_layer)
+    variants = list(dict.fromkeys(graph.block.layers))  # distinct layer programs, first-seen order
+    which = tuple(variants.index(layer) for layer in graph.block.layers)
+    carries = bool(variants) and all(_carries(v, graph.block.input, fusable_layer) for v in variants)
+    blocks = []
+    for k, v in enumerate(variants):
+        lines, names = _block(v, graph.block.input, fusable_layer, carries)
+        blocks.append({"name": "block" if len(variants) == 1 else f"block_{k}", "lines": lines,
+                       "modules": _comment(", ".join(names)), "names": tuple(names)})
     forward_lines, top = _forward(graph, fusable_top, carries)
     modules = [f"{m}: {kinds[m].layer}({_args(kinds[m].args_json())})" for m in top]
-    for name in layer_modules:
-        per_layer = [kinds[f"{STACK}.{i}.{name}"].args_json() for i in range(graph.num_layers)]
-        modules.append(f"{STACK}[i].{name}: {kinds[f'{STACK}.0.{name}'].layer}({_args(per_layer[0])})")
+    local = list(dict.fromkeys(n for b in blocks for n in b["names"]))
+    for name in local:
+        paths = [f"{STACK}.{i}.{name}" for i in range(graph.num_layers) if f"{STACK}.{i}.{name}" in kinds]
+        per_layer = [kinds[p].args_json() for p in paths]
+        modules.append(f"{STACK}[i].{name}: {kinds[paths[0]].layer}({_args(per_layer[0])})")
         for key in per_layer[0]:
             values = [a[key] for a in per_layer]
             if any(v != values[0] for v in values):
@@ -203,13 +214,13 @@ def render_module(graph: ModelGraph, spec_file: str) -> Rendered:
         config=[_comment(f"{k} = {v!r}") for k, v in graph.config.values.items()],
         modules=[_comment(m) for m in modules],
         top=_comment(", ".join(top)),
-        layer=_comment(", ".join(layer_modules)),
-        block=block_lines,
+        blocks=blocks,
+        which=_comment(repr(list(which))) if len(variants) > 1 else "",
         carries=carries,
         forward=forward_lines,
         tokens=_ident(FORWARD_INPUT),
     )
-    return Rendered(source, tuple(top), tuple(layer_modules))
+    return Rendered(source, tuple(top), tuple((b["name"], b["names"]) for b in blocks), which)
 
 
 def _fuses(layer: str) -> bool:

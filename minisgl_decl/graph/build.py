@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
@@ -14,14 +15,16 @@ from ..config.resolve import ResolvedConfig
 from ..errors import Problem, SpecError, UserError
 from ..spec.expr import ExprError, parse_expr
 from ..spec.loaded import LoadedSpec
+from ..spec.schema import MODULE_IF, split_module_decl
 from ..spec.yaml_source import PathKey
 from .dataflow import Scope, Stmt, parse_statements
-from .program import Block, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
+from .program import Block, LayerOps, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
 
 FORWARD_INPUT = "tokens"
 FORWARD_OUTPUT = "logits"
 BODY_VAR = "x"
 STACK = "layers"
+LAYER_INDEX = "i"
 MAX_LAYERS = 4096
 
 
@@ -51,7 +54,7 @@ class ModelGraph:
     num_layers: int
     modules: tuple[ModuleNode, ...]
     forward: tuple[Op, ...]  # `forward:` with one `layers` op standing for the loop over `block`
-    block: Block  # `layers.body` over local module names, once per layer
+    block: Block  # `layers.body` over local module names, for each layer
     program: tuple[Op, ...]  # both unrolled into one straight line and fused (for people and tools)
 
     def module(self, path: str) -> ModuleNode:
@@ -127,7 +130,9 @@ def _module_nodes(
 ) -> list[ModuleNode]:
     nodes = []
     for name, decl in modules.items():
-        ((layer_name, raw),) = decl.items()  # shape checked by spec checks
+        condition, layer_name, raw = split_module_decl(decl)  # shape checked by spec checks
+        if not _holds(spec, condition, env, (*where, name, MODULE_IF)):
+            continue  # `if:` is false here: the module does not exist (no parameters, no call)
         kind = get_layer(layer_name)
         args = _resolve_args(spec, kind, raw, env, (*where, name, layer_name))
         try:
@@ -139,6 +144,31 @@ def _module_nodes(
             raise SpecError([Problem(spec.where((*where, name)), str(exc))]) from None
         nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, declared, None, (*where, name)))
     return nodes
+
+
+def _holds(spec: LoadedSpec, condition: str | bool | None, env: dict[str, Any], where: PathKey) -> bool:
+    if condition is None or isinstance(condition, bool):
+        return condition is not False
+    try:
+        return bool(parse_expr(condition).evaluate(env))
+    except ExprError as exc:
+        raise SpecError([Problem(spec.source_map.locate_in_scalar(where, exc.offset), exc.message)]) from None
+
+
+def _existing(spec: LoadedSpec, present: set[str], where: PathKey, prefix: str) -> Callable[[str], str]:
+    """Module name -> path in the graph; calling a module that its `if:` left out is an error."""
+
+    def path(name: str) -> str:
+        full = f"{prefix}{name}"
+        if full not in present:
+            where_layer = f"layer {prefix.split('.')[1]}" if prefix else "the model"
+            raise SpecError([Problem(spec.where((*where, name, MODULE_IF)),
+                                     f"module `{name}` does not exist in {where_layer} (its `if:` is false there) "
+                                     "but the dataflow calls it; choose the call with "
+                                     "`... if <condition> else ...` in the statement")])
+        return full
+
+    return path
 
 
 def _statements(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey) -> list[Stmt]:
@@ -174,17 +204,23 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
     names = frozenset(env)
     body = _statements(
         spec, s.model.layers.body,
-        Scope(frozenset(s.model.layers.modules), names, (BODY_VAR,)), ("model", "layers", "body"),
+        Scope(frozenset(s.model.layers.modules), names | {LAYER_INDEX}, (BODY_VAR,)), ("model", "layers", "body"),
     )
     forward = _statements(
         spec, s.model.forward,
         Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})), ("model", "forward"),
     )
     fusable = {m.path: get_layer(m.layer).fuses_residual_add for m in numbered}
-    b = ProgramBuilder(env)  # body statements cannot name `i`: every layer runs the same ops
-    block_out = b.emit_block(body, {BODY_VAR: BODY_VAR}, lambda m: m)[BODY_VAR]
-    layer_fusable = {m: get_layer(layer).fuses_residual_add for m, layer in _layer_kinds(s.model.layers.modules)}
-    block_ops = fuse_residual_norms(b.ops, lambda m: layer_fusable[m])
+    present = {m.path for m in numbered}
+    layers = []
+    for i in range(num_layers):  # `if:` and conditional statements may make layers differ
+        b = ProgramBuilder({**env, LAYER_INDEX: i})
+        prefix = f"{STACK}.{i}."
+        exists = _existing(spec, present, ("model", "layers", "modules"), prefix)
+        local = _local_names(exists, len(prefix))
+        out = b.emit_block(body, {BODY_VAR: BODY_VAR}, local)[BODY_VAR]
+        ops = fuse_residual_norms(b.ops, lambda m, prefix=prefix: fusable[prefix + m])
+        layers.append(LayerOps(tuple(ops), out))
     top = ProgramBuilder(env)
 
     def stack(x: str) -> str:
@@ -192,19 +228,20 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
         top.ops.append(Op(STACK, (y,), (x,)))
         return y
 
-    final = top.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, lambda m: m, {STACK: stack})
+    top_path = _existing(spec, present, ("model", "modules"), "")
+    final = top.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: stack})
     if FORWARD_OUTPUT not in final:
         raise SpecError([Problem(spec.where(("model", "forward")), "`forward` must assign `logits`")])
     forward_ops = fuse_residual_norms(top.ops, lambda m: fusable[m])
     forward_ops = rename_outputs(forward_ops, {FORWARD_OUTPUT: final[FORWARD_OUTPUT]})
-    block = Block(BODY_VAR, block_out, tuple(block_ops))
-    program = fuse_residual_norms(unroll(forward_ops, block, num_layers, STACK, top.counter),
-                                  lambda m: fusable[m])
+    block = Block(BODY_VAR, tuple(layers))
+    program = fuse_residual_norms(unroll(forward_ops, block, STACK, top.counter), lambda m: fusable[m])
     return ModelGraph(s.name, config, tp, num_layers, tuple(numbered), tuple(forward_ops), block, tuple(program))
 
 
-def _layer_kinds(modules: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(name, next(iter(decl))) for name, decl in modules.items()]
+def _local_names(exists: Callable[[str], str], cut: int) -> Callable[[str], str]:
+    """The module's own name, after checking that this layer has it."""
+    return lambda name: exists(name)[cut:]
 
 
 def _count(spec: LoadedSpec, env: dict[str, Any]) -> int:

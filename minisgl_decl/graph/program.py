@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..spec.expr import parse_expr
-from .dataflow import BinOp, Call, Node, Scalar, Stmt, Var
+from .dataflow import BinOp, Call, Cond, Node, Scalar, Stmt, Var
 
 Value = str | float  # a variable name or a folded constant
 
@@ -30,16 +30,21 @@ class Op:
 
 
 @dataclass(frozen=True)
-class Block:
-    """The layer body over local module names (`attn`, not `layers.3.attn`), fused.
+class LayerOps:
+    """One layer's body ops over local module names (`attn`, not `layers.3.attn`), fused."""
 
-    Every layer runs these ops (body statements cannot name the layer index); what differs
-    between layers lives in the modules' own arguments (a sliding window, a rope).
-    """
+    ops: tuple[Op, ...]
+    output: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """The layer body for every layer. Layers usually run identical ops (what differs lives
+    in the modules' arguments: a window, a rope); `if:` on modules and conditional
+    statements can make some differ."""
 
     input: str
-    output: str
-    ops: tuple[Op, ...]
+    layers: tuple[LayerOps, ...]
 
 
 @dataclass
@@ -81,6 +86,9 @@ class ProgramBuilder:
         if isinstance(node, Scalar):
             value = parse_expr(node.source).evaluate(self.config)
             return float(value)
+        if isinstance(node, Cond):  # chosen now: only the taken branch is emitted
+            taken = node.body if parse_expr(node.test.source).evaluate(self.config) else node.orelse
+            return self._emit(taken, env, module_path, expand, hint)
         if isinstance(node, Call):
             args = [self._emit(a, env, module_path, expand, hint) for a in node.args]
             if node.module in expand:
@@ -148,7 +156,7 @@ def rename_outputs(ops: list[Op], final: Mapping[str, str]) -> list[Op]:
     ]
 
 
-def unroll(forward: list[Op], block: Block, num_layers: int, stack: str, counter: int) -> list[Op]:
+def unroll(forward: list[Op], block: Block, stack: str, counter: int) -> list[Op]:
     """One straight-line program: each `layers` op replaced by every layer's block ops.
 
     Module names become paths (`layers.3.attn`); block variables get fresh names
@@ -162,9 +170,9 @@ def unroll(forward: list[Op], block: Block, num_layers: int, stack: str, counter
             ops.append(replace(op, inputs=inputs))
             continue
         current = inputs[0]
-        for i in range(num_layers):
+        for i, layer in enumerate(block.layers):
             names: dict[Value, Value] = {block.input: current}
-            for bop in block.ops:
+            for bop in layer.ops:
                 outs = []
                 for v in bop.outputs:
                     counter += 1
@@ -172,6 +180,6 @@ def unroll(forward: list[Op], block: Block, num_layers: int, stack: str, counter
                     outs.append(str(names[v]))
                 ops.append(Op(bop.kind, tuple(outs), tuple(names.get(v, v) for v in bop.inputs),
                               f"{stack}.{i}.{bop.module}" if bop.module else None))
-            current = names.get(block.output, current)
+            current = names.get(layer.output, current)
         alias[op.outputs[0]] = current
     return ops

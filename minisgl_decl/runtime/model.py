@@ -24,15 +24,14 @@ from ..graph.build import STACK, ModelGraph
 from ..plan.build import RankPlan
 from ..plan.execute import stream
 
-Forward = Callable[[tuple[Any, ...], list[tuple[Any, ...]], torch.Tensor, ForwardBatch], torch.Tensor]
+Forward = Callable[[tuple[Any, ...], list[tuple[Any, tuple[Any, ...]]], torch.Tensor, ForwardBatch], torch.Tensor]
 
 
-def load_forward(rendered: Rendered, filename: str) -> Forward:
-    """Compile the rendered source and return its `forward`."""
+def load_namespace(rendered: Rendered, filename: str) -> dict[str, Any]:
+    """Compile and run the rendered source: its `forward` and `block` functions."""
     namespace: dict[str, Any] = {"__name__": f"minisgl_decl.generated.{filename}"}
     exec(compile(rendered.source, filename, "exec"), namespace)  # our template over checked identifiers only
-    fn: Forward = namespace["forward"]
-    return fn
+    return namespace
 
 
 class CompiledModel(nn.Module):
@@ -59,10 +58,12 @@ class CompiledModel(nn.Module):
                 owner = getattr(owner, part)
             self._slots[name] = (owner, attr)
         self.rendered = render_module(graph, f"<{graph.spec_name} model>")
-        self._forward = load_forward(self.rendered, f"<{graph.spec_name} model>")
+        self._namespace = load_namespace(self.rendered, f"<{graph.spec_name} model>")
+        self._forward: Forward = self._namespace["forward"]
         self._top = tuple(self._paths[p] for p in self.rendered.top)
-        self._layers = [tuple(self._paths[f"{STACK}.{i}.{m}"] for m in self.rendered.layer)
-                        for i in range(graph.num_layers)]
+        blocks = [(self._namespace[fn], names) for fn, names in self.rendered.blocks]
+        self._layers = [(blocks[k][0], tuple(self._paths[f"{STACK}.{i}.{m}"] for m in blocks[k][1]))
+                        for i, k in enumerate(self.rendered.which)]
 
     def module(self, path: str) -> nn.Module:
         return self._paths[path]
