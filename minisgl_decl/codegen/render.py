@@ -1,5 +1,6 @@
 """Render a model graph as a Python module: a `block` function for one layer, applied in
-a loop by `forward`. The runtime executes exactly this source (`runtime/model.py`).
+a loop by `forward` (one function per distinct layer program when `if:` makes layers
+differ). The runtime executes exactly this source (`runtime/model.py`).
 
 Why executing it is safe: the source is our jinja2 template (sandboxed, autoescape off)
 filled only with text built here, and every piece of that text is checked on the way in:
@@ -17,8 +18,8 @@ No spec string reaches the code itself.
 The residual add that ends a block is not computed in the block: the block returns its
 two operands and the next block's first norm adds them (`forward_add`, one fused
 add+RMSNorm), as does the final norm after the loop. Per-layer differences are data:
-each layer's modules carry their own arguments (a sliding window, a rope), so every
-layer runs the same code.
+each layer's modules carry their own arguments (a sliding window, a rope), and each
+layer's `(block, modules)` pair names the function it runs.
 """
 
 from __future__ import annotations
