@@ -10,7 +10,7 @@ directories. Each spec is scored against the checkpoint by
 3. how many of the HF config keys its `config:` entries read are present.
 
 The draft is `extends: <closest spec>` plus `name`/`serves` for this checkpoint and its
-config as `example_config`; what the closest spec does not explain is listed as `# TODO`.
+small `example_config` re-labelled for this architecture; what the closest spec does not explain is listed as `# TODO`.
 """
 
 from __future__ import annotations
@@ -174,6 +174,10 @@ def draft_spec(ckpt: Checkpoint, out: Path, dirs: list[Path]) -> tuple[str, Matc
     if model_type:
         serves["model_types"] = [str(model_type)]
     lines.append(yaml.safe_dump({"serves": serves}, sort_keys=False, default_flow_style=None).rstrip())
-    lines.append("# The checkpoint's own config: `compile`/`check` without --model build from it.")
-    lines.append(yaml.safe_dump({"example_config": ckpt.config}, sort_keys=False).rstrip())
+    # not the checkpoint's own config: `check` without --model would build a model of its full size
+    example = {k: ckpt.config[k] for k in ("architectures", "model_type") if k in ckpt.config}
+    if example:
+        lines.append(f"# `compile`/`check` without --model: {best.spec.spec.name}'s small example_config as this "
+                     "architecture.\n# TODO: add the config keys this architecture has that it lacks")
+        lines.append(yaml.safe_dump({"example_config": example}, sort_keys=False, default_flow_style=None).rstrip())
     return "\n".join(lines) + "\n", best
