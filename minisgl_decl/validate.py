@@ -15,7 +15,7 @@ from .catalogue.registry import LayerKind
 from .config.resolve import config_dependencies, resolve_config
 from .errors import Problem, SpecError, UserError, closest
 from .graph.build import BODY_VAR, FORWARD_INPUT, STACK, build_graph
-from .graph.dataflow import Scope, parse_statements
+from .graph.dataflow import BinOp, Call, Node, Scope, parse_statements
 from .plan.build import rule_for
 from .plan.rules import EXPERT, INDEX, normalise_rules
 from .spec.expr import ExprError, parse_expr
@@ -107,6 +107,34 @@ def _check_dataflow(spec: LoadedSpec, lines: list[str], scope: Scope, where: Pat
     ]
 
 
+def _calls(node: Node) -> list[Call]:
+    """Module calls in `node`, in evaluation order (arguments before the call)."""
+    if isinstance(node, Call):
+        return [c for a in node.args for c in _calls(a)] + [node]
+    if isinstance(node, BinOp):
+        return _calls(node.left) + _calls(node.right)
+    return []
+
+
+def _kv_reuse(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey, once: set[str]) -> list[Problem]:
+    """Modules in `once` (they own KV-cache state) may be called at most once per forward step."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for stmt in parse_statements(lines, scope):
+        if isinstance(stmt, ExprError):
+            continue
+        for call in _calls(stmt.value):
+            if call.module not in once:
+                continue
+            if call.module in seen:
+                what = "runs every layer's KV cache" if call.module == STACK else "owns a KV cache"
+                problems.append(Problem(spec.source_map.locate_in_scalar((*where, stmt.index), call.offset),
+                                        f"`{call.module}` {what} and is already called in this step; a second call "
+                                        "would write its cache twice (declare a second module instead)"))
+            seen.add(call.module)
+    return problems
+
+
 def _check_weights(spec: LoadedSpec, top: dict[str, LayerKind], stack: dict[str, LayerKind]) -> list[Problem]:
     problems: list[Problem] = []
     by_module = {m: [f"{m}.{p}" for p in k.param_names] for m, k in top.items()}
@@ -163,6 +191,12 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
     problems += _check_dataflow(spec, s.model.forward,
                                 Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,),
                                       frozenset({STACK})), ("model", "forward"))
+    problems += _kv_reuse(spec, s.model.layers.body,
+                          Scope(frozenset(s.model.layers.modules), frozenset(names), (BODY_VAR,)),
+                          ("model", "layers", "body"), {m for m, k in stack.items() if k.uses_kv_cache})
+    problems += _kv_reuse(spec, s.model.forward,
+                          Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,), frozenset({STACK})),
+                          ("model", "forward"), {STACK} | {m for m, k in top.items() if k.uses_kv_cache})
     problems += _check_weights(spec, top, stack)
     for k, source in enumerate(s.requires):
         problems += _expr_problems(spec, source, ("requires", k), names, "requires")

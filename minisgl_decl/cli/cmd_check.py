@@ -43,9 +43,11 @@ def _header(args: argparse.Namespace, name: str, arch: str) -> str:
 
 def _report(results: list[CheckResult], tolerance: float) -> int:
     for r in results:
-        print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}")
+        print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}" + (f"  ({r.nonfinite})" if r.nonfinite else ""))
     ok, worst = verdict(results, tolerance)
-    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}", flush=True)
+    why = next((r.nonfinite for r in results if r.nonfinite), None)
+    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}" + (f": non-finite logits: {why}" if why else ""),
+          flush=True)
     return 0 if ok else 1
 
 
