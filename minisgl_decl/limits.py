@@ -12,7 +12,7 @@ import os
 _DEFAULTS: dict[str, int] = {
     "MAX_SPEC_BYTES": 1 << 20,  # a spec file (real specs are a few KiB)
     "MAX_YAML_DEPTH": 64,  # nesting of mappings/sequences in a spec
-    "MAX_YAML_NODES": 200_000,  # nodes visited while loading, aliases counted each time they expand
+    "MAX_YAML_NODES": 50_000,  # nodes visited while loading, aliases counted each time they expand
     "MAX_EXPR_STEPS": 200_000,  # evaluation steps of one expression (incl. comprehension iterations)
     "MAX_EXPR_DEPTH": 64,  # nesting depth of one expression's syntax tree
     "MAX_EXPR_SIZE": 1_000_000,  # size of any value an expression builds (list items, characters)

@@ -251,9 +251,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int)
 
 
-def _check_binop(op: ast.operator, left: Any, right: Any, node: ast.AST) -> None:
-    """Refuse an operation whose result would exceed the budget, before computing it."""
-    bits = limit("MAX_INT_BITS")
+def _check_binop(op: ast.operator, left: Any, right: Any, node: ast.AST, bits: int, cap: int) -> None:
+    """Refuse an operation whose result would exceed the budget (`bits`, size `cap`), before computing it."""
     if isinstance(op, ast.Pow) and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
         raise ExprError(f"exponent larger than {MAX_EXPONENT}", _offset(node))
     too_big = False
@@ -266,13 +265,11 @@ def _check_binop(op: ast.operator, left: Any, right: Any, node: ast.AST) -> None
     seqs = (str, list, tuple)
     if isinstance(op, ast.Mult) and (isinstance(left, seqs) or isinstance(right, seqs)):
         seq, n = (left, right) if isinstance(left, seqs) else (right, left)
-        cap = limit("MAX_EXPR_SIZE")
         if _is_int(n) and n > 0 and _size(seq, cap) * n > cap:
             raise ExprError(f"sequence longer than allowed {hint('MAX_EXPR_SIZE')}", _offset(node))
-    if isinstance(op, ast.Add) and isinstance(left, seqs) and isinstance(right, seqs):
-        cap = limit("MAX_EXPR_SIZE")
-        if _size(left, cap) + _size(right, cap) > cap:
-            raise ExprError(f"sequence longer than allowed {hint('MAX_EXPR_SIZE')}", _offset(node))
+    adding = isinstance(op, ast.Add) and isinstance(left, seqs) and isinstance(right, seqs)
+    if adding and _size(left, cap) + _size(right, cap) > cap:
+        raise ExprError(f"sequence longer than allowed {hint('MAX_EXPR_SIZE')}", _offset(node))
     if isinstance(op, ast.Mod) and isinstance(left, str):
         raise ExprError("string formatting with `%` is not allowed", _offset(node))
 
@@ -282,6 +279,8 @@ class _Evaluator:
         self.env = env
         self.local: dict[str, Any] = {}
         self.steps = limit("MAX_EXPR_STEPS")
+        self.bits = limit("MAX_INT_BITS")
+        self.cap = limit("MAX_EXPR_SIZE")
 
     def visit(self, node: ast.AST) -> Any:
         self.steps -= 1
@@ -307,10 +306,10 @@ class _Evaluator:
             raise ExprError(f"unknown name `{node.id}`", _offset(node))
         if isinstance(node, ast.BinOp):
             left, right = self.visit(node.left), self.visit(node.right)
-            _check_binop(node.op, left, right, node)
+            _check_binop(node.op, left, right, node, self.bits, self.cap)
             result = _BINOPS[type(node.op)](left, right)
-            if _is_int(result) and result.bit_length() > limit("MAX_INT_BITS"):
-                raise ExprError(f"integer result longer than {limit('MAX_INT_BITS')} bits {hint('MAX_INT_BITS')}",
+            if _is_int(result) and result.bit_length() > self.bits:
+                raise ExprError(f"integer result longer than {self.bits} bits {hint('MAX_INT_BITS')}",
                                 _offset(node))
             return result
         if isinstance(node, ast.UnaryOp):
@@ -362,7 +361,7 @@ class _Evaluator:
             if not isinstance(gen.target, ast.Name):
                 raise ExprError("comprehension targets must be plain names", _offset(gen.target))
             iterable = self.visit(gen.iter)
-            cap = limit("MAX_EXPR_SIZE")
+            cap = self.cap
             if not isinstance(iterable, list | tuple | range | str):
                 raise ExprError(f"cannot iterate over {type(iterable).__name__}", _offset(gen.iter))
             if len(iterable) > cap:

@@ -99,6 +99,7 @@ class _Walk:
     sm: SourceMap
     out: list[Problem]
     budget: int
+    max_depth: int
     active: set[int] = field(default_factory=set)  # ids of the nodes being converted (alias cycles)
 
 
@@ -110,8 +111,8 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, w: _Walk) 
                        f"(aliases count each time they are used) {hint('MAX_YAML_NODES')}")
     if id(node) in w.active:
         raise _Refused(line, col, "recursive alias: an anchor's value refers to itself")
-    if len(path) > limit("MAX_YAML_DEPTH"):
-        raise _Refused(line, col, f"nested deeper than {limit('MAX_YAML_DEPTH')} levels through aliases "
+    if len(path) > w.max_depth:
+        raise _Refused(line, col, f"nested deeper than {w.max_depth} levels through aliases "
                        f"{hint('MAX_YAML_DEPTH')}")
     style = getattr(node, "style", None)
     w.sm.values[path] = (line, col, style)
@@ -154,7 +155,7 @@ def load_yaml(text: str, file: str) -> SpecSource:
         node = loader.get_single_node()
         if node is None:
             raise SpecError([Problem(Location(file, 1, 1), "the spec file is empty")])
-        data = _convert(loader, node, (), _Walk(sm, problems, limit("MAX_YAML_NODES")))
+        data = _convert(loader, node, (), _Walk(sm, problems, limit("MAX_YAML_NODES"), limit("MAX_YAML_DEPTH")))
     except _Refused as exc:
         raise SpecError([Problem(Location(file, exc.line, exc.column), exc.message)]) from None
     except RecursionError:
