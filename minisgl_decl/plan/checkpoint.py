@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import UserError, show
-from ..safe_files import FileRefused, decode_text, read_bounded
+from ..safe_files import FileRefused, read_bounded
 from .st_header import DTYPE_BYTES, HeaderError, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -57,9 +57,11 @@ def _read_json(path: Path, what: str) -> Any:
         data = read_bounded(path, what, "MAX_JSON_BYTES")
     except FileRefused as exc:
         raise UserError(str(exc)) from None
-    text, problem, offset = decode_text(data)
-    if text is None:
-        raise UserError(f"{show(path)}: {problem} (at byte {offset})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{show(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        "JSON must be UTF-8") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -157,13 +157,19 @@ def materialise(
                 n = _copy(files, r, out, p.add)
                 if progress is not None:
                     progress(n)
-            if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            if out.is_floating_point() and not _all_finite(out):
                 nonfinite.append(p.name)
             yield p.name, out
     finally:
         files.close()
     if nonfinite:
         warn_nonfinite(nonfinite, plan.rank)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """NaN/Inf check in blocks of 4M elements (a bounded temporary, not one the size of the tensor)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(block).all()) for block in flat.split(1 << 22))
 
 
 def warn_nonfinite(names: list[str], rank: int) -> None:

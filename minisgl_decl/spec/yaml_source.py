@@ -88,6 +88,9 @@ class _Bounded(yaml.SafeLoader):
             self.depth -= 1
 
 
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Refused(Exception):
     def __init__(self, line: int, column: int, message: str) -> None:
         super().__init__(message)
@@ -114,6 +117,9 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, w: _Walk) 
     if len(path) > w.max_depth:
         raise _Refused(line, col, f"nested deeper than {w.max_depth} levels through aliases "
                        f"{hint('MAX_YAML_DEPTH')}")
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
+        raise _Refused(line, col, f"YAML tag `{show(node.tag, 80)}` is not allowed here "
+                       "(plain mappings and lists only)")
     style = getattr(node, "style", None)
     w.sm.values[path] = (line, col, style)
     if isinstance(node, yaml.MappingNode):

@@ -84,8 +84,13 @@ def main() -> int:
         cases = build(Path(tmp) / "corpus", good)
         if args.only:
             cases = [c for c in cases if args.only in c.name]
+        def one(c: Case) -> tuple[Case, str, int | None, str, float]:
+            kind, code, out, took = run_subprocess(c, Path(args.repo), args.timeout)
+            print(f"{kind:<12} {c.name:<36} rc={code} {took:6.1f}s", flush=True)
+            return c, kind, code, out, took
+
         with ThreadPoolExecutor(args.jobs) as pool:
-            results = list(pool.map(lambda c: (c, *run_subprocess(c, Path(args.repo), args.timeout)), cases))
+            results = list(pool.map(one, cases))
     counts = Counter(r[1] for r in results)
     rows = [{"name": c.name, "group": c.group, "result": kind, "code": code, "seconds": round(took, 2),
              "tail": out.strip().splitlines()[-1][:200] if out.strip() else ""}
