@@ -197,6 +197,9 @@ def _config_cases(b: _Builder) -> None:
               _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  big: {value: .inf}"), "non-finite")
     b.compile("config_expr_range", "config",
               _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  r: {expr: 'range(3)'}"), "range")
+    b.add("config_expr_complex_out", "config", ["compile", b.spec("config_expr_complex", _edit(
+        "  rope:      {rope: {}}", "  rope:      {rope: {}}\n  c: {expr: '(-8) ** 0.5'}")), "-o",
+        str(b.root / "complex_out")], "complex")
     b.compile("config_rope_theta_string", "config",
               _example("rope_parameters", "{rope_type: default, rope_theta: abc}"), "rope")
 
