@@ -38,6 +38,32 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("qwen3_moe", {}),  # routed experts, top-2 renormalised, expert-stacked weight rules
     ("qwen3_moe", {"norm_topk_prob": False, "num_experts_per_tok": 3}),
     ("mixtral", {}),  # 4 experts top-2 + sliding window
+    # families from issue 10 (tests/test_families*.py hold their language tests):
+    ("phi3", {}),  # fused qkv_proj / gate_up_proj, partial rotary 0.75, default rope
+    ("phi3", {"rope_parameters": {  # longrope, short factors (max_position == original), attention factor 4.0
+        "rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0,
+        "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.2], "long_factor": [1.5, 2.0, 3.0, 5.0, 8.0, 13.0]}}),
+    ("phi3", {"sliding_window": 5, "partial_rotary_factor": 1.0}),
+    ("gemma", {}),  # (1 + w) fp32 norms, sqrt(hidden) embed scale, GeGLU, head_dim 24 != 96/4, tied
+    ("starcoder2", {}),  # LayerNorm with bias, biases on attention and plain MLP, window 7, tied
+    ("starcoder2", {"use_bias": False, "sliding_window": None, "tie_word_embeddings": False}),
+    ("phi", {}),  # parallel block with one LayerNorm, partial rotary 0.5, lm_head bias
+    ("phi", {"qk_layernorm": True, "tie_word_embeddings": True}),  # shared q/k LayerNorm with bias
+    ("smollm3", {}),  # NoPE on every 2nd layer: rope argument chosen per layer
+    ("smollm3", {"no_rope_layers": [1, 0, 0, 1], "use_sliding_window": True, "sliding_window": 4}),
+    ("stablelm", {}),  # sequential residual, per-head q/k LayerNorm, partial rotary 0.25, qkv bias
+    ("stablelm", {"use_parallel_residual": True, "qk_layernorm": False}),  # no post-attention norm: `if:`
+    ("stablelm", {"use_parallel_residual": True, "use_qkv_bias": False, "num_key_value_heads": 1}),
+    ("qwen2_moe", {}),  # dense layers 0 and 2, sparse 1 and 3 with the sigmoid-gated shared expert
+    ("qwen2_moe", {"decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}),
+    ("olmo2", {}),  # post-norm block, q/k RMSNorm over the whole projection
+    ("olmoe", {}),  # full-width q/k RMSNorm + routed experts (extends qwen3_moe)
+    ("gpt_neox", {}),  # per-head interleaved fused qkv (re-layout), parallel residual, partial rotary 0.25
+    ("gpt_neox", {"use_parallel_residual": False, "attention_bias": False, "tie_word_embeddings": True}),
+    ("cohere", {}),  # interleaved-pair rope (q/k re-layout), parallel block, logit scale, tied
+    ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),  # per-head q/k LayerNorm
+    ("gpt2", {}),  # learned positions, transposed Conv1D weights, fused c_attn
+    ("gpt2", {"scale_attn_by_inverse_layer_idx": True, "n_inner": 200, "activation_function": "relu"}),
 ]
 
 

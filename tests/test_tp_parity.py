@@ -35,7 +35,21 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
         {"spec": str(SPECS / "qwen3_moe.yaml")},
         {"spec": str(SPECS / "mixtral.yaml")},
     ]
+    if tp == 2:  # families from issue 10: TP=1 and TP=2 (CI time), in the same process group
+        cases += [{"spec": str(SPECS / f"{n}.yaml")} for n in FAMILIES_TP2]
+        cases += [{"spec": str(SPECS / f"{n}.yaml"), "overrides": o} for n, o in FAMILY_VARIANTS_TP2]
     return cases
+
+
+FAMILIES_TP2 = ("phi3", "gemma", "starcoder2", "phi", "smollm3", "stablelm", "qwen2_moe", "olmo2", "gpt_neox",
+                "cohere", "gpt2", "olmoe")
+FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
+    # parallel residual; kv=1 < tp: the per-head k norm row and full-width k stats on replicated heads
+    ("stablelm", {"use_parallel_residual": True, "num_key_value_heads": 1}),
+    ("olmo2", {"num_key_value_heads": 1}),
+    ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),
+    ("phi", {"qk_layernorm": True}),
+)
 
 
 def _run_group(tp: int, tmp: Path) -> list[dict[str, Any]]:
@@ -56,7 +70,7 @@ def group(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_every_case_matches_transformers(group: tuple[int, list[dict[str, Any]]]) -> None:
     tp, results = group
-    assert len(results) == 10
+    assert len(results) == 10 + (len(FAMILIES_TP2) + len(FAMILY_VARIANTS_TP2) if tp == 2 else 0)
     for r in results:
         assert "error" not in r, (tp, r)
         assert r["results"][0][0].startswith("prefill")

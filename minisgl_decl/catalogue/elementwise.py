@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from .context import ForwardBatch
-from .params import ParamDecl, TPInfo
+from .params import ParamDecl
 from .registry import LayerArgs, LayerKind
+from .shard import Shard
 
 
 class SoftCapArgs(LayerArgs):
@@ -33,5 +34,35 @@ class SoftCap(LayerKind):
     def params(self, args: SoftCapArgs) -> list[ParamDecl]:
         return []
 
-    def build(self, args: SoftCapArgs, tp: TPInfo) -> nn.Module:
+    def module(self, args: SoftCapArgs, shard: Shard) -> nn.Module:
         return TanhSoftCap(args.cap)
+
+
+class ActivationArgs(LayerArgs):
+    fn: str  # a name from catalogue.mlp.ACTIVATIONS (silu, gelu, sigmoid, ...)
+
+
+class ActivationModule(nn.Module):
+    def __init__(self, fn: str) -> None:
+        super().__init__()
+        from .mlp import activation
+
+        self.fn = activation(fn)
+
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch | None = None) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Activation(LayerKind):
+    name = "activation"
+    summary = "an element-wise function by name (e.g. sigmoid for a shared expert's gate)"
+    Args = ActivationArgs
+
+    def params(self, args: ActivationArgs) -> list[ParamDecl]:
+        from .mlp import activation
+
+        activation(args.fn)  # unknown names fail at build, with the list of known ones
+        return []
+
+    def module(self, args: ActivationArgs, shard: Shard) -> nn.Module:
+        return ActivationModule(args.fn)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ..config.rope import RopeConfig
+from ..errors import UserError
 
 
 def rope_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, float, int]:
@@ -74,12 +75,40 @@ def _yarn(rope: RopeConfig, base_freq: torch.Tensor, dim: int) -> tuple[torch.Te
     return interpolation * (1 - keep) + extrapolation * keep, scaling
 
 
+def _longrope(rope: RopeConfig, base_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
+    """LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini): per-frequency divisors, cos/sin scaled.
+
+    transformers picks the factor list per forward: `long_factor` once the sequence passes
+    `original_max_position`, `short_factor` before. A paged KV cache cannot re-rotate the
+    keys it holds, so the choice here is static, from the config: `long_factor` when the
+    model may run past its pretraining length (max_position > original_max_position, the
+    128k variants), `short_factor` otherwise. The attention factor is transformers':
+    sqrt(1 + ln(factor) / ln(original_max_position)) with factor = `factor` or
+    max_position / original_max_position (1.0 when factor <= 1), unless given.
+    """
+    assert rope.short_factor is not None and rope.long_factor is not None and rope.original_max_position
+    orig = rope.original_max_position
+    longer = rope.max_position is not None and rope.max_position > orig
+    factors = rope.long_factor if longer else rope.short_factor
+    if len(factors) != dim // 2:
+        raise UserError(f"longrope: {'long' if longer else 'short'}_factor has {len(factors)} entries; "
+                        f"the rotary dim {dim} needs {dim // 2}")
+    factor = rope.factor if rope.factor is not None else (rope.max_position or orig) / orig
+    if rope.attention_factor is not None:
+        scaling = float(rope.attention_factor)
+    else:
+        scaling = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32) * rope.theta**exponents), scaling
+
+
 #: rope type -> (inverse frequencies, cos/sin scaling); keys match config.rope.REQUIRED_KEYS
 FREQUENCIES: dict[str, Callable[[RopeConfig, torch.Tensor, int], tuple[torch.Tensor, float]]] = {
     "default": _default,
     "linear": _linear,
     "llama3": _llama3,
     "yarn": _yarn,
+    "longrope": _longrope,
 }
 
 

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, show
+from ..errors import Problem, SpecError, UserError, show
+from ..spec.find import overlapping_specs
+from ..spec.load import load_spec
 from ..validate import validate_file
 
 
@@ -34,6 +36,7 @@ def spec_files(paths: list[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     files = spec_files(args.paths)
     total = bad = 0
+    valid: list[Path] = []
     for f in files:
         problems = validate_file(f)
         total += len(problems)
@@ -41,5 +44,23 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem)
         print(f"{'ok  ' if not problems else 'FAIL'} {f}" + (f" ({len(problems)} error(s))" if problems else ""))
-    print(f"{len(files)} spec(s) checked, {len(files) - bad} valid, {total} error(s)")
+        if not problems:
+            valid.append(f)
+    overlaps = overlap_problems(valid)
+    for problem in overlaps:
+        print(problem)
+    total += len(overlaps)
+    print(f"{len(files)} spec(s) checked, {len(files) - bad} valid, {total} error(s)"
+          + (f" ({len(overlaps)} overlapping pair(s))" if overlaps else ""))
     return 1 if total else 0
+
+
+def overlap_problems(files: list[Path]) -> list[Problem]:
+    """Pairs of valid specs that could serve the same checkpoint (see `overlapping_specs`)."""
+    specs = []
+    for f in files:
+        try:
+            specs.append(load_spec(f))
+        except SpecError:
+            continue  # reported above by validate_file
+    return [Problem(b.where(("serves",), key=True), why) for _, b, why in overlapping_specs(specs)]

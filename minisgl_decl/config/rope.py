@@ -19,6 +19,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
     "yarn": ("original_max_position_embeddings",),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
 }
 SUPPORTED_ROPE_TYPES = tuple(REQUIRED_KEYS)
 
@@ -39,6 +40,8 @@ class RopeConfig:
     mscale_all_dim: float | None = None
     attention_factor: float | None = None
     truncate: bool = True
+    short_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors up to original_max_position
+    long_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors beyond it
 
 
 def _first(cfg: Mapping[str, Any], keys: list[str]) -> Any:
@@ -77,7 +80,8 @@ def normalise_rope(
     orig = p.get("original_max_position_embeddings") or original_max_position or max_position
     factor = p.get("factor")
     present = {"factor": factor, "low_freq_factor": p.get("low_freq_factor"),
-               "high_freq_factor": p.get("high_freq_factor"), "original_max_position_embeddings": orig}
+               "high_freq_factor": p.get("high_freq_factor"), "original_max_position_embeddings": orig,
+               "short_factor": p.get("short_factor"), "long_factor": p.get("long_factor")}
     for key in REQUIRED_KEYS[rope_type]:
         if present[key] is None:
             raise UserError(f"{where}: rope type `{rope_type}` needs `{key}`")
@@ -96,4 +100,16 @@ def normalise_rope(
         mscale_all_dim=p.get("mscale_all_dim"),
         attention_factor=p.get("attention_factor"),
         truncate=bool(p.get("truncate", True)),
+        short_factor=_factors(p.get("short_factor"), "short_factor", where),
+        long_factor=_factors(p.get("long_factor"), "long_factor", where),
     )
+
+
+def _factors(value: Any, key: str, where: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise UserError(f"{where}: rope `{key}` must be a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from ..config.resolve import ResolvedConfig
 from ..errors import Problem, SpecError, UserError
 from ..spec.expr import ExprError, parse_expr
 from ..spec.loaded import LoadedSpec
+from ..spec.schema import MODULE_IF, split_module_decl
 from ..spec.yaml_source import PathKey
 from .dataflow import Scope, Stmt, parse_statements
 from .program import EmitError, Op, ProgramBuilder, fuse_residual_norms, rename_outputs
@@ -22,6 +24,7 @@ FORWARD_INPUT = "tokens"
 FORWARD_OUTPUT = "logits"
 BODY_VAR = "x"
 STACK = "layers"
+LAYER_INDEX = "i"
 MAX_LAYERS = 4096
 
 
@@ -30,9 +33,14 @@ class ModuleNode:
     path: str
     layer: str
     args: LayerArgs
-    params: tuple[ParamDecl, ...]
+    declared: tuple[ParamDecl, ...]  # every parameter the layer can have (some may be absent)
     cache_index: int | None
     spec_path: PathKey
+
+    @property
+    def params(self) -> tuple[ParamDecl, ...]:
+        """The parameters this instance has (its arguments switch the others off)."""
+        return tuple(p for p in self.declared if p.present)
 
     def args_json(self) -> dict[str, Any]:
         return {k: _jsonable(v) for k, v in dict(self.args).items()}
@@ -120,17 +128,45 @@ def _module_nodes(
 ) -> list[ModuleNode]:
     nodes = []
     for name, decl in modules.items():
-        ((layer_name, raw),) = decl.items()  # shape checked by spec checks
+        condition, layer_name, raw = split_module_decl(decl)  # shape checked by spec checks
+        if not _holds(spec, condition, env, (*where, name, MODULE_IF)):
+            continue  # `if:` is false here: the module does not exist (no parameters, no call)
         kind = get_layer(layer_name)
         args = _resolve_args(spec, kind, raw, env, (*where, name, layer_name))
         try:
-            params = tuple(kind.params(args))
-            for p in params:
-                p.check_tp(tp, f"{prefix}{name}")
+            declared = tuple(kind.params(args))
+            for p in declared:
+                if p.present:
+                    p.check_tp(tp, f"{prefix}{name}")
         except UserError as exc:
             raise SpecError([Problem(spec.where((*where, name)), str(exc))]) from None
-        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, params, None, (*where, name)))
+        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, declared, None, (*where, name)))
     return nodes
+
+
+def _holds(spec: LoadedSpec, condition: str | bool | None, env: dict[str, Any], where: PathKey) -> bool:
+    if condition is None or isinstance(condition, bool):
+        return condition is not False
+    try:
+        return bool(parse_expr(condition).evaluate(env))
+    except ExprError as exc:
+        raise SpecError([Problem(spec.source_map.locate_in_scalar(where, exc.offset), exc.message)]) from None
+
+
+def _existing(spec: LoadedSpec, present: set[str], where: PathKey, prefix: str) -> Callable[[str], str]:
+    """Module name -> path in the graph; calling a module that its `if:` left out is an error."""
+
+    def path(name: str) -> str:
+        full = f"{prefix}{name}"
+        if full not in present:
+            where_layer = f"layer {prefix.split('.')[1]}" if prefix else "the model"
+            raise SpecError([Problem(spec.where((*where, name, MODULE_IF)),
+                                     f"module `{name}` does not exist in {where_layer} (its `if:` is false there) "
+                                     "but the dataflow calls it; choose the call with "
+                                     "`... if <condition> else ...` in the statement")])
+        return full
+
+    return path
 
 
 def _statements(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey) -> list[Stmt]:
@@ -159,30 +195,34 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
     numbered = []
     for m in modules:
         if get_layer(m.layer).uses_kv_cache:
-            m = ModuleNode(m.path, m.layer, m.args, m.params, cache_index, m.spec_path)
+            m = ModuleNode(m.path, m.layer, m.args, m.declared, cache_index, m.spec_path)
             cache_index += 1
         numbered.append(m)
 
     names = frozenset(env)
     body = _statements(
         spec, s.model.layers.body,
-        Scope(frozenset(s.model.layers.modules), names, (BODY_VAR,)), ("model", "layers", "body"),
+        Scope(frozenset(s.model.layers.modules), names | {LAYER_INDEX}, (BODY_VAR,)), ("model", "layers", "body"),
     )
     forward = _statements(
         spec, s.model.forward,
         Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})), ("model", "forward"),
     )
     builder = ProgramBuilder(env)
+    present = {m.path for m in numbered}
+    stack_where = ("model", "layers", "modules")
 
     def run_stack(x: str) -> str:
         for i in range(num_layers):
-            builder.config = {**env, "i": i}
-            x = builder.emit_block(body, {BODY_VAR: x}, lambda m, i=i: f"{STACK}.{i}.{m}")[BODY_VAR]
+            builder.config = {**env, LAYER_INDEX: i}
+            layer_path = _existing(spec, present, stack_where, f"{STACK}.{i}.")
+            x = builder.emit_block(body, {BODY_VAR: x}, layer_path)[BODY_VAR]
         builder.config = env
         return x
 
+    top_path = _existing(spec, present, ("model", "modules"), "")
     try:
-        final = builder.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, lambda m: m, {STACK: run_stack})
+        final = builder.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: run_stack})
     except EmitError as exc:
         where = ("model", "forward") if any(exc.stmt is st for st in forward) else ("model", "layers", "body")
         loc = spec.source_map.locate_in_scalar((*where, exc.stmt.index), exc.offset)

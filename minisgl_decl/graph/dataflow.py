@@ -46,7 +46,18 @@ class BinOp:
     offset: int
 
 
-Node = Union[Var, Scalar, Call, BinOp]  # noqa: UP007 - recursive alias
+@dataclass(frozen=True)
+class Cond:
+    """`a if test else b` with tensor branches; the test is a scalar config expression (the
+    layer index `i` included), so the branch is chosen when the stack is unrolled."""
+
+    test: Scalar
+    body: Node
+    orelse: Node
+    offset: int
+
+
+Node = Union[Var, Scalar, Call, BinOp, Cond]  # noqa: UP007 - recursive alias
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,8 @@ def _node(e: ast.expr, line: str, scope: Scope, known: set[str]) -> Node:
         if isinstance(left, Scalar) and isinstance(right, Scalar):
             return Scalar(ast.get_source_segment(line, e) or "", off)
         return BinOp(_BINOPS[type(e.op)], left, right, off)
+    if isinstance(e, ast.IfExp):
+        return _cond(e, line, scope, known)
     # anything else must be a pure scalar expression over config names
     source = ast.get_source_segment(line, e) or ""
     try:
@@ -139,6 +152,17 @@ def _node(e: ast.expr, line: str, scope: Scope, known: set[str]) -> Node:
     if bad:
         raise ExprError(_unknown(bad[0], scope, known), off)
     return Scalar(source, off)
+
+
+def _cond(e: ast.IfExp, line: str, scope: Scope, known: set[str]) -> Node:
+    test = _node(e.test, line, scope, known)
+    if not isinstance(test, Scalar):
+        raise ExprError("the condition of `a if condition else b` is a config expression, not a tensor",
+                        e.test.col_offset)
+    body, orelse = _node(e.body, line, scope, known), _node(e.orelse, line, scope, known)
+    if isinstance(body, Scalar) and isinstance(orelse, Scalar):
+        return Scalar(ast.get_source_segment(line, e) or "", e.col_offset)
+    return Cond(test, body, orelse, e.col_offset)
 
 
 def _unknown(name: str, scope: Scope, known: set[str], module: bool = False) -> str:
@@ -156,6 +180,8 @@ def variables_read(node: Node) -> set[str]:
         return set().union(*(variables_read(a) for a in node.args)) if node.args else set()
     if isinstance(node, BinOp):
         return variables_read(node.left) | variables_read(node.right)
+    if isinstance(node, Cond):
+        return variables_read(node.body) | variables_read(node.orelse)
     return set()
 
 
@@ -165,4 +191,6 @@ def modules_called(node: Node) -> set[str]:
         return {node.module} | inner
     if isinstance(node, BinOp):
         return modules_called(node.left) | modules_called(node.right)
+    if isinstance(node, Cond):
+        return modules_called(node.body) | modules_called(node.orelse)
     return set()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..spec.expr import ExprError, parse_expr
-from .dataflow import BinOp, Call, Node, Scalar, Stmt, Var
+from .dataflow import BinOp, Call, Cond, Node, Scalar, Stmt, Var
 
 Value = str | float  # a variable name or a folded constant
 
@@ -93,6 +93,13 @@ class ProgramBuilder:
             return env[node.name]
         if isinstance(node, Scalar):
             return _constant(node, self.config)
+        if isinstance(node, Cond):  # chosen now: only the taken branch is emitted
+            try:
+                test = parse_expr(node.test.source).evaluate(self.config)
+            except ExprError as exc:
+                raise ExprError(exc.message, node.test.offset + exc.offset) from None
+            taken = node.body if test else node.orelse
+            return self._emit(taken, env, module_path, expand, hint)
         if isinstance(node, Call):
             args = [self._emit(a, env, module_path, expand, hint) for a in node.args]
             if node.module in expand:

@@ -20,6 +20,7 @@ from ..spec.loaded import LoadedSpec
 from .checkpoint import CheckpointError, CheckpointIndex, TensorInfo
 from .checks import check_sources, dtype_problems, expected_part_shape, source_shape
 from .model import LoadPlan, ParamPlan, Range, RankPlan, Read
+from .relayout import layout_problems, relayout
 from .rules import SourceRef, WeightRule, ignore_regexes, normalise_rules, pattern_regex
 
 __all__ = ["LoadPlan", "ParamPlan", "RankPlan", "Read", "build_plan", "rule_for", "unused_rule_targets"]
@@ -74,6 +75,7 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
             infos = _sources(name, part_decl, part_rule, config, spec, ckpt, consumed, problems, warnings)
             if infos is not None:
                 problems.extend(check_sources(name, part_decl, part_rule, infos))
+                problems.extend(layout_problems(name, part_rule, infos, config))
                 parts.append((e, part_decl, part_rule, infos))
         resolved.append((name, decl, rule, parts))
     problems.extend(_unconsumed(spec, ckpt, consumed))
@@ -84,7 +86,8 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
         params = [
             ParamPlan(name, decl.local_shape(graph.tp), decl.shape, decl.role_name,
                       tuple(r for e, pd, pr, infos in parts
-                            for r in _at_expert(e, _reads(pd, pr, infos, graph.tp, rank))),
+                            for r in _at_expert(e, relayout(_reads(pd, pr, infos, graph.tp, rank),
+                                                            [s for s, _ in infos], pr.dim, config))),
                       rule.add, rule.location, rule.dim)
             for name, decl, rule, parts in resolved
         ]

@@ -15,12 +15,22 @@ EXPERT = "{e}"
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Re-layout along the rule's dim: view as `split` (config expressions or ints), permute by `order`."""
+
+    split: tuple[str | int, ...]
+    order: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SourceRef:
     key: str  # pattern, may hold {i}
     transpose: bool = False
+    layout: Layout | None = None
 
     def expand(self, i: int | None, pattern: str = INDEX) -> SourceRef:
-        return SourceRef(self.key.replace(pattern, str(i)) if i is not None else self.key, self.transpose)
+        key = self.key.replace(pattern, str(i)) if i is not None else self.key
+        return SourceRef(key, self.transpose, self.layout)
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,10 @@ class WeightRule:
 
 
 def _source(s: str | SourceSpec) -> SourceRef:
-    return SourceRef(s) if isinstance(s, str) else SourceRef(s.key, s.transpose)
+    if isinstance(s, str):
+        return SourceRef(s)
+    layout = Layout(tuple(s.layout.split), tuple(s.layout.order)) if s.layout is not None else None
+    return SourceRef(s.key, s.transpose, layout)
 
 
 def normalise_rules(spec: LoadedSpec) -> list[WeightRule]:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import Problem, SpecError, show
+from .extends import resolve_extends
 from .loaded import LoadedSpec
 from .schema import SPEC_VERSION, Spec
 from .yaml_source import PathKey, SourceMap, load_yaml, load_yaml_file
@@ -109,10 +110,11 @@ def validate_document(data: Any, source_map: SourceMap) -> LoadedSpec:
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
-    src = load_yaml_file(path)
+    src = resolve_extends(load_yaml_file(path), Path(path))
     return validate_document(src.data, src.source_map)
 
 
 def load_spec_text(text: str, file: str = "<spec>") -> LoadedSpec:
-    src = load_yaml(text, file)
+    """A spec from text; `extends:` is resolved relative to `file`'s directory."""
+    src = resolve_extends(load_yaml(text, file), Path(file))
     return validate_document(src.data, src.source_map)

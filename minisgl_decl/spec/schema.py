@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
 
 SPEC_VERSION = 1
 
@@ -17,6 +17,36 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$"
 Scalar = int | float | bool | str | None
 # A value in a module's arguments: a literal, or a string holding an expression over config names.
 ArgValue = int | float | bool | str | None | list[Any]
+
+
+#: the key of a module declaration holding its condition: `q_norm: {if: qk_norm, layernorm: {...}}`
+MODULE_IF = "if"
+
+
+def _module_decl(decl: dict[str, Any]) -> dict[str, Any]:
+    for key, value in decl.items():
+        if key == MODULE_IF:
+            if not isinstance(value, str | bool):
+                raise ValueError(f"`{MODULE_IF}:` is an expression over config names (and `i` in layers)")
+        elif value is not None and not isinstance(value, dict):
+            raise ValueError(f"the arguments of layer `{key}` are a mapping {{arg: value}}")
+        elif isinstance(value, dict):
+            for arg, v in value.items():
+                if isinstance(v, dict):
+                    raise ValueError(f"argument `{arg}` of layer `{key}` is a value or an expression, not a mapping")
+    return decl
+
+
+#: name -> {catalogue_layer: {arg: value}}, optionally with `if: <expression>` (the module exists only
+#: where it holds; in the layer stack it may use the layer index `i`)
+ModuleDecl = Annotated[dict[str, Any], AfterValidator(_module_decl)]
+
+
+def split_module_decl(decl: dict[str, Any]) -> tuple[str | bool | None, str, dict[str, Any] | None]:
+    """(condition or None, layer name, raw arguments) of a module declaration with one layer."""
+    rest = {k: v for k, v in decl.items() if k != MODULE_IF}
+    ((layer, raw),) = rest.items()
+    return decl.get(MODULE_IF), layer, raw
 
 
 class Strict(BaseModel):
@@ -101,15 +131,16 @@ class LayerStack(Strict):
     """The repeated decoder block: its modules and its residual dataflow."""
 
     repeat: str | int = Field(description="How many layers (expression over config names)")
-    modules: dict[Identifier, dict[str, dict[str, ArgValue] | None]] = Field(
-        description="name -> {catalogue_layer: {arg: value}}; args may use the layer index `i`"
+    modules: dict[Identifier, ModuleDecl] = Field(
+        description="name -> {catalogue_layer: {arg: value}}; args may use the layer index `i`; "
+        "`if: <expression>` makes a module exist only in the layers where it holds"
     )
     body: list[str] = Field(min_length=1, description="Statements `name = expression` over x and module calls")
 
 
 class Model(Strict):
-    modules: dict[Identifier, dict[str, dict[str, ArgValue] | None]] = Field(
-        description="Top-level modules: name -> {catalogue_layer: {arg: value}}"
+    modules: dict[Identifier, ModuleDecl] = Field(
+        description="Top-level modules: name -> {catalogue_layer: {arg: value}}, optionally `if: <expression>`"
     )
     layers: LayerStack
     forward: list[str] = Field(
@@ -118,9 +149,23 @@ class Model(Strict):
     )
 
 
+class LayoutSpec(Strict):
+    """The source's rows along the rule's `dim` are stored in another order (a re-layout).
+
+    View that dim as `split` (sizes; expressions over config names), permute those axes by
+    `order`, flatten: target axis j is source axis `order[j]`. GPT-NeoX's per-head fused
+    qkv, stored [heads, 3, head_dim], becomes q | k | v with `split: [heads, 3, head_dim]`,
+    `order: [1, 0, 2]`. The loader still reads only each rank's rows (several strided reads).
+    """
+
+    split: list[str | int] = Field(min_length=2, description="Sizes the dim is viewed as (outermost first)")
+    order: list[int] = Field(min_length=2, description="Permutation of the split axes giving the target order")
+
+
 class SourceSpec(Strict):
     key: str = Field(description="Checkpoint tensor name; `{i}` is the layer index")
     transpose: bool = False
+    layout: LayoutSpec | None = Field(default=None, description="Re-layout of the rows along the rule's dim")
 
 
 
@@ -188,6 +233,11 @@ class Spec(Strict):
     """One architecture spec (the top of a `specs/*.yaml` file)."""
 
     spec_version: Literal[1]
+    extends: str | None = Field(
+        default=None,
+        description="Another spec this one overrides: a name in the same directory (`llama`) or a relative "
+        "path; mappings merge, lists and scalars replace, `key: null` deletes an inherited key",
+    )
     name: Identifier
     description: str = ""
     serves: Serves
