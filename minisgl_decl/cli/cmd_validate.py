@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import Problem, SpecError, UserError
+from ..errors import Problem, SpecError, UserError, show
 from ..spec.find import overlapping_specs
 from ..spec.load import load_spec
 from ..validate import validate_file
@@ -27,10 +27,10 @@ def spec_files(paths: list[str]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             files += sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml"))
-        elif p.is_file():
-            files.append(p)
+        elif p.exists():
+            files.append(p)  # not a regular file: reported by the loader, without opening it
         else:
-            raise UserError(f"{p}: no such file or directory")
+            raise UserError(f"{show(p)}: no such file or directory")
     if not files:
         raise UserError(f"no .yaml specs found in {', '.join(paths)}")
     return files

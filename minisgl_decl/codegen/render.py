@@ -6,6 +6,7 @@ through `repr`, so spec content can never become code.
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -17,7 +18,16 @@ _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
 def _v(value: str | float) -> str:
-    return value if isinstance(value, str) and value.isidentifier() else repr(value)
+    """A variable name as itself; a constant as a Python literal the interpreter reads the same way."""
+    if isinstance(value, str):
+        if not value.isidentifier():
+            raise ValueError(f"bad variable name {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"bad constant {value!r}")
+    if math.isfinite(value):
+        return repr(float(value))
+    return f"float({str(float(value))!r})"  # inf, -inf and nan have no literal
 
 
 def _line(op: Op) -> str:

@@ -18,7 +18,7 @@ from ..spec.loaded import LoadedSpec
 from ..spec.schema import MODULE_IF, split_module_decl
 from ..spec.yaml_source import PathKey
 from .dataflow import Scope, Stmt, parse_statements
-from .program import Op, ProgramBuilder, fuse_residual_norms, rename_outputs
+from .program import EmitError, Op, ProgramBuilder, fuse_residual_norms, rename_outputs
 
 FORWARD_INPUT = "tokens"
 FORWARD_OUTPUT = "logits"
@@ -221,7 +221,12 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
         return x
 
     top_path = _existing(spec, present, ("model", "modules"), "")
-    final = builder.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: run_stack})
+    try:
+        final = builder.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: run_stack})
+    except EmitError as exc:
+        where = ("model", "forward") if any(exc.stmt is st for st in forward) else ("model", "layers", "body")
+        loc = spec.source_map.locate_in_scalar((*where, exc.stmt.index), exc.offset)
+        raise SpecError([Problem(loc, exc.message)]) from None
     if FORWARD_OUTPUT not in final:
         raise SpecError([Problem(spec.where(("model", "forward")), "`forward` must assign `logits`")])
     kinds = {m.path: m.layer for m in numbered}
