@@ -57,3 +57,10 @@ def closest(name: str, options: Iterable[str]) -> str:
     if near:
         return f"did you mean `{near[0]}`? known: {listing}"
     return f"known: {listing}"
+
+
+def show(text: object, limit: int = 200) -> str:
+    """User text made safe for one line of a message: control characters escaped, long text cut."""
+    s = str(text)
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[:limit])
+    return out + ("…" if len(s) > limit else "")

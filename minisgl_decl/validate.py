@@ -16,6 +16,7 @@ from .config.resolve import config_dependencies, resolve_config
 from .errors import Problem, SpecError, UserError, closest
 from .graph.build import BODY_VAR, FORWARD_INPUT, STACK, ModelGraph, build_graph
 from .graph.dataflow import Scope, parse_statements
+from .graph.kv_rules import kv_modules, kv_reuse
 from .plan.build import rule_for
 from .plan.rules import EXPERT, INDEX, WeightRule, normalise_rules
 from .spec.expr import ExprError, parse_expr
@@ -153,6 +154,12 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
     problems += _check_dataflow(spec, s.model.forward,
                                 Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,),
                                       frozenset({STACK})), ("model", "forward"))
+    problems += kv_reuse(spec, s.model.layers.body,
+                         Scope(frozenset(s.model.layers.modules), frozenset(names | {"i"}), (BODY_VAR,)),
+                         ("model", "layers", "body"), kv_modules(s.model.layers.modules))
+    problems += kv_reuse(spec, s.model.forward,
+                         Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,), frozenset({STACK})),
+                         ("model", "forward"), {STACK} | kv_modules(s.model.modules))
     problems += _check_weights(spec)
     for k, source in enumerate(s.requires):
         problems += _expr_problems(spec, source, ("requires", k), names, "requires")

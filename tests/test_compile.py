@@ -95,6 +95,8 @@ def test_user_errors_have_no_traceback(tmp_path: Path) -> None:
 def test_schema_lists_catalogue_layers() -> None:
     res = _cli("schema")
     schema = json.loads(res.stdout)
-    layer_alts = schema["$defs"]["LayerStack"]["properties"]["modules"]["additionalProperties"]["oneOf"]
-    names = {next(iter(a["properties"])) for a in layer_alts}
-    assert {"attention", "rmsnorm", "gated_mlp", "embedding", "lm_head"} <= names
+    (module,) = schema["$defs"]["LayerStack"]["properties"]["modules"]["patternProperties"].values()
+    assert module == {"$ref": "#/$defs/module"}
+    names = set(schema["$defs"]["module"]["propertyNames"]["enum"])
+    assert {"if", "attention", "rmsnorm", "gated_mlp", "embedding", "lm_head"} <= names
+    assert {"dim", "eps"} <= set(schema["$defs"]["layer_rmsnorm"]["properties"])

@@ -9,6 +9,7 @@ are the same as at TP=1.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..errors import UserError
 from ..parity.check import DEFAULT_TOLERANCE, CheckResult, verdict
 from ..parity.run import parity_on_checkpoint, parity_on_random_model, quiet_transformers
 from ..validate import load_valid_spec
+from .checks import check_count, check_device, check_input_dir
 
 
 def register(sub: Any) -> None:
@@ -43,9 +45,11 @@ def _header(args: argparse.Namespace, name: str, arch: str) -> str:
 
 def _report(results: list[CheckResult], tolerance: float) -> int:
     for r in results:
-        print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}")
+        print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}" + (f"  ({r.nonfinite})" if r.nonfinite else ""))
     ok, worst = verdict(results, tolerance)
-    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}", flush=True)
+    why = next((r.nonfinite for r in results if r.nonfinite), None)
+    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}" + (f": non-finite logits: {why}" if why else ""),
+          flush=True)
     return 0 if ok else 1
 
 
@@ -79,6 +83,13 @@ def _run_tp(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.tp < 1:
         raise UserError(f"--tp must be at least 1, got {args.tp}")
+    check_count(args.tp, "--tp", 1, 1024)
+    check_device(args.device)
+    check_count(args.seed, "--seed", 0, 2**63 - 1)
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise UserError(f"--tolerance {args.tolerance}: expected a finite number >= 0")
+    if args.model is not None:
+        check_input_dir(args.model, "--model")
     if args.tp > 1:
         return _run_tp(args)
     spec = load_valid_spec(args.spec)

@@ -10,11 +10,13 @@ from typing import Any
 import torch
 
 from ..codegen.render import render_module
+from ..errors import UserError, show
 from ..graph.build import STACK
 from ..pipeline import Compiled, compile_spec
 from ..plan.describe import describe_plan
 from ..plan.rules import normalise_rules
 from ..validate import load_valid_spec
+from .checks import check_count, check_input_dir, check_output_dir, check_output_file, write_atomic
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,26 +78,38 @@ def describe(c: Compiled) -> str:
     return "\n".join(out)
 
 
+def _json(data: Any, what: str) -> str:
+    try:
+        return json.dumps(data, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"cannot write {what} as JSON: {show(exc)}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    check_count(args.tp, "--tp", 1, 1024)
+    if args.model is not None:
+        check_input_dir(args.model, "--model")
+    if args.plan_json and args.model is None:
+        raise UserError("--plan-json needs --model DIR (the plan is checked against the checkpoint)")
+    plan_path = check_output_file(args.plan_json, "--plan-json") if args.plan_json else None
+    out = check_output_dir(args.out, "-o") if args.out else None
     spec = load_valid_spec(args.spec)
     c = compile_spec(spec, args.model, args.tp, dtype=DTYPES[args.dtype])
     print(describe(c))
-    if args.plan_json:
-        if c.plan is None:
-            from ..errors import UserError
-
-            raise UserError("--plan-json needs --model DIR (the plan is checked against the checkpoint)")
-        Path(args.plan_json).write_text(json.dumps(c.plan.to_json(), indent=1))
-        print(f"\nwrote {args.plan_json}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    # everything is rendered before anything is written: a failure leaves no partial output
+    files: dict[Path, str] = {}
+    if plan_path is not None and c.plan is not None:
+        files[plan_path] = _json(c.plan.to_json(), "the loader plan")
+    if out is not None:
         name = c.graph.spec_name
-        (out / f"{name}_model.py").write_text(render_module(c.graph, str(args.spec)).source)
-        (out / f"{name}_graph.json").write_text(json.dumps(c.graph.to_json(), indent=1))
-        written = [f"{name}_model.py", f"{name}_graph.json"]
+        files[out / f"{name}_model.py"] = render_module(c.graph, str(args.spec)).source
+        files[out / f"{name}_graph.json"] = _json(c.graph.to_json(), "the module graph")
         if c.plan is not None:
-            (out / f"{name}_plan.json").write_text(json.dumps(c.plan.to_json(), indent=1))
-            written.append(f"{name}_plan.json")
-        print(f"\nwrote {', '.join(str(out / w) for w in written)}")
+            files[out / f"{name}_plan.json"] = _json(c.plan.to_json(), "the loader plan")
+    for path, text in files.items():
+        write_atomic(path, text, "--plan-json" if path == plan_path else "-o")
+    if plan_path is not None:
+        print(f"\nwrote {plan_path}")
+    if out is not None:
+        print(f"\nwrote {', '.join(str(p) for p in files if p != plan_path)}")
     return 0

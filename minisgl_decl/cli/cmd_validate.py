@@ -6,15 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import Problem, SpecError, UserError
+from ..errors import Problem, SpecError, UserError, show
 from ..spec.find import overlapping_specs
 from ..spec.load import load_spec
 from ..validate import validate_file
+from .report_format import FORMATS, Reporter
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("validate", help="validate spec files or directories of specs")
     p.add_argument("paths", nargs="+", metavar="PATH", help="a spec .yaml file or a directory of them")
+    p.add_argument("--format", choices=FORMATS, default="text",
+                   help="text (default), json (one document), github (workflow ::error annotations)")
     p.set_defaults(run=run)
 
 
@@ -24,10 +27,10 @@ def spec_files(paths: list[str]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             files += sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml"))
-        elif p.is_file():
-            files.append(p)
+        elif p.exists():
+            files.append(p)  # not a regular file: reported by the loader, without opening it
         else:
-            raise UserError(f"{p}: no such file or directory")
+            raise UserError(f"{show(p)}: no such file or directory")
     if not files:
         raise UserError(f"no .yaml specs found in {', '.join(paths)}")
     return files
@@ -35,24 +38,15 @@ def spec_files(paths: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     files = spec_files(args.paths)
-    total = bad = 0
+    report = Reporter(args.format)
     valid: list[Path] = []
     for f in files:
         problems = validate_file(f)
-        total += len(problems)
-        bad += bool(problems)
-        for problem in problems:
-            print(problem)
-        print(f"{'ok  ' if not problems else 'FAIL'} {f}" + (f" ({len(problems)} error(s))" if problems else ""))
+        report.file(f, problems)
         if not problems:
             valid.append(f)
-    overlaps = overlap_problems(valid)
-    for problem in overlaps:
-        print(problem)
-    total += len(overlaps)
-    print(f"{len(files)} spec(s) checked, {len(files) - bad} valid, {total} error(s)"
-          + (f" ({len(overlaps)} overlapping pair(s))" if overlaps else ""))
-    return 1 if total else 0
+    report.overlap(overlap_problems(valid))
+    return 1 if report.summary() else 0
 
 
 def overlap_problems(files: list[Path]) -> list[Problem]:

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import SpecError, UserError
-from . import cmd_check, cmd_compile, cmd_generate, cmd_schema, cmd_validate
+from . import checks, cmd_check, cmd_compile, cmd_generate, cmd_new, cmd_schema, cmd_validate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,14 +17,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Declarative, YAML-driven LLM model compiler and inference runtime.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cmd_validate, cmd_schema, cmd_compile, cmd_check, cmd_generate):
+    for module in (cmd_validate, cmd_schema, cmd_compile, cmd_check, cmd_generate, cmd_new):
         module.register(sub)
     return parser
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """Options several commands share, checked before any command runs (each names its option)."""
+    if getattr(args, "max_new_tokens", None) is not None:
+        checks.check_count(args.max_new_tokens, "--max-new-tokens")
+    if getattr(args, "device", None) is not None:
+        checks.check_device(args.device)
+    if getattr(args, "model", None) is not None:
+        checks.check_input_dir(args.model, "--model")
+    if getattr(args, "tp", None) is not None:
+        checks.check_count(args.tp, "--tp", 1, 1024)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_common(args)
         return int(args.run(args) or 0)
     except SpecError as exc:
         for problem in exc.problems:

@@ -7,12 +7,13 @@ other config names, evaluated in dependency order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import Problem, SpecError, UserError
+from ..errors import Problem, SpecError, UserError, show
 from ..spec.expr import ExprError, parse_expr
 from ..spec.loaded import LoadedSpec
 from ..spec.schema import ExprField, FromField, RopeField, ValueField
@@ -52,23 +53,54 @@ def hf_lookup(hf: Mapping[str, Any], key: str) -> Any:
 
 
 def _first_present(hf: Mapping[str, Any], keys: list[str]) -> Any:
+    return _first_present_key(hf, keys)[1]
+
+
+def _first_present_key(hf: Mapping[str, Any], keys: list[str]) -> tuple[str | None, Any]:
     for key in keys:
         value = hf_lookup(hf, key)
         if value is not _MISSING:
-            return value
-    return _MISSING
+            return key, value
+    return None, _MISSING
+
+
+def _finite(value: Any, key: str, kind: type) -> Any:
+    """A rope number from the HF config: finite and of a plain numeric type, else a ValueError naming the key."""
+    if value is _MISSING:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        raise ValueError(f"HF config `{key}` = {_got(value)}: expected a finite number")
+    if kind is int and (not float(value).is_integer() or abs(value) > MAX_INT):
+        raise ValueError(f"HF config `{key}` = {_got(value)}: expected an integer within ±2**40")
+    return kind(value)
+
+
+MAX_INT = 2**40  # every integer config value (sizes, counts, positions) stays within ±MAX_INT
+
+
+def _got(value: Any) -> str:
+    return show(repr(value), 80)
 
 
 def _coerce(value: Any, kind: str) -> Any:
+    """`value` as `kind`; integers must be finite, integral and within ±MAX_INT; floats finite."""
     if kind == "any" or value is None:
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise TypeError(f"expected an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected an integer, got {_got(value)}")
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise TypeError(f"expected an integer, got {_got(value)}")
+        if not -MAX_INT <= value <= MAX_INT:
+            raise TypeError(f"integer {_got(value)} is out of range (|value| <= 2**40)")
         return int(value)
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"expected a number, got {value!r}")
+            raise TypeError(f"expected a number, got {_got(value)}")
+        if isinstance(value, int) and abs(value) > 2**1000:
+            raise TypeError(f"number {_got(value)} is out of range")
+        if not math.isfinite(float(value)):
+            raise TypeError(f"expected a finite number, got {_got(value)}")
         return float(value)
     if kind == "bool":
         if not isinstance(value, bool):
@@ -76,7 +108,7 @@ def _coerce(value: Any, kind: str) -> Any:
         return value
     expected = {"str": str, "list": list, "dict": dict}[kind]
     if not isinstance(value, expected):
-        raise TypeError(f"expected a {kind}, got {value!r}")
+        raise TypeError(f"expected a {kind}, got {_got(value)}")
     return value
 
 
@@ -111,7 +143,7 @@ def resolve_config(spec: LoadedSpec, hf: Mapping[str, Any]) -> ResolvedConfig:
             progressed = True
             try:
                 values[name] = _resolve_entry(name, entry, hf, values)
-            except (ExprError, TypeError, ValueError) as exc:
+            except (ExprError, TypeError, ValueError, ArithmeticError) as exc:
                 msg = exc.message if isinstance(exc, ExprError) else str(exc)
                 problems.append(Problem(spec.where(("config", name)), f"config `{name}`: {msg}"))
                 values[name] = None
@@ -146,14 +178,46 @@ def _unmet_requirements(spec: LoadedSpec, values: dict[str, Any]) -> list[Proble
     return problems
 
 
+def _plain(value: Any) -> Any:
+    """Config values are JSON-like data: None, bool, int, finite float, str, and lists/mappings of them."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise TypeError(f"non-finite number {v!r}; config values must be finite")
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+            raise TypeError(f"integer {_got(v)} is out of range")
+        if isinstance(v, list | tuple):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                raise TypeError("mapping keys must be strings")
+            stack.extend(v.values())
+        elif v is not None and not isinstance(v, bool | int | float | str):
+            raise TypeError(f"a value of type `{type(v).__name__}` is not allowed here; use numbers, strings, "
+                            "booleans, lists or mappings")
+    return value
+
+
 def _resolve_entry(name: str, entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:
+    if isinstance(entry, RopeField):
+        return _resolve_rope(name, entry, hf)
+    return _plain(_resolve_value(entry, hf, values))
+
+
+def _resolve_value(entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:
     if isinstance(entry, ValueField):
         return entry.value
     if isinstance(entry, ExprField):
         return _coerce(parse_expr(entry.expr).evaluate(values), entry.type)
     if isinstance(entry, FromField):
         keys = [entry.from_] if isinstance(entry.from_, str) else list(entry.from_)
-        value = _first_present(hf, keys)
+        key, value = _first_present_key(hf, keys)
+        if key is not None:
+            try:
+                return _coerce(value, entry.type)
+            except TypeError as exc:
+                raise TypeError(f"HF config `{show(key)}`: {exc}") from None
         if value is _MISSING:
             if isinstance(entry.default, str):
                 value = parse_expr(entry.default).evaluate(values)
@@ -164,25 +228,27 @@ def _resolve_entry(name: str, entry: Any, hf: Mapping[str, Any], values: dict[st
             else:
                 value = entry.default
         return _coerce(value, entry.type)
-    if isinstance(entry, RopeField):
-        src = entry.rope
-        params = _first_present(hf, src.parameters_from)
-        theta = _first_present(hf, src.theta_from)
-        if theta is _MISSING and isinstance(params, Mapping):
-            theta = params.get("rope_theta", _MISSING)
-        prf = _first_present(hf, src.partial_rotary_from)
-        max_pos = _first_present(hf, src.max_position_from)
-        orig = _first_present(hf, src.original_max_position_from)
-        try:
-            return normalise_rope(
-                params if isinstance(params, Mapping) else None,
-                theta=float(src.default_theta if theta is _MISSING else theta),
-                layer_type=src.layer_type,
-                partial_rotary_factor=None if prf is _MISSING else float(prf),
-                max_position=None if max_pos is _MISSING else int(max_pos),
-                original_max_position=None if orig is _MISSING else int(orig),
-                where=f"config `{name}`",
-            )
-        except UserError as exc:
-            raise ValueError(str(exc)) from None
     raise TypeError(f"unknown config entry {entry!r}")
+
+
+def _resolve_rope(name: str, entry: RopeField, hf: Mapping[str, Any]) -> Any:
+    src = entry.rope
+    params = _first_present(hf, src.parameters_from)
+    theta = _first_present(hf, src.theta_from)
+    if theta is _MISSING and isinstance(params, Mapping):
+        theta = params.get("rope_theta", _MISSING)
+    prf = _first_present(hf, src.partial_rotary_from)
+    max_pos = _first_present(hf, src.max_position_from)
+    orig = _first_present(hf, src.original_max_position_from)
+    try:
+        return normalise_rope(
+            params if isinstance(params, Mapping) else None,
+            theta=float(src.default_theta) if theta is _MISSING else _finite(theta, "rope_theta", float),
+            layer_type=src.layer_type,
+            partial_rotary_factor=_finite(prf, "partial_rotary_factor", float),
+            max_position=_finite(max_pos, "max_position_embeddings", int),
+            original_max_position=_finite(orig, "original_max_position_embeddings", int),
+            where=f"config `{name}`",
+        )
+    except UserError as exc:
+        raise ValueError(str(exc)) from None

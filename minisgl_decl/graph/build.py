@@ -18,7 +18,7 @@ from ..spec.loaded import LoadedSpec
 from ..spec.schema import MODULE_IF, split_module_decl
 from ..spec.yaml_source import PathKey
 from .dataflow import Scope, Stmt, parse_statements
-from .program import Block, LayerOps, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
+from .program import Block, EmitError, LayerOps, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
 
 FORWARD_INPUT = "tokens"
 FORWARD_OUTPUT = "logits"
@@ -213,14 +213,6 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
     fusable = {m.path: get_layer(m.layer).fuses_residual_add for m in numbered}
     present = {m.path for m in numbered}
     layers = []
-    for i in range(num_layers):  # `if:` and conditional statements may make layers differ
-        b = ProgramBuilder({**env, LAYER_INDEX: i})
-        prefix = f"{STACK}.{i}."
-        exists = _existing(spec, present, ("model", "layers", "modules"), prefix)
-        local = _local_names(exists, len(prefix))
-        out = b.emit_block(body, {BODY_VAR: BODY_VAR}, local)[BODY_VAR]
-        ops = fuse_residual_norms(b.ops, lambda m, prefix=prefix: fusable[prefix + m])
-        layers.append(LayerOps(tuple(ops), out))
     top = ProgramBuilder(env)
 
     def stack(x: str) -> str:
@@ -229,7 +221,19 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
         return y
 
     top_path = _existing(spec, present, ("model", "modules"), "")
-    final = top.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: stack})
+    try:
+        for i in range(num_layers):  # `if:` and conditional statements may make layers differ
+            b = ProgramBuilder({**env, LAYER_INDEX: i})
+            prefix = f"{STACK}.{i}."
+            exists = _existing(spec, present, ("model", "layers", "modules"), prefix)
+            out = b.emit_block(body, {BODY_VAR: BODY_VAR}, _local_names(exists, len(prefix)))[BODY_VAR]
+            ops = fuse_residual_norms(b.ops, lambda m, prefix=prefix: fusable[prefix + m])
+            layers.append(LayerOps(tuple(ops), out))
+        final = top.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: stack})
+    except EmitError as exc:
+        where = ("model", "forward") if any(exc.stmt is st for st in forward) else ("model", "layers", "body")
+        loc = spec.source_map.locate_in_scalar((*where, exc.stmt.index), exc.offset)
+        raise SpecError([Problem(loc, exc.message)]) from None
     if FORWARD_OUTPUT not in final:
         raise SpecError([Problem(spec.where(("model", "forward")), "`forward` must assign `logits`")])
     forward_ops = fuse_residual_norms(top.ops, lambda m: fusable[m])

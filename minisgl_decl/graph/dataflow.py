@@ -64,6 +64,7 @@ Node = Union[Var, Scalar, Call, BinOp, Cond]  # noqa: UP007 - recursive alias
 class Stmt:
     target: str
     value: Node
+    index: int = 0  # position in its statement list (for locating errors found later)
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,9 @@ def parse_statements(lines: list[str], scope: Scope) -> list[Stmt | ExprError]:
     """Parse each line; a bad line gives an `ExprError` in its place (offset inside the line)."""
     known_vars = set(scope.inputs)
     out: list[Stmt | ExprError] = []
-    for line in lines:
+    for index, line in enumerate(lines):
         try:
-            stmt = _parse_line(line, scope, known_vars)
+            stmt = _parse_line(line, scope, known_vars, index)
         except ExprError as exc:
             out.append(exc)
             continue
@@ -91,7 +92,7 @@ def parse_statements(lines: list[str], scope: Scope) -> list[Stmt | ExprError]:
     return out
 
 
-def _parse_line(line: str, scope: Scope, known_vars: set[str]) -> Stmt:
+def _parse_line(line: str, scope: Scope, known_vars: set[str], index: int = 0) -> Stmt:
     try:
         tree = ast.parse(line, mode="exec")
     except SyntaxError as exc:
@@ -104,7 +105,11 @@ def _parse_line(line: str, scope: Scope, known_vars: set[str]) -> Stmt:
     target = assign.targets[0].id
     if target in scope.modules or target in scope.config or target in scope.callables:
         raise ExprError(f"`{target}` is a module or config name; pick another variable name", 0)
-    return Stmt(target, _node(assign.value, line, scope, known_vars))
+    value = _node(assign.value, line, scope, known_vars)
+    if isinstance(value, Scalar):
+        raise ExprError(f"`{target} = {value.source}` assigns a constant: a statement must compute a tensor "
+                        "(call a module, or combine tensor variables with + - * /)", assign.value.col_offset)
+    return Stmt(target, value, index)
 
 
 def _node(e: ast.expr, line: str, scope: Scope, known: set[str]) -> Node:
@@ -124,7 +129,12 @@ def _node(e: ast.expr, line: str, scope: Scope, known: set[str]) -> Node:
             raise ExprError(_unknown(e.func.id, scope, known, module=True), off)
         if e.keywords:
             raise ExprError("module calls take positional arguments only", off)
-        return Call(e.func.id, tuple(_node(a, line, scope, known) for a in e.args), off)
+        if len(e.args) != 1 or isinstance(e.args[0], ast.Starred):
+            raise ExprError(f"`{e.func.id}` takes exactly one tensor argument, got {len(e.args)}", off)
+        arg = _node(e.args[0], line, scope, known)
+        if isinstance(arg, Scalar):
+            raise ExprError(f"`{e.func.id}` takes a tensor, got the constant `{arg.source}`", e.args[0].col_offset)
+        return Call(e.func.id, (arg,), off)
     if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
         left, right = _node(e.left, line, scope, known), _node(e.right, line, scope, known)
         if isinstance(left, Scalar) and isinstance(right, Scalar):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..spec.expr import parse_expr
+from ..spec.expr import ExprError, parse_expr
 from .dataflow import BinOp, Call, Cond, Node, Scalar, Stmt, Var
 
 Value = str | float  # a variable name or a folded constant
@@ -47,6 +47,30 @@ class Block:
     layers: tuple[LayerOps, ...]
 
 
+class EmitError(Exception):
+    """A statement that parsed but cannot be unrolled for this config (e.g. `x / 0`, a string constant)."""
+
+    def __init__(self, stmt: Stmt, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.stmt, self.message, self.offset = stmt, message, offset
+
+
+def _constant(node: Scalar, config: Mapping[str, Any]) -> float:
+    try:
+        value = parse_expr(node.source).evaluate(config)
+    except ExprError as exc:
+        raise ExprError(exc.message, node.offset + exc.offset) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ExprError(f"`{node.source}` = {value!r} is not a number; tensors combine with numbers only", node.offset)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ExprError(f"`{node.source}` is too large for a float", node.offset) from None
+    if number != number:
+        raise ExprError(f"`{node.source}` is NaN", node.offset)
+    return number
+
+
 @dataclass
 class ProgramBuilder:
     config: Mapping[str, Any]
@@ -67,9 +91,12 @@ class ProgramBuilder:
         """Emit `stmts`; `env` maps source names to SSA names; returns the updated env."""
         env = dict(env)
         for stmt in stmts:
-            result = self._emit(stmt.value, env, module_path, expand or {}, stmt.target)
+            try:
+                result = self._emit(stmt.value, env, module_path, expand or {}, stmt.target)
+            except ExprError as exc:
+                raise EmitError(stmt, exc.message, exc.offset) from None
             if isinstance(result, float):
-                raise ValueError(f"`{stmt.target}` is a constant, not a tensor")
+                raise EmitError(stmt, f"`{stmt.target}` is a constant, not a tensor", 0)
             env[stmt.target] = result
         return env
 
@@ -84,23 +111,29 @@ class ProgramBuilder:
         if isinstance(node, Var):
             return env[node.name]
         if isinstance(node, Scalar):
-            value = parse_expr(node.source).evaluate(self.config)
-            return float(value)
+            return _constant(node, self.config)
         if isinstance(node, Cond):  # chosen now: only the taken branch is emitted
-            taken = node.body if parse_expr(node.test.source).evaluate(self.config) else node.orelse
+            try:
+                test = parse_expr(node.test.source).evaluate(self.config)
+            except ExprError as exc:
+                raise ExprError(exc.message, node.test.offset + exc.offset) from None
+            taken = node.body if test else node.orelse
             return self._emit(taken, env, module_path, expand, hint)
         if isinstance(node, Call):
             args = [self._emit(a, env, module_path, expand, hint) for a in node.args]
             if node.module in expand:
-                (arg,) = args
-                assert isinstance(arg, str)
-                return expand[node.module](arg)
+                if len(args) != 1 or not isinstance(args[0], str):
+                    raise ExprError(f"`{node.module}` takes exactly one tensor argument", node.offset)
+                return expand[node.module](args[0])
             out = self.fresh(hint)
             self.ops.append(Op("call", (out,), tuple(args), module_path(node.module)))
             return out
-        assert isinstance(node, BinOp)
+        if not isinstance(node, BinOp):
+            raise ExprError(f"cannot emit {type(node).__name__}", 0)
         left = self._emit(node.left, env, module_path, expand, hint)
         right = self._emit(node.right, env, module_path, expand, hint)
+        if node.op == "div" and isinstance(right, float) and right == 0.0:
+            raise ExprError("division by zero (the divisor is the constant 0 for this config)", node.offset)
         out = self.fresh(hint)
         self.ops.append(Op(node.op, (out,), (left, right)))
         return out

@@ -8,18 +8,52 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
-from ..errors import UserError
+from ..errors import UserError, show
+from ..limits import hint, limit
 from ..spec.loaded import LoadedSpec
+
+#: what transformers may raise on a bad checkpoint or config (its own errors derive from these)
+TRANSFORMERS_FAILURES = (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
+                         ImportError, NotImplementedError, AssertionError, SafetensorError)
 
 
 def _architecture_class(name: str) -> Any:
+    """The transformers model class `name`; only `PreTrainedModel` subclasses are accepted."""
     import transformers
 
+    if not name.isidentifier() or name.startswith("_"):
+        raise UserError(f"`{show(name)}` is not a transformers model class name")
     cls = getattr(transformers, name, None)
     if cls is None:
-        raise UserError(f"transformers {transformers.__version__} has no class `{name}`")
+        raise UserError(f"transformers {transformers.__version__} has no class `{show(name)}`")
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise UserError(f"`{show(name)}` (serves.architectures) is not a transformers model class "
+                        "(a PreTrainedModel subclass such as LlamaForCausalLM)")
     return cls
+
+
+def _failed(what: str, exc: BaseException) -> UserError:
+    text = show(str(exc).strip().splitlines()[0] if str(exc).strip() else "", 300)
+    return UserError(f"transformers could not {what}: {type(exc).__name__}: {text}")
+
+
+def _check_random_size(spec: LoadedSpec, cfg: Mapping[str, Any]) -> None:
+    """Refuse a random reference model larger than MAX_RANDOM_PARAMS before transformers allocates it."""
+    from ..pipeline import compile_spec
+
+    graph = compile_spec(spec, None, hf_config=cfg).graph
+    total = 0
+    for _name, decl, _module in graph.parameters:
+        n = 1
+        for d in decl.shape:
+            n *= d
+        total += n
+    if total > limit("MAX_RANDOM_PARAMS"):
+        raise UserError(f"{spec.file}: the random model from `example_config` would have {total:,} parameters; "
+                        f"`check` without --model builds a tiny one {hint('MAX_RANDOM_PARAMS')} "
+                        f"(layers={graph.num_layers}; shrink the sizes in example_config)")
 
 
 def build_reference(spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0,
@@ -38,10 +72,15 @@ def build_reference(spec: LoadedSpec, overrides: Mapping[str, Any] | None = None
     model_type = cfg_dict.get("model_type") or (spec.spec.serves.model_types or [None])[0]
     if model_type is None:
         raise UserError(f"{spec.file}: example_config needs `model_type`")
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg_dict.items() if k != "model_type"})
-    config.architectures = [arch]
-    torch.manual_seed(seed)
-    model = _architecture_class(arch)(config).eval()
+    cls = _architecture_class(arch)
+    _check_random_size(spec, cfg_dict)
+    try:
+        config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg_dict.items() if k != "model_type"})
+        config.architectures = [arch]
+        torch.manual_seed(seed)
+        model = cls(config).eval()
+    except TRANSFORMERS_FAILURES as exc:
+        raise _failed(f"build a random `{show(arch)}` from example_config", exc) from None
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
@@ -56,9 +95,14 @@ def build_reference(spec: LoadedSpec, overrides: Mapping[str, Any] | None = None
 
 
 def load_reference(directory: str | Path, architecture: str) -> Any:
+    """transformers' own model from `directory`: no remote code, no network, failures as clear errors."""
     cls = _architecture_class(architecture)
+    kwargs = {"attn_implementation": "eager", "trust_remote_code": False, "local_files_only": True}
     try:
-        model = cls.from_pretrained(str(directory), torch_dtype=torch.float32, attn_implementation="eager")
-    except TypeError:
-        model = cls.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager")
+        try:
+            model = cls.from_pretrained(str(directory), torch_dtype=torch.float32, **kwargs)
+        except TypeError:
+            model = cls.from_pretrained(str(directory), dtype=torch.float32, **kwargs)
+    except TRANSFORMERS_FAILURES as exc:
+        raise _failed(f"load {show(directory)} as `{show(architecture)}`", exc) from None
     return model.eval()

@@ -14,10 +14,14 @@ once, directly on the target device and dtype:
 
 So host memory beyond the parameters themselves stays at one staging chunk. Parameters
 are visited file by file, in file order, so a cold read is sequential.
+
+Each filled floating-point parameter is checked for NaN/Inf (one pass over a tensor that
+was just written); non-finite weights are reported as a warning naming the parameters.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -28,6 +32,7 @@ import torch
 from .model import ParamPlan, RankPlan, Read
 
 CHUNK_BYTES = 16 * 1024 * 1024
+log = logging.getLogger("minisgl_decl.load")
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -143,6 +148,7 @@ def materialise(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (parameter name, filled local tensor on `device`/`dtype`) for every parameter of the plan."""
     files = _Files(Path(directory))
+    nonfinite: list[str] = []
     try:
         for p in _file_order(plan):
             alloc = torch.zeros if p.padded else torch.empty
@@ -151,9 +157,25 @@ def materialise(
                 n = _copy(files, r, out, p.add)
                 if progress is not None:
                     progress(n)
+            if out.is_floating_point() and not _all_finite(out):
+                nonfinite.append(p.name)
             yield p.name, out
     finally:
         files.close()
+    if nonfinite:
+        warn_nonfinite(nonfinite, plan.rank)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """NaN/Inf check in blocks of 4M elements (a bounded temporary, not one the size of the tensor)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(block).all()) for block in flat.split(1 << 22))
+
+
+def warn_nonfinite(names: list[str], rank: int) -> None:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    log.warning("warning: rank %d: %d parameter(s) hold NaN or Inf after loading: %s; the checkpoint is "
+                "probably corrupt, and outputs will be NaN", rank, len(names), shown)
 
 
 def stream(

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import Problem, SpecError
+from ..errors import Problem, SpecError, show
 from .extends import resolve_extends
 from .loaded import LoadedSpec
 from .schema import SPEC_VERSION, Spec
@@ -70,17 +70,17 @@ def _friendly(err: dict[str, Any], loc: PathKey) -> tuple[str, bool]:
         from ..errors import closest
 
         hint = closest(str(last), _allowed_keys(model)) if model else ""
-        return f"unknown key `{last}`; {hint}".rstrip("; "), True
+        return f"unknown key `{show(last)}`; {hint}".rstrip("; "), True
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"`{last}` = {err.get('input')!r} is not allowed; expected {expected}", False
     if kind == "string_pattern_mismatch":
-        return f"`{err.get('input')}` is not a valid name (letters, digits and _; starts with a letter)", False
+        return f"`{show(err.get('input'))}` is not a valid name (letters, digits and _; starts with a letter)", False
     if kind in ("config_field_kind", "weight_rule_kind", "weight_source_kind"):
         return err["msg"], False
     if kind == "too_short":
         return f"`{last}` must not be empty", False
-    return f"`{last}`: {err['msg']} (got {err.get('input')!r})", False
+    return f"`{show(last)}`: {err['msg']} (got {show(repr(err.get('input')), 120)})", False
 
 
 def validate_document(data: Any, source_map: SourceMap) -> LoadedSpec:
