@@ -9,6 +9,7 @@ See ``kernels/README.md`` for the semantics and the KV-cache layout.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
@@ -170,3 +171,108 @@ def store_kv(
     idx = slots[keep].long()
     k_cache[idx] = k[keep].to(k_cache.dtype)
     v_cache[idx] = v[keep].to(v_cache.dtype)
+
+
+# --- rotary embedding, activation-and-multiply, routed experts ---------------------------
+
+
+def rope_table(inv_freq: torch.Tensor, scaling: float, num_positions: int) -> torch.Tensor:
+    """``[num_positions, 2 * half]`` float32: ``cos(p * inv_freq) * scaling | sin(...) * scaling``.
+
+    The float32 product ``p * inv_freq`` is the one HF's rotary module forms, so a row equals
+    HF's cos/sin at that position (before HF's cast to the model dtype).
+    """
+    pos = torch.arange(num_positions, dtype=torch.float32, device=inv_freq.device)
+    freqs = pos[:, None] * inv_freq.float()[None, :]
+    return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, cos_sin: torch.Tensor, inv_freq: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Table rows for ``positions``; rows past the table are computed from ``inv_freq``."""
+    rows = cos_sin.shape[0]
+    if positions.numel() == 0 or int(positions.max()) < rows:  # a host read: fine for a reference
+        return cos_sin[positions.long()]
+    freqs = positions.float()[:, None] * inv_freq.float()[None, :]
+    fresh = torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
+    if rows == 0:
+        return fresh
+    inside = (positions < rows)[:, None]
+    return torch.where(inside, cos_sin[positions.clamp(max=rows - 1).long()], fresh)
+
+
+def apply_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    inv_freq: torch.Tensor,
+    scaling: float,
+    *,
+    v: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
+) -> None:
+    """Rotate features ``[0, 2*half)`` of q [T, Hq, D] and k [T, Hkv, D] in place (rotate-half
+    layout); cos/sin rounded to the model dtype as in HF, the rotation in float32, rounded once.
+    With ``k_cache`` etc., then ``store_kv(k, v, k_cache, v_cache, slots)``."""
+    half = inv_freq.shape[0]
+    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(q.dtype).float()
+    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    for x in (q, k):
+        x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()  # views when x is float32
+        y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        x[..., :half] = y1
+        x[..., half : 2 * half] = y2
+    if k_cache is not None:
+        if v is None or v_cache is None or slots is None:
+            raise ValueError("storing into the KV cache needs v, k_cache, v_cache and slots together")
+        store_kv(k, v, k_cache, v_cache, slots)
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torch function of a kernel activation name (see ``kernels.act_jit``)."""
+    from torch.nn import functional as F
+
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "silu": F.silu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+    }
+    return fns[name]
+
+
+def act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x[..., :F]) * x[..., F:]`` for ``x [..., 2F]``."""
+    gate, up = x.chunk(2, dim=-1)
+    return activation(act)(gate) * up
+
+
+def fused_moe(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    act: str,
+) -> torch.Tensor:
+    """Routed experts, one expert at a time: for each token t and choice j with expert
+    ``e = topk_ids[t, j]``: ``out[t] += weight[t, j] * down[e] @ (act(gate_e x) * up_e x)``.
+
+    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``.
+    """
+    from torch.nn import functional as F
+
+    ffn = down.shape[2]
+    fn = activation(act)
+    weights = topk_weights.to(x.dtype)
+    out = torch.zeros_like(x)
+    for e in torch.unique(topk_ids).tolist():
+        token, slot = torch.where(topk_ids == e)
+        gate, up = F.linear(x[token], gate_up[e]).split(ffn, dim=-1)
+        y = F.linear(fn(gate) * up, down[e]) * weights[token, slot, None]
+        out.index_add_(0, token, y)
+    return out
