@@ -3,7 +3,8 @@
 The (token, k) pairs of a batch, ``pair = token * top_k + k``, are sorted by expert on
 the device and laid out in blocks of BLOCK_M rows, each block holding pairs of one expert
 (``moe_align.py``); padding rows hold the sentinel ``num_pairs``. Both kernels run one
-program per (block, output tile); a block whose expert is ``>= num_experts`` is unused. ``pairs_bucket`` (unused in the body) is the autotuning key's size class.
+program per (block, output tile); a block whose expert is ``>= num_experts`` is unused.
+``pairs_bucket`` (unused in the body) is the autotuning key's size class.
 
 * ``moe_gate_up_kernel``: ``H[pair] = act(x[token] @ gate[e].T) * (x[token] @ up[e].T)``
   with gate|up stacked as ``W [E, 2*ffn, dim]`` (gate rows first), the activation fused.

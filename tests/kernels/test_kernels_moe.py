@@ -39,7 +39,7 @@ def test_moe_reference_matches_dense_float64() -> None:
     torch.testing.assert_close(reference.fused_moe(x, gate_up, down, weights.double(), ids, "silu"), want)
 
 
-@pytest.mark.parametrize("device", [pytest.param("cpu")] + DEVICES[1:])
+@pytest.mark.parametrize("device", [pytest.param("cpu"), *DEVICES[1:]])
 @pytest.mark.parametrize(("t", "e", "top_k", "block_m"), [(1, 8, 2, 16), (13, 6, 3, 16), (40, 128, 8, 32)])
 def test_moe_align_blocks_hold_one_expert_each(device: str, t: int, e: int, top_k: int, block_m: int) -> None:
     gen = torch.Generator().manual_seed(t)
