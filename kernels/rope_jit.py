@@ -61,8 +61,8 @@ def rope_kernel(
     cos = cos.to(dtype).to(tl.float32)
     sin = sin.to(dtype).to(tl.float32)
     if which == 0:
-        offs_h = tl.arange(0, Q_HEADS_PAD)
-        _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, offs_h, offs_f, offs_h < NUM_Q_HEADS, fmask, HALF)
+        offs_qh = tl.arange(0, Q_HEADS_PAD)
+        _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, offs_qh, offs_f, offs_qh < NUM_Q_HEADS, fmask, HALF)
     else:
         offs_h = tl.arange(0, KV_HEADS_PAD)
         hmask = offs_h < NUM_KV_HEADS
