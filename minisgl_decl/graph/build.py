@@ -30,9 +30,14 @@ class ModuleNode:
     path: str
     layer: str
     args: LayerArgs
-    params: tuple[ParamDecl, ...]
+    declared: tuple[ParamDecl, ...]  # every parameter the layer can have (some may be absent)
     cache_index: int | None
     spec_path: PathKey
+
+    @property
+    def params(self) -> tuple[ParamDecl, ...]:
+        """The parameters this instance has (its arguments switch the others off)."""
+        return tuple(p for p in self.declared if p.present)
 
     def args_json(self) -> dict[str, Any]:
         return {k: _jsonable(v) for k, v in dict(self.args).items()}
@@ -124,12 +129,13 @@ def _module_nodes(
         kind = get_layer(layer_name)
         args = _resolve_args(spec, kind, raw, env, (*where, name, layer_name))
         try:
-            params = tuple(kind.params(args))
-            for p in params:
-                p.check_tp(tp, f"{prefix}{name}")
+            declared = tuple(kind.params(args))
+            for p in declared:
+                if p.present:
+                    p.check_tp(tp, f"{prefix}{name}")
         except UserError as exc:
             raise SpecError([Problem(spec.where((*where, name)), str(exc))]) from None
-        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, params, None, (*where, name)))
+        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, declared, None, (*where, name)))
     return nodes
 
 
@@ -159,7 +165,7 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
     numbered = []
     for m in modules:
         if get_layer(m.layer).uses_kv_cache:
-            m = ModuleNode(m.path, m.layer, m.args, m.params, cache_index, m.spec_path)
+            m = ModuleNode(m.path, m.layer, m.args, m.declared, cache_index, m.spec_path)
             cache_index += 1
         numbered.append(m)
 

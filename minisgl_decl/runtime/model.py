@@ -62,10 +62,10 @@ class CompiledModel(nn.Module):
         """Install loaded tensors by runtime parameter name (`layers.0.attn.qkv.weight`)."""
         for name, tensor in tensors:
             owner, attr = self._slots[name]
-            current = getattr(owner, attr)
-            if tuple(current.shape) != tuple(tensor.shape):
-                raise RuntimeError(f"plan shape {tuple(tensor.shape)} != module shape {tuple(current.shape)} "
-                                   f"for {name}")
+            declared = owner._parameters[attr]
+            if declared is None or declared.shape != tensor.shape:  # both come from the declaration: a bug
+                raise RuntimeError(f"internal error: the loader produced {tuple(tensor.shape)} for {name}, "
+                                   f"declared {None if declared is None else tuple(declared.shape)}")
             owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         missing = [n for n, p in self.named_parameters() if p.is_meta]
         if missing:
