@@ -9,8 +9,8 @@ reference (relative Frobenius error printed), then times:
 * ``eager us``: host wall time per call of an eager loop (launch and Python cost included:
   what an uncaptured step pays).
 
-Baselines, same process: rope = the catalogue's ``Rotary`` (cos/sin recomputed from
-inv_freq every call, ``rotate_half`` in torch) followed by ``kernels.store_kv``; MoE = the
+Baselines, same process: rope = the catalogue's rope before this kernel (``old_rope``: cos/sin
+recomputed from inv_freq every call, ``rotate_half`` in torch) followed by ``kernels.store_kv``; MoE = the
 per-expert loop (``kernels.reference.fused_moe``, a ``.tolist()`` host sync, so eager only);
 act = ``F.silu(gate) * up``. Bounds: weight bytes of the routed experts over the copy
 bandwidth measured here (1 GiB device copy, bytes read + written). Prints a markdown table
@@ -120,14 +120,33 @@ def fmt(x: float) -> str:
 # --- rope ------------------------------------------------------------------------------
 
 
+def old_rope(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, inv: torch.Tensor, scaling: float,
+             rotary_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The catalogue's rope before the fused kernel (kept here as the baseline): cos/sin
+    recomputed from inv_freq on every call, rotate-half in torch ops of the model dtype."""
+
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+        half = rotary_dim // 2
+        x1, x2 = rot[..., :half], rot[..., half:]
+        c, s = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+        rotated = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+        return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+    freqs = pos.float()[:, None] * inv.to(pos.device)[None, :]
+    cos, sin = freqs.cos() * scaling, freqs.sin() * scaling
+    return rotate(q, cos, sin), rotate(k, cos, sin)
+
+
 def bench_rope(name: str, hq: int, hkv: int, d: int, tokens: int) -> None:
-    from minisgl_decl.catalogue.rotary import Rotary
+    from minisgl_decl.catalogue.rotary import rope_frequencies
     from minisgl_decl.config.rope import RopeConfig
 
-    rope = RopeConfig(type="default", theta=500000.0)
-    with torch.device(DEV):
-        old = Rotary(rope, d)
-    inv, scaling = old.inv_freq.float(), float(old.scaling)
+    inv, scaling, rotary_dim = rope_frequencies(RopeConfig(type="default", theta=500000.0), d)
+    inv = inv.to(DEV)
+
+    def old(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return old_rope(q, k, pos, inv, scaling, rotary_dim)
     table = kernels.rope_table(inv, scaling, 8192)
     gen = torch.Generator(device=DEV).manual_seed(tokens)
     qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=DEV, dtype=BF16, generator=gen)

@@ -78,10 +78,11 @@ class AttentionModule(nn.Module):
             norm = {"offset": self.qk_norm_offset, "cast_before_weight": self.qk_norm_cast}
             q = kernels.rmsnorm(q, self.q_norm, self.qk_norm_eps, **norm)
             k = kernels.rmsnorm(k, self.k_norm, self.qk_norm_eps, **norm)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k, ctx.positions)
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
-        kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
+        if self.rotary is not None:  # rope in place on q, k, fused with the KV store
+            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots)
+        else:
+            kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
         if ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
             o = kernels.decode_attention(
