@@ -13,7 +13,7 @@ on first call. (Deliberately no ``__version__``: transformers probes for a packa
 named ``kernels`` and must not mistake this one for the HF hub package.)
 """
 
-from kernels._attention_api import decode_attention, extend_attention, store_kv
+from kernels._attention_api import decode_attention, decode_attention_paged, extend_attention, store_kv
 from kernels._dispatch import BACKEND_ENV, Backend
 from kernels._moe_api import act_and_mul, fused_moe
 from kernels._norm_api import add_rmsnorm, rmsnorm
@@ -26,6 +26,7 @@ __all__ = [
     "add_rmsnorm",
     "apply_rope",
     "decode_attention",
+    "decode_attention_paged",
     "extend_attention",
     "fused_moe",
     "rmsnorm",

@@ -235,6 +235,30 @@ def decode_attention(
     ).squeeze(1)
 
 
+
+def decode_attention_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """:func:`decode_attention` over ``req_to_token[req_rows[b], :seq_lens[b]]``."""
+    lens = seq_lens.long()
+    if bool((lens < 0).any()) or bool((lens > req_to_token.shape[1]).any()):
+        raise ValueError(f"seq_lens must be in 0..{req_to_token.shape[1]} (the request table's width)")
+    indptr = torch.zeros(lens.shape[0] + 1, dtype=torch.int64, device=q.device)
+    torch.cumsum(lens, 0, out=indptr[1:])
+    cols = torch.arange(req_to_token.shape[1], device=q.device)
+    keep = cols[None, :] < lens[:, None]
+    slots = req_to_token[req_rows.long()][keep]  # row-major: request after request, in position order
+    return decode_attention(q, k_cache, v_cache, indptr, slots, scale=scale, window=window, softcap=softcap)
+
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
