@@ -83,7 +83,13 @@ class AttentionModule(nn.Module):
             self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots)
         else:
             kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
-        if ctx.is_decode:
+        if ctx.is_decode and ctx.kv_slots is None:  # slots read from the request table (CUDA graphs)
+            assert ctx.req_to_token is not None and ctx.req_rows is not None and ctx.seq_lens is not None
+            o = kernels.decode_attention_paged(
+                q, k_cache, v_cache, ctx.req_to_token, ctx.req_rows, ctx.seq_lens,
+                scale=self.scale, window=self.window, softcap=self.softcap,
+            )
+        elif ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
             o = kernels.decode_attention(
                 q, k_cache, v_cache, ctx.kv_indptr, ctx.kv_slots,

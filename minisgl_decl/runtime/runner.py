@@ -21,12 +21,14 @@ map caller request ids to rows and slots themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..catalogue.context import Comm, ForwardBatch, SingleRank
 from ..errors import UserError
+from .cuda_graph import DecodeGraphs, batch_sizes_for
 from .model import CompiledModel
 
 
@@ -122,6 +124,16 @@ class ModelRunner:
         self.contexts: dict[int, list[int]] = {}
         self._rows: dict[int, int] = {}
         self._free_rows = list(range(max_rows - 1, -1, -1))
+        self.graphs: DecodeGraphs | None = None  # CUDA-graph decode (capture_cuda_graphs)
+
+    def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None,
+                            progress: Callable[[str], None] | None = None) -> None:
+        """Capture the decode forward for these batch sizes (default: up to max_rows); decode steps
+        of at most the largest size then replay a graph (runtime/cuda_graph.py)."""
+        sizes = list(batch_sizes) if batch_sizes is not None else batch_sizes_for(self.max_rows)
+        graphs = DecodeGraphs(self.model, self.kv, self.req_to_token, self.comm, self.device, sizes)
+        graphs.capture(progress)
+        self.graphs = graphs
 
     # ---- the engine's interface ----
 
@@ -138,6 +150,9 @@ class ModelRunner:
             table[wr, wp] = ws.to(torch.int32)
         tok_rows = rows.repeat_interleave(q_lens, output_size=t)
         table[tok_rows, positions] = out_slots.to(torch.int32)
+        if is_decode and self.graphs is not None and self.graphs.fits(b):  # CUDA-graph replay
+            logits = self.graphs.run(tokens, positions, out_slots, rows, kv_lens)
+            return logits if s == t else logits[logits_at]
         cu = torch.zeros(b + 1, dtype=torch.int64, device=dev)
         torch.cumsum(q_lens, 0, out=cu[1:])
         logits_indices = None if s == t and is_decode else logits_at
