@@ -140,6 +140,10 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, step: StepBatch) -> torch.Tensor:
         """Write the step's slots into the request table, run the model; logits [S, vocab] (full vocab)."""
+        if self.graphs is not None and step.is_decode and not step.write_rows.numel() \
+                and self.graphs.fits(step.tokens.shape[0]):  # CUDA-graph replay (runtime/cuda_graph.py)
+            logits = self.graphs.run(step, self.req_to_token)
+            return logits if step.logits_at.shape[0] == logits.shape[0] else logits[step.logits_at.to(logits.device)]
         header = step.header()
         is_decode, t, b, s, w, max_q, _, total_kv, total_prefix = (int(x) for x in header.tolist())
         dev = self.device
@@ -150,9 +154,6 @@ class ModelRunner:
             table[wr, wp] = ws.to(torch.int32)
         tok_rows = rows.repeat_interleave(q_lens, output_size=t)
         table[tok_rows, positions] = out_slots.to(torch.int32)
-        if is_decode and self.graphs is not None and self.graphs.fits(b):  # CUDA-graph replay
-            logits = self.graphs.run(tokens, positions, out_slots, rows, kv_lens)
-            return logits if s == t else logits[logits_at]
         cu = torch.zeros(b + 1, dtype=torch.int64, device=dev)
         torch.cumsum(q_lens, 0, out=cu[1:])
         logits_indices = None if s == t and is_decode else logits_at
