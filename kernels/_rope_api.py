@@ -37,6 +37,11 @@ def apply_rope(
     k_cache: torch.Tensor | None = None,
     v_cache: torch.Tensor | None = None,
     slots: torch.Tensor | None = None,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    norm_offset: float = 0.0,
+    norm_cast_before_weight: bool = True,
     backend: Backend | None = None,
 ) -> None:
     """Rotary embedding in place on q [T, Hq, D] and k [T, Hkv, D] (HF rotate-half layout,
@@ -44,7 +49,9 @@ def apply_rope(
 
     cos/sin come from ``cos_sin`` (from :func:`rope_table`); positions past its rows are
     computed from ``inv_freq`` and ``scaling``. With ``v``, ``k_cache``, ``v_cache`` and
-    ``slots`` the rotated k and v are also stored (as :func:`kernels.store_kv`).
+    ``slots`` the rotated k and v are also stored (as :func:`kernels.store_kv`). With
+    ``q_norm`` and ``k_norm`` ([head_dim] weights) each head of q and k is first normalised
+    as :func:`kernels.rmsnorm` (``norm_eps``, ``norm_offset``, ``norm_cast_before_weight``).
     """
     import torch
 
@@ -80,12 +87,24 @@ def apply_rope(
             raise ValueError("k_cache and v_cache must have the same number of slots")
         st = _checks.tensor("slots", slots, ndim=1, dtypes=_I, device=q.device)
         _checks.dims("slots", st, (t,))
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm go together")
+    if q_norm is not None:
+        for name, w in (("q_norm", q_norm), ("k_norm", k_norm)):
+            wt = _checks.tensor(name, w, ndim=1, dtypes=_F, device=q.device)
+            _checks.dims(name, wt, (d,))
+        if not (isinstance(norm_eps, (int, float)) and norm_eps >= 0):
+            raise ValueError(f"norm_eps must be a non-negative number, got {norm_eps!r}")
+    norm = {"q_norm": q_norm, "k_norm": k_norm, "norm_eps": float(norm_eps), "norm_offset": float(norm_offset),
+            "norm_cast_before_weight": norm_cast_before_weight}
     if not use_triton(q, backend):
         from kernels import reference
 
-        reference.apply_rope(q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots)
+        reference.apply_rope(
+            q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **norm
+        )
         return
     _checks.triton_head_dim(d)
     from kernels.rope_launch import rope_triton
 
-    rope_triton(q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots)
+    rope_triton(q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **norm)

@@ -310,10 +310,20 @@ def apply_rope(
     k_cache: torch.Tensor | None = None,
     v_cache: torch.Tensor | None = None,
     slots: torch.Tensor | None = None,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    norm_offset: float = 0.0,
+    norm_cast_before_weight: bool = True,
 ) -> None:
     """Rotate features ``[0, 2*half)`` of q [T, Hq, D] and k [T, Hkv, D] in place (rotate-half
     layout); cos/sin rounded to the model dtype as in HF, the rotation in float32, rounded once.
+    With ``q_norm``/``k_norm``, each head is first replaced by its :func:`rmsnorm`.
     With ``k_cache`` etc., then ``store_kv(k, v, k_cache, v_cache, slots)``."""
+    if q_norm is not None and k_norm is not None:
+        opts = {"offset": norm_offset, "cast_before_weight": norm_cast_before_weight}
+        q.copy_(rmsnorm(q, q_norm, norm_eps, **opts))
+        k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
     half = inv_freq.shape[0]
     cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(q.dtype).float()
     cos, sin = cs[:, None, :half], cs[:, None, half:]

@@ -17,32 +17,66 @@ import triton.language as tl
 
 @triton.jit
 def _rotate_heads(
-    X, stride_h, cos, sin, offs_h, offs_f, hmask, fmask,
-    HALF: tl.constexpr,
+    X, stride_h, cos, sin, offs_h, offs_f, hmask, fmask, W, eps, offset, C, stride_ch, keep,
+    HALF: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORM: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr, CACHE: tl.constexpr,
 ):
-    """Rotate features [0, 2*HALF) of heads offs_h of one token in place; return the halves."""
+    """Rotate features [0, 2*HALF) of heads offs_h of one token in place.
+
+    NORM: first RMSNorm each head over its HEAD_DIM features with weight W (as
+    ``kernels.rmsnorm``: float32, ``offset + W``, rounded to the dtype before the rope);
+    features past the rotary dim are written back normalised. CACHE: also write the
+    resulting head rows to the cache row C where ``keep`` (per head).
+    """
     ptr1 = X + offs_h[:, None] * stride_h + offs_f[None, :]
     mask = hmask[:, None] & fmask[None, :]
     x1 = tl.load(ptr1, mask=mask, other=0.0)
     x2 = tl.load(ptr1 + HALF, mask=mask, other=0.0)
-    c, s = cos[None, :], sin[None, :]
+    dtype = x1.dtype
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    y1 = (x1f * c - x2f * s).to(x1.dtype)
-    y2 = (x2f * c + x1f * s).to(x1.dtype)
+    offs_d = tl.arange(0, BLOCK_D)
+    rest = (offs_d >= 2 * HALF) & (offs_d < HEAD_DIM)
+    rmask = hmask[:, None] & rest[None, :]
+    rptr = X + offs_h[:, None] * stride_h + offs_d[None, :]
+    xr = tl.load(rptr, mask=rmask, other=0.0)
+    if NORM:
+        xrf = xr.to(tl.float32)
+        sq = tl.sum(x1f * x1f, axis=1) + tl.sum(x2f * x2f, axis=1) + tl.sum(xrf * xrf, axis=1)
+        rstd = tl.rsqrt(sq / HEAD_DIM + eps)[:, None]
+        w1 = offset + tl.load(W + offs_f, mask=fmask, other=0.0).to(tl.float32)[None, :]
+        w2 = offset + tl.load(W + HALF + offs_f, mask=fmask, other=0.0).to(tl.float32)[None, :]
+        wr = offset + tl.load(W + offs_d, mask=rest, other=0.0).to(tl.float32)[None, :]
+        n1, n2, nr = x1f * rstd, x2f * rstd, xrf * rstd
+        if CAST_BEFORE_WEIGHT:
+            n1, n2, nr = n1.to(dtype).to(tl.float32), n2.to(dtype).to(tl.float32), nr.to(dtype).to(tl.float32)
+        x1f = (n1 * w1).to(dtype).to(tl.float32)
+        x2f = (n2 * w2).to(dtype).to(tl.float32)
+        xr = (nr * wr).to(dtype)
+        if 2 * HALF < HEAD_DIM:
+            tl.store(rptr, xr, mask=rmask)
+    c, s = cos[None, :], sin[None, :]
+    y1 = (x1f * c - x2f * s).to(dtype)
+    y2 = (x2f * c + x1f * s).to(dtype)
     tl.store(ptr1, y1, mask=mask)
     tl.store(ptr1 + HALF, y2, mask=mask)
-    return y1, y2
+    if CACHE:
+        c1 = C + offs_h[:, None] * stride_ch + offs_f[None, :]
+        tl.store(c1, y1, mask=mask & keep[:, None])
+        tl.store(c1 + HALF, y2, mask=mask & keep[:, None])
+        if 2 * HALF < HEAD_DIM:
+            tl.store(C + offs_h[:, None] * stride_ch + offs_d[None, :], xr, mask=rmask & keep[:, None])
 
 
 @triton.jit
 def rope_kernel(
-    Q, K, V, KC, VC, SLOTS, POS, TABLE, INV_FREQ,
+    Q, K, V, KC, VC, SLOTS, POS, TABLE, INV_FREQ, QW, KW,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcs, stride_kch, stride_vcs, stride_vch,
-    table_len, scaling,
+    table_len, scaling, eps, offset,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
     KV_HEADS_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, STORE: tl.constexpr,
+    NORM: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
@@ -62,24 +96,27 @@ def rope_kernel(
     sin = sin.to(dtype).to(tl.float32)
     if which == 0:
         offs_qh = tl.arange(0, Q_HEADS_PAD)
-        _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, offs_qh, offs_f, offs_qh < NUM_Q_HEADS, fmask, HALF)
+        _rotate_heads(
+            Q + t * stride_qt, stride_qh, cos, sin, offs_qh, offs_f, offs_qh < NUM_Q_HEADS, fmask, QW, eps, offset,
+            Q, 0, offs_qh < NUM_Q_HEADS, HALF, HEAD_DIM, BLOCK_D, NORM, CAST_BEFORE_WEIGHT, False,
+        )
     else:
         offs_h = tl.arange(0, KV_HEADS_PAD)
         hmask = offs_h < NUM_KV_HEADS
-        k_row = K + t * stride_kt
-        y1, y2 = _rotate_heads(k_row, stride_kh, cos, sin, offs_h, offs_f, hmask, fmask, HALF)
+        keep = hmask
+        kc_row = KC
         if STORE:
             slot = tl.load(SLOTS + t).to(tl.int64)
-            if slot >= 0:  # a negative slot is padding: nothing to store
-                mask = hmask[:, None] & fmask[None, :]
-                kc = KC + slot * stride_kcs + offs_h[:, None] * stride_kch + offs_f[None, :]
-                tl.store(kc, y1, mask=mask)
-                tl.store(kc + HALF, y2, mask=mask)
-                offs_d = tl.arange(0, BLOCK_D)
-                if 2 * HALF < HEAD_DIM:  # features past rotary_dim pass through
-                    rest = hmask[:, None] & (offs_d >= 2 * HALF)[None, :] & (offs_d < HEAD_DIM)[None, :]
-                    k_rest = tl.load(k_row + offs_h[:, None] * stride_kh + offs_d[None, :], mask=rest)
-                    tl.store(KC + slot * stride_kcs + offs_h[:, None] * stride_kch + offs_d[None, :], k_rest, mask=rest)
-                dmask = hmask[:, None] & (offs_d < HEAD_DIM)[None, :]
-                v = tl.load(V + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=dmask)
-                tl.store(VC + slot * stride_vcs + offs_h[:, None] * stride_vch + offs_d[None, :], v, mask=dmask)
+            keep = hmask & (offs_h.to(tl.int64) * 0 + slot >= 0)  # a negative slot is padding: nothing stored
+            kc_row = KC + tl.maximum(slot, 0) * stride_kcs
+        _rotate_heads(
+            K + t * stride_kt, stride_kh, cos, sin, offs_h, offs_f, hmask, fmask, KW, eps, offset,
+            kc_row, stride_kch, keep,
+            HALF, HEAD_DIM, BLOCK_D, NORM, CAST_BEFORE_WEIGHT, STORE,
+        )
+        if STORE:
+            offs_d = tl.arange(0, BLOCK_D)
+            dmask = keep[:, None] & (offs_d < HEAD_DIM)[None, :]
+            v = tl.load(V + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=dmask)
+            vc_row = VC + tl.maximum(slot, 0) * stride_vcs
+            tl.store(vc_row + offs_h[:, None] * stride_vch + offs_d[None, :], v, mask=dmask)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -125,10 +126,12 @@ class Rotary(torch.nn.Module):
         k_cache: torch.Tensor | None = None,
         v_cache: torch.Tensor | None = None,
         slots: torch.Tensor | None = None,
+        norms: dict[str, Any] | None = None,
     ) -> None:
         """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; with the cache arguments, also store
-        the rotated k and v at `slots` (one fused launch on CUDA)."""
+        the rotated k and v at `slots`; `norms` (q_norm, k_norm, norm_eps, ... of
+        `kernels.apply_rope`) first RMS-normalises each head. One launch on CUDA."""
         kernels.apply_rope(
             q, k, positions, self.cos_sin, self.inv_freq, scaling=self.scaling,
-            v=v, k_cache=k_cache, v_cache=v_cache, slots=slots,
+            v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **(norms or {}),
         )

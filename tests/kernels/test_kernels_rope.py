@@ -126,3 +126,34 @@ def test_apply_rope_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kernels.apply_rope(args.pop("q"), args.pop("k"), args.pop("positions"), args.pop("cos_sin"),
                            args.pop("inv_freq"), **args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("d", "rd", "offset", "cast"), [(32, 32, 0.0, True), (24, 16, 1.0, False)])
+def test_rope_with_fused_qk_norm_matches_norm_then_rope(
+    device: str, dtype: torch.dtype, d: int, rd: int, offset: float, cast: bool
+) -> None:
+    """q/k RMSNorm fused into the rope launch equals rmsnorm (reference) followed by rope."""
+    t, hq, hkv = (6, 4, 2) if device == "cpu" else (97, 16, 8)
+    gen = torch.Generator().manual_seed(d + rd)
+    inv = _inv_freq(rd).to(device)
+    table = kernels.rope_table(inv, 1.0, 64)
+    pos = torch.randint(0, 64, (t,), generator=gen).to(device)
+    q, k, v = (rand(t, h, d, dtype=dtype, device=device, gen=gen) * 3 for h in (hq, hkv, hkv))
+    qw, kw = (rand(d, dtype=dtype, device=device, gen=gen) for _ in range(2))
+    slots = torch.randperm(t + 5, generator=gen)[:t]
+    slots[1] = -1
+    slots = slots.to(device)
+    caches = [torch.zeros(t + 5, hkv, d, dtype=dtype, device=device) for _ in range(2)]
+    norm = {"offset": offset, "cast_before_weight": cast}
+    want_q, want_k = reference.rmsnorm(q, qw, 1e-5, **norm), reference.rmsnorm(k, kw, 1e-5, **norm)
+    kernels.apply_rope(want_q, want_k, pos, table, inv, backend="torch")
+    kernels.apply_rope(q, k, pos, table, inv, v=v, k_cache=caches[0], v_cache=caches[1], slots=slots,
+                       q_norm=qw, k_norm=kw, norm_eps=1e-5, norm_offset=offset, norm_cast_before_weight=cast,
+                       backend="triton")
+    tol = 8e-3 if dtype == torch.bfloat16 and device == "cuda" else TOL[dtype]  # interpreter: bf16 truncates
+    assert_close(q, want_q, tol)
+    assert_close(k, want_k, tol)
+    kept = slots >= 0
+    assert torch.equal(caches[0][slots[kept].long()], k[kept]) and torch.equal(caches[1][slots[kept].long()], v[kept])
