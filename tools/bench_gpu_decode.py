@@ -11,8 +11,8 @@ directory through the spec's loader plan (bf16). Then, all in one process on one
 * ours, batch 1: prompt 128 random tokens, 256 greedy new tokens (argmax on the device, one
   host read of the token per step, as the engine's sampler does); decode tok/s excludes
   the prefill. With CUDA graphs (captured for the batch size first) and without.
-* the bound: weight bytes read per step (all parameters, bf16) over the copy bandwidth
-  measured here (1 GiB device copy, bytes read + written);
+* the bound: weight bytes read per step (all parameters, bf16; of routed experts only
+  top_k / E) over the copy bandwidth measured here (1 GiB device copy, bytes read + written);
 * transformers `generate` (sdpa, greedy, static shapes, same prompt and token counts):
   decode tok/s = (tokens after the first) / (time of the full call - time of a 1-token call);
 * with --concurrent N: N requests of prompt 128 decoded together for 256 tokens (ours with
@@ -193,9 +193,13 @@ def bench_shape(name: str, copy: float, concurrent: int, profile: bool) -> None:
     hf = make_hf(cfg, directory)
     model = load_ours(spec_name, directory)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # bytes read per batch-1 step: every parameter (as the issue counts it), but of the routed
+    # experts (expert-stacked, 3-D) only top_k of E
+    experts = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 3)
+    active = weight_bytes - experts + experts * cfg.get("num_experts_per_tok", 1) / cfg.get("num_experts", 1)
     NOTES.append(f"{name}: checkpoint written and loaded in {time.perf_counter() - t0:.0f} s; "
-                 f"{weight_bytes / 1e9:.2f} GB of weights")
-    bound = copy * 1e12 / weight_bytes
+                 f"{weight_bytes / 1e9:.2f} GB of weights, {active / 1e9:.2f} GB read per batch-1 step")
+    bound = copy * 1e12 / active
     prompt, new = 128, 256
     on, runner = ours_decode(model, vocab, 1, prompt, new, graphs=True)
     if profile:
