@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_transformers()
     spec = load_valid_spec(args.spec) if args.spec else find_spec(load_config(Path(args.model)))
-    compiled = compile_spec(spec, args.model)
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    model = load_model(compiled, device=args.device, dtype=dtype)
+    compiled = compile_spec(spec, args.model, dtype=dtype)
+    model = load_model(compiled, device=args.device)
     tok = AutoTokenizer.from_pretrained(args.model)
     if args.raw or tok.chat_template is None:
         texts = list(args.prompts)
