@@ -29,6 +29,14 @@ except ImportError:  # pragma: no cover - until that branch is merged
 DEFAULT_CHUNK = {"cpu": 256, "cuda": 2048}
 
 
+def max_model_len(config: EngineConfig, loaded: LoadedModel) -> int:
+    """`config.max_model_len` when given (it overrides the checkpoint's), else the checkpoint's."""
+    limit = config.max_model_len if config.max_model_len is not None else loaded.max_model_len
+    if limit < 2:
+        raise InvalidRequest(f"--max-model-len must be at least 2, got {limit}", "max_model_len")
+    return limit
+
+
 def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | None) -> tuple[ModelRunner, int]:
     """The KV pool and request table, identical on every rank; returns (runner, chunk size)."""
     tokens = kv_pool_tokens(config, loaded, comm)
@@ -38,9 +46,9 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
     if config.max_running < 1:
         raise InvalidRequest(f"--max-running must be at least 1, got {config.max_running}", "max_running")
     runner = ModelRunner(loaded.model, tokens, dtype=loaded.dtype, device=loaded.device, comm=comm,
-                         max_rows=config.max_running, max_len=min(loaded.max_model_len, tokens))
+                         max_rows=config.max_running, max_len=min(max_model_len(config, loaded), tokens))
     if comm is None or comm.rank == 0:
-        announce(loaded, tokens, chunk)
+        announce(loaded, tokens, chunk, max_model_len(config, loaded))
     return runner, chunk
 
 
@@ -53,7 +61,7 @@ class EngineCore:
         self.sched = Scheduler(self.runner.pool, self.cache, config.max_running, chunk)
         self.sampler = Sampler(loaded.vocab_size, loaded.device)
         self.tokenizer = loaded.tokenizer
-        self.max_model_len = loaded.max_model_len
+        self.max_model_len = max_model_len(config, loaded)
         self.requests: dict[str, Request] = {}
         self._keys = itertools.count()
         self.prompt_tokens = self.generated_tokens = 0
@@ -180,6 +188,14 @@ class EngineCore:
             prompt_tokens=self.prompt_tokens, cached_prompt_tokens=self.sched.cached_tokens,
             generated_tokens=self.generated_tokens, preemptions=self.sched.preemptions,
         )
+
+    def flush_cache(self) -> int:
+        """Evict every unreferenced prefix-cache entry back to the pool; returns the slots freed."""
+        if self.cache is None:
+            return 0
+        freed = self.cache.clear()
+        self.runner.pool.give(freed)
+        return len(freed)
 
     def close(self) -> None:
         """Tell the other ranks to stop (rank 0 under TP)."""
