@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minisgl_decl.engine.api import InvalidRequest, SamplingParams
-from minisgl_decl.engine.sampling import Sampler
+from minisgl_decl.engine.sampling import Sampler, _top_p_keep
 
 CPU = torch.device("cpu")
 
@@ -209,6 +209,24 @@ def test_filters_never_sample_outside_the_allowed_set(seed: int, temperature: fl
         sampler.add(key, params, [])
     got = sampler.sample(row.repeat(draws, 1), list(range(draws)))
     assert {s.token_id for s in got} <= allowed
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), top_p=st.floats(0.01, 0.999), levels=st.sampled_from([0, 3, 20]),
+       scale=st.sampled_from([0.3, 3.0, 30.0]))
+def test_top_p_radix_select_keeps_exactly_the_nucleus(seed: int, top_p: float, levels: int, scale: float) -> None:
+    """Keep token i iff the mass of strictly more likely tokens is below top_p (ties kept together)."""
+    logits = _logits(3, 60, seed=seed, scale=scale)
+    if levels:  # quantised logits: many exact ties
+        logits = (logits * levels).round() / levels
+    probs = logits.softmax(-1)
+    keep = _top_p_keep(probs, torch.full((3, 1), top_p, dtype=torch.float64))
+    for r in range(3):
+        p = [float(v) for v in probs[r]]
+        want = [sum(q for q in p if q > pi) < top_p for pi in p]
+        margin = min(abs(sum(q for q in p if q > pi) - top_p) for pi in p)
+        assume(margin > 1e-9)  # float summation order may decide a token sitting exactly at the boundary
+        assert keep[r].tolist() == want
 
 
 def _chi_square(counts: Counter[int], probs: list[float], n: int) -> float:

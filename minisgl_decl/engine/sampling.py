@@ -7,22 +7,25 @@ For the rows of one step (logits `[B, V]`, one row per request key, in `keys` or
             -> frequency/presence (output tokens; OpenAI: -= f * count + p * [count > 0])
             -> + logit_bias
             -> greedy rows (temperature 0, or top_k 1): argmax, exact
-            -> sampled rows: / temperature -> top-k -> top-p -> min-p -> argmax(logits + Gumbel noise)
+            -> sampled rows: / temperature -> top-k -> softmax -> top-p -> min-p -> inverse-CDF draw
 
 Reported logprobs (`logprobs` / `top_logprobs`) are the log-softmax of the model's raw logits
 in float32, before penalties, bias and temperature (vLLM's default): they describe the model,
 not the sampling transform. Top-k keeps every token tied with the k-th largest logit. Top-p
-keeps the smallest set of most likely tokens whose probability reaches `top_p` (at least one).
+keeps the smallest set of most likely tokens whose probability reaches `top_p` (at least one;
+tokens tied at the boundary are all kept), found by radix select rather than a sort.
 Min-p keeps tokens with probability >= min_p * the most likely token's (after temperature).
 
-Noise: Gumbel-max over exponential draws. A request with a `seed` owns a device
-`torch.Generator` that draws exactly one row of V numbers per step, so its tokens depend only
-on its seed and its own logits, never on the other rows of the batch or on its position.
-Unseeded rows draw from one engine-level generator in one call.
+Randomness: one uniform number per sampled row and step, turned into a token by inverse CDF
+(the first token whose cumulative probability exceeds u * total), so no vocabulary-sized
+random tensor is drawn. A request with a `seed` owns a `random.Random(seed)` stream that
+advances once per sampled step: its tokens depend only on its seed and its own logits, never
+on the other rows of the batch or on its position. Unseeded rows draw from one engine-level
+device generator (seeded with the `seed` given to the Sampler) in one call.
 
 Host work per step is O(batch): request parameters live in persistent device buffers indexed
 by a slot per request; per step only the slot indices travel to the device. Optional stages
-(penalties, top-k, top-p, min-p, logprobs, per-request generators) run only when a row of the
+(penalties, top-k, top-p, min-p, logprobs, per-request streams) run only when a row of the
 batch needs them, decided from host-side key sets without reading anything from the device.
 Penalty state (output token counts, prompt+output "seen" mask, dense logit bias) is a
 `[rows, V]` buffer for the requests that use it, updated by scatter after each step.
@@ -30,6 +33,7 @@ Penalty state (output token counts, prompt+output "seen" mask, dense logit bias)
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,8 +41,8 @@ import torch
 
 from .api import InvalidRequest, SamplingParams, TokenLogprob
 
+_TOP_P_DIGITS = ((20, 11), (10, 10), (0, 10))  # (shift, width) of float32 bits; the sign bit is 0
 GREEDY_TEMPERATURE = 1e-5  # below this, a temperature is treated as greedy (division would overflow)
-_TINY = 1e-30  # floor for exponential draws: keeps -log(q) finite so masked tokens stay -inf
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class _Row:
     params: SamplingParams
     slot: int  # row of the parameter buffers
     pslot: int | None  # row of the penalty buffers (None: no penalty and no bias)
-    generator: torch.Generator | None  # the request's own generator when it has a seed
+    rng: random.Random | None  # the request's own random stream when it has a seed
     want_logprobs: bool
 
 
@@ -79,6 +83,30 @@ def _grown(buffer: torch.Tensor, rows: int) -> torch.Tensor:
     out = torch.zeros((rows, *buffer.shape[1:]), dtype=buffer.dtype, device=buffer.device)
     out[: buffer.shape[0]] = buffer
     return out
+
+
+def _top_p_keep(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Top-p without sorting: keep tokens whose strictly-more-likely mass is below `top_p` ([n, 1]).
+
+    Non-negative float32 values order like their int32 bit patterns, so the threshold pattern
+    is found by radix select, 11 + 10 + 10 bits: each round histograms the probability mass of
+    the tokens still in the running bucket by the next digit and keeps the largest digit at
+    which the mass from the top reaches `top_p`. Three scatter-adds instead of a vocabulary sort.
+    """
+    bits = probs.view(torch.int32)
+    mass = probs.double()
+    above = torch.zeros_like(top_p)  # mass of the tokens above the running bucket
+    threshold = torch.zeros_like(top_p, dtype=torch.int64)
+    for shift, width in _TOP_P_DIGITS:
+        digit = ((bits >> shift) & ((1 << width) - 1)).long()
+        hist = torch.zeros((probs.shape[0], 1 << width), dtype=torch.float64, device=probs.device)
+        hist.scatter_add_(1, digit, mass)
+        at_or_above = hist.flip(-1).cumsum(-1).flip(-1) + above  # non-increasing in the digit
+        chosen = ((at_or_above >= top_p).sum(-1, keepdim=True) - 1).clamp_min(0)
+        above = at_or_above.gather(1, chosen) - hist.gather(1, chosen)
+        mass = torch.where(digit == chosen, mass, 0.0)
+        threshold |= chosen << shift
+    return bits >= threshold.to(torch.int32)
 
 
 class Sampler:
@@ -138,12 +166,11 @@ class Sampler:
             pslot = self._add_penalty(params, prompt_ids)
             self._penalized.add(key)
 
-        generator = None
+        rng = None
         if not greedy:
             self._sampled.add(key)
             if params.seed is not None:
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
+                rng = random.Random(params.seed)
                 self._seeded.add(key)
             if 0 < top_k < self.vocab_size:
                 self._top_k_keys.add(key)
@@ -154,7 +181,7 @@ class Sampler:
         want_logprobs = params.logprobs or params.top_logprobs > 0
         if want_logprobs:
             self._logprob_keys.add(key)
-        self._rows[key] = _Row(params, slot, pslot, generator, want_logprobs)
+        self._rows[key] = _Row(params, slot, pslot, rng, want_logprobs)
 
     def _add_penalty(self, params: SamplingParams, prompt_ids: Sequence[int]) -> int:
         pslot, grow = self._pslots.take()
@@ -253,34 +280,27 @@ class Sampler:
             kth = y.topk(kmax, dim=-1).values.gather(1, (k.clamp(1, kmax) - 1)[:, None])
             kth = torch.where((k > 0)[:, None], kth, float("-inf"))
             y = y.masked_fill(y < kth, float("-inf"))
+        probs = torch.softmax(y, dim=-1)
         if not self._top_p_keys.isdisjoint(keys):
             top_p = fparams[:, 1:2]
-            ordered, order = y.sort(dim=-1, descending=True)
-            probs = ordered.softmax(dim=-1)
-            before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
-            drop = (before >= top_p) & (top_p < 1.0)
-            y = y.scatter(1, order, ordered.masked_fill(drop, float("-inf")))
-        if not self._min_p_keys.isdisjoint(keys):
-            floor = y.max(dim=-1, keepdim=True).values + fparams[:, 2:3].log()
-            y = y.masked_fill(y < floor, float("-inf"))
-        return (y - self._exponentials(y.shape, keys).log()).argmax(-1)
+            probs = probs.masked_fill(~_top_p_keep(probs, top_p.double()) & (top_p < 1.0), 0.0)
+        if not self._min_p_keys.isdisjoint(keys):  # a ratio to the top token: unchanged by renormalising
+            probs = probs.masked_fill(probs < fparams[:, 2:3] * probs.max(dim=-1, keepdim=True).values, 0.0)
+        # inverse CDF: the first token whose cumulative probability exceeds u * total (never a zero-probability one)
+        cumulative = probs.double().cumsum(dim=-1)
+        total = cumulative[:, -1:]
+        target = torch.minimum(self._uniforms(keys)[:, None] * total, total.nextafter(torch.zeros_like(total)))
+        return torch.searchsorted(cumulative, target, right=True).clamp_max_(self.vocab_size - 1).squeeze(1)
 
-    def _exponentials(self, shape: torch.Size, keys: list[int]) -> torch.Tensor:
-        """Exp(1) draws, one row per key: seeded keys from their own generator, others from the engine's."""
-        noise = torch.empty(shape, dtype=torch.float32, device=self.device)
-        if self._seeded.isdisjoint(keys):
-            noise.exponential_(generator=self._generator)
-        else:
-            unseeded = [i for i, k in enumerate(keys) if k not in self._seeded]
-            if unseeded:
-                idx = torch.tensor(unseeded, dtype=torch.int64).to(self.device, non_blocking=True)
-                draws = torch.empty((len(unseeded), shape[1]), dtype=torch.float32, device=self.device)
-                noise.index_copy_(0, idx, draws.exponential_(generator=self._generator))
-            for i, k in enumerate(keys):
-                generator = self._rows[k].generator
-                if generator is not None:
-                    noise[i].exponential_(generator=generator)
-        return noise.clamp_min_(_TINY)
+    def _uniforms(self, keys: list[int]) -> torch.Tensor:
+        """One U[0, 1) per row: seeded requests from their own stream, the others from the engine's."""
+        u = torch.rand(len(keys), dtype=torch.float64, device=self.device, generator=self._generator)
+        if not self._seeded.isdisjoint(keys):
+            pos = [i for i, k in enumerate(keys) if k in self._seeded]
+            own = [self._rows[keys[i]].rng.random() for i in pos]  # type: ignore[union-attr]
+            index = torch.tensor(pos, dtype=torch.int64).to(self.device, non_blocking=True)
+            u.index_copy_(0, index, torch.tensor(own, dtype=torch.float64).to(self.device, non_blocking=True))
+        return u
 
     def _with_logprobs(self, raw: torch.Tensor, token: torch.Tensor, rows: list[_Row]) -> list[SampledToken]:
         logprobs = torch.log_softmax(raw, dim=-1)
