@@ -17,6 +17,7 @@ into place, so an interrupted preparation never leaves a half-written model behi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,12 +94,37 @@ def convert(gguf: Path, out: Path, log: Callable[[str], None]) -> None:
     save_file(tensors, str(out / MARKER), metadata={"format": "pt"})
 
 
+def _copy_prepared(src: Path, out: Path, say: Callable[[str], None]) -> Path:
+    """The cache already holds the model: hard-link (or copy) it to `out`, atomically as well."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists but is not a prepared model (no config.json / {MARKER}); remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
+        stage = Path(tmp) / "model"
+        shutil.copytree(src, stage, copy_function=_link_or_copy)
+        if out.is_dir():
+            out.rmdir()
+        stage.rename(out)
+    say(f"default model copied from {src} to {out}")
+    return out
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def prepare(out: Path | None = None, log: Callable[[str], None] | None = None) -> Path:
     """The demo model's directory, downloading and converting it first if needed (atomic)."""
     out = default_model_dir() if out is None else out
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if is_prepared(out):
         return out
+    cached = default_model_dir()
+    if out.resolve() != cached.resolve() and is_prepared(cached):
+        return _copy_prepared(cached, out, say)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists but is not a prepared model (no config.json / {MARKER}); remove it")
     out.parent.mkdir(parents=True, exist_ok=True)

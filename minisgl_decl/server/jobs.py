@@ -78,6 +78,7 @@ class JobGroup:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self.finished[i] = True  # the engine ended it (e.g. InvalidRequest): nothing to abort
             if not self.first[i].done():
                 self.first[i].set_exception(exc)
             await self.queue.put((i, exc))

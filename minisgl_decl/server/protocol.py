@@ -51,9 +51,9 @@ class _Sampling(BaseModel):
     def _stop_strings(cls, v: str | list[str] | None) -> str | list[str] | None:
         items = [v] if isinstance(v, str) else (v or [])
         if any(s == "" for s in items):
-            raise ValueError("stop strings must not be empty")
+            raise ValueError("must not contain an empty string")
         if len(items) > 16:
-            raise ValueError("at most 16 stop strings")
+            raise ValueError("at most 16 stop strings are allowed")
         return v
 
     @field_validator("logit_bias")
@@ -61,7 +61,7 @@ class _Sampling(BaseModel):
     def _bias_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key in v or {}:
             if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids (integers as strings), got {key!r}")
+                raise ValueError(f"keys must be token ids (integers as strings), got {key!r}")
         return v
 
     def stop_list(self) -> tuple[str, ...]:
@@ -83,7 +83,7 @@ class CompletionRequest(_Sampling):
         ok = isinstance(v, str) or (isinstance(v, list) and v and (
             all(isinstance(p, str) for p in v) or ints(v) or all(ints(p) for p in v)))
         if not ok:
-            raise ValueError("prompt must be a string, a non-empty list of strings, a list of token ids, "
+            raise ValueError("must be a string, a non-empty list of strings, a list of token ids, "
                              "or a list of lists of token ids")
         return v  # type: ignore[no-any-return]
 
@@ -91,14 +91,14 @@ class CompletionRequest(_Sampling):
     @classmethod
     def _no_echo(cls, v: bool) -> bool:
         if v:
-            raise ValueError("echo is not supported")
+            raise ValueError("echo=true is not supported")
         return v
 
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, v: str | None) -> str | None:
         if v:
-            raise ValueError("suffix is not supported")
+            raise ValueError("is not supported")
         return v
 
 
