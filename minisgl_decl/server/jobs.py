@@ -90,6 +90,7 @@ class JobGroup:
             self.queue.put_nowait((i, _DONE))
 
     async def _abort(self, rid: str, iterator: AsyncIterator[RequestOutput]) -> None:
+        self.metrics.aborted.inc()
         aclose = getattr(iterator, "aclose", None)
         with contextlib.suppress(Exception):
             if aclose is not None:

@@ -58,6 +58,8 @@ class ServerMetrics:
         self.generated_tokens = Counter(f"{PREFIX}_generation_tokens", "generated tokens", registry=r)
         self.finished = Counter(f"{PREFIX}_request_finished", "finished generations by finish_reason",
                                 ["finish_reason"], registry=r)
+        self.aborted = Counter(f"{PREFIX}_requests_aborted", "generations aborted before they finished "
+                               "(client disconnected, or the server stopped)", registry=r)
         self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "request arrival to first token",
                               buckets=_TTFT_BUCKETS, registry=r)
         self.itl = Histogram(f"{PREFIX}_inter_token_latency_seconds", "time between consecutive output tokens",
