@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -38,6 +40,12 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._model = model
         self._api_key = api_key
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after its graceful shutdown (exit status 143 for SIGTERM);
+        # a clean SIGTERM shutdown is a success here: exit 0.
+        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
     async def startup(self, sockets: Sequence[socket.socket] | None = None) -> None:
         await super().startup(sockets)
