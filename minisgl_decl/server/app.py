@@ -123,8 +123,9 @@ def build_app(engine: EngineClient, tokenizer: Any, model_name: str, api_key: st
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return await serve(request, "chat", lambda: chat_jobs(body, tokenizer, engine.max_model_len), body.stream,
-                           usage)
+        kv_tokens = engine.stats().kv_total
+        return await serve(request, "chat", lambda: chat_jobs(body, tokenizer, engine.max_model_len, kv_tokens),
+                           body.stream, usage)
 
     return app
 

@@ -123,11 +123,14 @@ def _render_chat(req: ChatCompletionRequest, tokenizer: Any) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-async def chat_jobs(req: ChatCompletionRequest, tokenizer: Any, max_model_len: int) -> list[Job]:
+async def chat_jobs(req: ChatCompletionRequest, tokenizer: Any, max_model_len: int, kv_tokens: int) -> list[Job]:
+    """Without max_tokens a chat reply may use the rest of the context, capped by the KV pool (`kv_tokens`)."""
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs=true", "top_logprobs", "invalid_value")
     ids = await asyncio.to_thread(_render_chat, req, tokenizer)
     wanted = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     name = "max_tokens" if req.max_completion_tokens is None else "max_completion_tokens"
     limit = _check_context(len(ids), wanted, max_model_len, "messages", name)
+    if wanted is None and kv_tokens > len(ids):
+        limit = min(limit, kv_tokens - len(ids))
     return _jobs(req, [ids], [limit], req.logprobs, req.top_logprobs or 0, len(tokenizer))
