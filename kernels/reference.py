@@ -88,6 +88,47 @@ def _bounds(indptr: torch.Tensor, name: str, total: int) -> list[int]:
     return bounds
 
 
+def _attend_padded(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_len: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Batched :func:`attend`: q [B, n, Hq, D] over k/v [B, L, Hkv, D] -> [B, n, Hq, D] (q's dtype).
+
+    Request b's keys are rows ``0..k_len[b]-1`` at positions equal to their row index; its
+    query i sits at ``q_pos[b, i]``. GQA by grouping the query heads (no key repeat).
+    """
+    b, n, hq, d = q.shape
+    length, hkv = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qf = q.float().reshape(b, n, hkv, g, d).permute(0, 2, 3, 1, 4)  # [B, Hkv, g, n, D]
+    kf = k.float().permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
+    vf = v.float().permute(0, 2, 1, 3).unsqueeze(2)
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hkv, g, n, L]
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    k_pos = torch.arange(length, device=q.device)
+    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < k_len[:, None, None])
+    if window is not None:
+        visible &= k_pos[None, None, :] > q_pos[:, :, None] - window
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    out = torch.matmul(probs, vf)  # [B, Hkv, g, n, D]
+    return out.permute(0, 3, 1, 2, 4).reshape(b, n, hq, d).to(q.dtype)
+
+
+def _padded_slots(slots: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, length] slot indices: row b reads ``slots[starts[b] + j]`` (clamped; masked later)."""
+    idx = starts[:, None] + torch.arange(length, device=slots.device)[None, :]
+    return slots[idx.clamp_(max=max(slots.shape[0] - 1, 0))].long()
+
+
 def extend_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -102,23 +143,53 @@ def extend_attention(
     window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Causal varlen attention of new tokens over (cached prefix ++ new tokens)."""
+    """Causal varlen attention of new tokens over (cached prefix ++ new tokens).
+
+    Requests with one new token (decodes riding in a mixed batch) run as one padded batch;
+    longer ones one by one (each is a large matmul already).
+    """
     out = torch.zeros_like(q)
     cu = _bounds(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
     if cu[-1] != q.shape[0]:
         raise ValueError(f"cu_seqlens_q ends at {cu[-1]} but q has {q.shape[0]} tokens")
-    has_prefix = prefix_indptr is not None
+    nb = len(cu) - 1
+    pi = [0] * (nb + 1)
+    cached = prefix_indptr is not None and k_cache is not None and v_cache is not None and prefix_slots is not None
     if prefix_indptr is not None and prefix_slots is not None:
         pi = _bounds(prefix_indptr, "prefix_indptr", prefix_slots.shape[0])
         if len(pi) != len(cu):
             raise ValueError("prefix_indptr and cu_seqlens_q must have the same length")
-    for b in range(len(cu) - 1):
+    singles = [b for b in range(nb) if cu[b + 1] - cu[b] == 1]
+    if len(singles) > 1:
+        rows = torch.tensor([cu[b] for b in singles], device=q.device)
+        plen = torch.tensor([pi[b + 1] - pi[b] for b in singles], device=q.device)
+        longest = int(max(pi[b + 1] - pi[b] for b in singles))
+        nq = len(singles)
+        keys = k.new_zeros(nq, longest + 1, k.shape[1], k.shape[2])
+        values = v.new_zeros(nq, longest + 1, v.shape[1], v.shape[2])
+        if cached and longest > 0:
+            assert k_cache is not None and v_cache is not None and prefix_slots is not None
+            starts = torch.tensor([pi[b] for b in singles], device=q.device)
+            idx = _padded_slots(prefix_slots, starts, longest)
+            keys[:, :longest] = k_cache[idx]
+            values[:, :longest] = v_cache[idx]
+        at = torch.arange(nq, device=q.device)
+        keys[at, plen] = k[rows]
+        values[at, plen] = v[rows]
+        out[rows] = _attend_padded(
+            q[rows].unsqueeze(1), keys, values, plen[:, None], plen + 1,
+            scale=scale, window=window, softcap=softcap,
+        ).squeeze(1)
+        done = set(singles)
+    else:
+        done = set()
+    for b in range(nb):
         q0, q1 = cu[b], cu[b + 1]
-        if q0 == q1:
+        if q0 == q1 or b in done:
             continue
         keys, values = k[q0:q1], v[q0:q1]
         n_prefix = 0
-        if has_prefix and k_cache is not None and v_cache is not None and prefix_slots is not None:
+        if cached and k_cache is not None and v_cache is not None and prefix_slots is not None:
             slots = prefix_slots[pi[b] : pi[b + 1]].long()
             n_prefix = slots.shape[0]
             keys = torch.cat([k_cache[slots], keys])
@@ -144,22 +215,23 @@ def decode_attention(
 ) -> torch.Tensor:
     """One query per request, at position ``len - 1`` of its KV (which already holds it).
 
-    A request with no KV entries gets a zero output.
+    A request with no KV entries gets a zero output. All requests run as one padded batch
+    (one gather of every request's KV, masked beyond its length).
     """
-    out = torch.zeros_like(q)
     bounds = _bounds(kv_indptr, "kv_indptr", kv_slots.shape[0])
     if len(bounds) != q.shape[0] + 1:
         raise ValueError(f"kv_indptr must have {q.shape[0] + 1} entries, got {len(bounds)}")
-    for b in range(q.shape[0]):
-        slots = kv_slots[bounds[b] : bounds[b + 1]].long()
-        if slots.numel() == 0:
-            continue
-        k_pos = torch.arange(slots.shape[0], device=q.device)
-        out[b : b + 1] = attend(
-            q[b : b + 1], k_cache[slots], v_cache[slots], k_pos[-1:], k_pos,
-            scale=scale, window=window, softcap=softcap,
-        )
-    return out
+    lens = [b - a for a, b in itertools.pairwise(bounds)]
+    longest = max(lens, default=0)
+    if longest == 0:
+        return torch.zeros_like(q)
+    ip = kv_indptr.to(device=q.device, dtype=torch.int64)
+    idx = _padded_slots(kv_slots, ip[:-1], longest)
+    k_len = ip[1:] - ip[:-1]
+    return _attend_padded(
+        q.unsqueeze(1), k_cache[idx], v_cache[idx], (k_len - 1)[:, None], k_len,
+        scale=scale, window=window, softcap=softcap,
+    ).squeeze(1)
 
 
 def store_kv(
