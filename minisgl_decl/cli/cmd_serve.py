@@ -130,7 +130,7 @@ def _rank_argv(args: argparse.Namespace, model: Path, name: str) -> list[str]:
             str(args.port), "--tp", str(args.tp), "--device", _device(args), "--mem-fraction", repr(args.mem_fraction),
             "--max-running", str(args.max_running), "--seed", str(args.seed), "--log-level", args.log_level]
     optional = {"--spec": args.spec, "--dtype": args.dtype, "--max-model-len": args.max_model_len,
-                "--api-key": args.api_key, "--max-kv-tokens": args.max_kv_tokens,
+                "--max-kv-tokens": args.max_kv_tokens,
                 "--chunked-prefill-size": args.chunked_prefill_size}
     for flag, value in optional.items():
         if value is not None:
@@ -150,6 +150,8 @@ def _launch(args: argparse.Namespace, model: Path, name: str) -> int:
         raise _Terminated
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.api_key is not None:  # to the ranks through the environment, not their command lines
+        os.environ["MINISGL_DECL_API_KEY"] = args.api_key
     try:
         return launch([sys.executable, "-m", "minisgl_decl.cli.main", *_rank_argv(args, model, name)], args.tp)
     except _Terminated:
