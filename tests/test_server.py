@@ -273,6 +273,20 @@ def test_disconnect_aborts_and_frees_kv(server: ServerProcess, client: openai.Op
     assert m[("minisgl_requests_running", ())] == 0 and m[("minisgl_requests_waiting", ())] == 0
 
 
+def test_disconnect_while_waiting_for_a_non_streamed_reply(server: ServerProcess) -> None:
+    aborted_before = _metrics(server).get(("minisgl_requests_aborted_total", ()), 0.0)
+    body = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 400, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(300, read=2.0),
+                   headers={"Authorization": f"Bearer {KEY}"})
+    deadline = time.monotonic() + 60
+    while _busy(server) != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    m = _metrics(server)
+    assert m[("minisgl_requests_aborted_total", ())] == aborted_before + 1
+    assert m[("minisgl_kv_tokens_used", ())] - m[("minisgl_kv_tokens_evictable", ())] == 0, m
+
+
 BAD_COMPLETIONS: list[tuple[str, Any, int, str | None]] = [
     ("malformed JSON", '{"prompt": "hi", ', 400, None),
     ("body not an object", "[1, 2]", 400, None),

@@ -1,5 +1,7 @@
 """`serve --tp 2` on CPU (two ranks over gloo) answers with the same greedy text as `--tp 1`,
-and stops cleanly (exit 0) on SIGTERM to the launching process.
+and stops cleanly (exit 0) on SIGTERM to the launching process. The KV pool is smaller
+than the context here, so the engine's own admission check (an `InvalidRequest` -> 400
+naming `max_tokens`) is exercised through the server as well.
 
 SmolLM2-135M has 9 query heads, which 2 ranks cannot split, so this runs a small random
 Llama built with the transformers class (4 heads, 2 KV heads) that carries the demo
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from server_proc import ServerProcess, demo_model
@@ -44,15 +47,24 @@ def _greedy_texts(server: ServerProcess) -> tuple[list[str], str]:
     return texts, chat.choices[0].message.content or ""
 
 
+def _engine_rejects_beyond_pool(server: ServerProcess) -> None:
+    """prompt + max_tokens fits the context (256) but not the KV pool (200): the engine's InvalidRequest -> 400."""
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "hi", "max_tokens": 240}, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "max_tokens" and "KV cache" in error["message"], error
+
+
 @pytest.mark.slow
 def test_tp2_matches_tp1(tmp_path: Path) -> None:
     model = _tiny_llama(tmp_path / "tiny-llama")
-    args = ["--model", str(model), "--max-model-len", "256", "--max-kv-tokens", "1024"]
+    args = ["--model", str(model), "--max-model-len", "256", "--max-kv-tokens", "200"]
     results = []
     for tp in (1, 2):
         server = ServerProcess([*args, "--tp", str(tp)])
         try:
             results.append(_greedy_texts(server))
+            _engine_rejects_beyond_pool(server)
         finally:
             code = server.terminate()
         assert code == 0, server.output()

@@ -9,6 +9,7 @@ engine's scheduler, ranks > 0 run the model in lock-step (`run_worker`) and prin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ..engine.api import EngineConfig
 from ..errors import UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -36,7 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-model-len", type=int, default=None,
                    help="context length, prompt + output (default: the model's max_position_embeddings)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: from --model)")
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/* (401 otherwise)")
+    p.add_argument("--api-key", default=os.environ.get("MINISGL_DECL_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on /v1/* (401 otherwise); "
+                        "default: $MINISGL_DECL_API_KEY (keeps the key out of `ps`)")
     p.add_argument("--max-kv-tokens", type=int, default=None, help="KV pool size in tokens (CPU; default from RAM)")
     p.add_argument("--mem-fraction", type=float, default=0.85,
                    help="CUDA: fraction of free memory after the weights for the KV pool (default 0.85)")
@@ -112,9 +116,7 @@ def _device(args: argparse.Namespace) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def engine_config(args: argparse.Namespace, model: Path) -> Any:
-    from ..engine.api import EngineConfig
-
+def engine_config(args: argparse.Namespace, model: Path) -> EngineConfig:
     return EngineConfig(model=model, spec=Path(args.spec) if args.spec else None, tp=args.tp, device=_device(args),
                         dtype=args.dtype, max_model_len=args.max_model_len, max_kv_tokens=args.max_kv_tokens,
                         mem_fraction=args.mem_fraction, chunked_prefill_size=args.chunked_prefill_size,
@@ -128,7 +130,7 @@ def _rank_argv(args: argparse.Namespace, model: Path, name: str) -> list[str]:
             str(args.port), "--tp", str(args.tp), "--device", _device(args), "--mem-fraction", repr(args.mem_fraction),
             "--max-running", str(args.max_running), "--seed", str(args.seed), "--log-level", args.log_level]
     optional = {"--spec": args.spec, "--dtype": args.dtype, "--max-model-len": args.max_model_len,
-                "--api-key": args.api_key, "--max-kv-tokens": args.max_kv_tokens,
+                "--max-kv-tokens": args.max_kv_tokens,
                 "--chunked-prefill-size": args.chunked_prefill_size}
     for flag, value in optional.items():
         if value is not None:
@@ -148,6 +150,8 @@ def _launch(args: argparse.Namespace, model: Path, name: str) -> int:
         raise _Terminated
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.api_key is not None:  # to the ranks through the environment, not their command lines
+        os.environ["MINISGL_DECL_API_KEY"] = args.api_key
     try:
         return launch([sys.executable, "-m", "minisgl_decl.cli.main", *_rank_argv(args, model, name)], args.tp)
     except _Terminated:
