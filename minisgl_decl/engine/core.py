@@ -14,16 +14,12 @@ from ..runtime.distributed import GroupComm
 from ..runtime.runner import ModelRunner, StepBatch
 from . import tp
 from .api import EngineConfig, EngineStats, InvalidRequest, RequestOutput, SamplingParams, TokenLogprob
+from .detokenize import OutputText
 from .loader import LoadedModel, announce, kv_pool_tokens
 from .radix import RadixCache
 from .request import Request
+from .sampling import Sampler
 from .scheduler import Plan, Scheduler
-
-try:  # branch `sampling`: batched sampling and incremental detokenisation
-    from .detokenize import OutputText
-    from .sampling import Sampler
-except ImportError:  # pragma: no cover - until that branch is merged
-    from .fallback import OutputText, Sampler  # type: ignore[assignment]
 
 #: default prefill tokens per step, measured with tools/bench_engine.py --sweep-chunk (docs/perf.md)
 DEFAULT_CHUNK = {"cpu": 256, "cuda": 2048}
@@ -59,7 +55,7 @@ class EngineCore:
         self.runner, chunk = build_runner(config, loaded, comm)
         self.cache = RadixCache() if config.prefix_cache else None
         self.sched = Scheduler(self.runner.pool, self.cache, config.max_running, chunk)
-        self.sampler = Sampler(loaded.vocab_size, loaded.device)
+        self.sampler = Sampler(loaded.vocab_size, loaded.device, seed=config.seed)
         self.tokenizer = loaded.tokenizer
         self.max_model_len = max_model_len(config, loaded)
         self.requests: dict[str, Request] = {}
@@ -76,6 +72,10 @@ class EngineCore:
         bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise InvalidRequest(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})", "prompt")
+        bias = [t for t in params.logit_bias if not isinstance(t, int) or not 0 <= t < vocab]
+        if bias:
+            raise InvalidRequest(f"logit_bias token id {bias[0]!r} is outside the vocabulary [0, {vocab})",
+                                 "logit_bias")
         n, limit, pool = len(prompt_ids), self.max_model_len, self.runner.pool.size
         if n >= limit:
             raise InvalidRequest(f"the prompt has {n} tokens; this model's context length is {limit} "
