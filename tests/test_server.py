@@ -310,6 +310,7 @@ BAD_COMPLETIONS: list[tuple[str, Any, int, str | None]] = [
     ("top_p 0", {"prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("top_p > 1", {"prompt": "hi", "top_p": 1.5}, 400, "top_p"),
     ("n 0", {"prompt": "hi", "n": 0}, 400, "n"),
+    ("too many choices", {"prompt": ["hi"] * 100, "n": 3}, 400, "prompt"),
     ("logprobs > 20", {"prompt": "hi", "logprobs": 21}, 400, "logprobs"),
     ("empty stop string", {"prompt": "hi", "stop": [""]}, 400, "stop"),
     ("logit_bias key not a token id", {"prompt": "hi", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
