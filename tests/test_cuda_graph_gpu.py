@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import SPECS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 MODELS = ["llama", "qwen3_moe"]  # dense (llama3 rope, GQA) and routed experts (fused MoE, q/k norm)
 
 
