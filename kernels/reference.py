@@ -9,6 +9,7 @@ See ``kernels/README.md`` for the semantics and the KV-cache layout.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 
@@ -88,6 +89,47 @@ def _bounds(indptr: torch.Tensor, name: str, total: int) -> list[int]:
     return bounds
 
 
+def _attend_padded(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_len: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Batched :func:`attend`: q [B, n, Hq, D] over k/v [B, L, Hkv, D] -> [B, n, Hq, D] (q's dtype).
+
+    Request b's keys are rows ``0..k_len[b]-1`` at positions equal to their row index; its
+    query i sits at ``q_pos[b, i]``. GQA by grouping the query heads (no key repeat).
+    """
+    b, n, hq, d = q.shape
+    length, hkv = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qf = q.float().reshape(b, n, hkv, g, d).permute(0, 2, 3, 1, 4)  # [B, Hkv, g, n, D]
+    kf = k.float().permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
+    vf = v.float().permute(0, 2, 1, 3).unsqueeze(2)
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hkv, g, n, L]
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    k_pos = torch.arange(length, device=q.device)
+    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < k_len[:, None, None])
+    if window is not None:
+        visible &= k_pos[None, None, :] > q_pos[:, :, None] - window
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    out = torch.matmul(probs, vf)  # [B, Hkv, g, n, D]
+    return out.permute(0, 3, 1, 2, 4).reshape(b, n, hq, d).to(q.dtype)
+
+
+def _padded_slots(slots: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, length] slot indices: row b reads ``slots[starts[b] + j]`` (clamped; masked later)."""
+    idx = starts[:, None] + torch.arange(length, device=slots.device)[None, :]
+    return slots[idx.clamp_(max=max(slots.shape[0] - 1, 0))].long()
+
+
 def extend_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -102,23 +144,53 @@ def extend_attention(
     window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Causal varlen attention of new tokens over (cached prefix ++ new tokens)."""
+    """Causal varlen attention of new tokens over (cached prefix ++ new tokens).
+
+    Requests with one new token (decodes riding in a mixed batch) run as one padded batch;
+    longer ones one by one (each is a large matmul already).
+    """
     out = torch.zeros_like(q)
     cu = _bounds(cu_seqlens_q, "cu_seqlens_q", q.shape[0])
     if cu[-1] != q.shape[0]:
         raise ValueError(f"cu_seqlens_q ends at {cu[-1]} but q has {q.shape[0]} tokens")
-    has_prefix = prefix_indptr is not None
+    nb = len(cu) - 1
+    pi = [0] * (nb + 1)
+    cached = prefix_indptr is not None and k_cache is not None and v_cache is not None and prefix_slots is not None
     if prefix_indptr is not None and prefix_slots is not None:
         pi = _bounds(prefix_indptr, "prefix_indptr", prefix_slots.shape[0])
         if len(pi) != len(cu):
             raise ValueError("prefix_indptr and cu_seqlens_q must have the same length")
-    for b in range(len(cu) - 1):
+    singles = [b for b in range(nb) if cu[b + 1] - cu[b] == 1]
+    if len(singles) > 1:
+        rows = torch.tensor([cu[b] for b in singles], device=q.device)
+        plen = torch.tensor([pi[b + 1] - pi[b] for b in singles], device=q.device)
+        longest = int(max(pi[b + 1] - pi[b] for b in singles))
+        nq = len(singles)
+        keys = k.new_zeros(nq, longest + 1, k.shape[1], k.shape[2])
+        values = v.new_zeros(nq, longest + 1, v.shape[1], v.shape[2])
+        if cached and longest > 0:
+            assert k_cache is not None and v_cache is not None and prefix_slots is not None
+            starts = torch.tensor([pi[b] for b in singles], device=q.device)
+            idx = _padded_slots(prefix_slots, starts, longest)
+            keys[:, :longest] = k_cache[idx]
+            values[:, :longest] = v_cache[idx]
+        at = torch.arange(nq, device=q.device)
+        keys[at, plen] = k[rows]
+        values[at, plen] = v[rows]
+        out[rows] = _attend_padded(
+            q[rows].unsqueeze(1), keys, values, plen[:, None], plen + 1,
+            scale=scale, window=window, softcap=softcap,
+        ).squeeze(1)
+        done = set(singles)
+    else:
+        done = set()
+    for b in range(nb):
         q0, q1 = cu[b], cu[b + 1]
-        if q0 == q1:
+        if q0 == q1 or b in done:
             continue
         keys, values = k[q0:q1], v[q0:q1]
         n_prefix = 0
-        if has_prefix and k_cache is not None and v_cache is not None and prefix_slots is not None:
+        if cached and k_cache is not None and v_cache is not None and prefix_slots is not None:
             slots = prefix_slots[pi[b] : pi[b + 1]].long()
             n_prefix = slots.shape[0]
             keys = torch.cat([k_cache[slots], keys])
@@ -144,23 +216,48 @@ def decode_attention(
 ) -> torch.Tensor:
     """One query per request, at position ``len - 1`` of its KV (which already holds it).
 
-    A request with no KV entries gets a zero output.
+    A request with no KV entries gets a zero output. All requests run as one padded batch
+    (one gather of every request's KV, masked beyond its length).
     """
-    out = torch.zeros_like(q)
     bounds = _bounds(kv_indptr, "kv_indptr", kv_slots.shape[0])
     if len(bounds) != q.shape[0] + 1:
         raise ValueError(f"kv_indptr must have {q.shape[0] + 1} entries, got {len(bounds)}")
-    for b in range(q.shape[0]):
-        slots = kv_slots[bounds[b] : bounds[b + 1]].long()
-        if slots.numel() == 0:
-            continue
-        k_pos = torch.arange(slots.shape[0], device=q.device)
-        out[b : b + 1] = attend(
-            q[b : b + 1], k_cache[slots], v_cache[slots], k_pos[-1:], k_pos,
-            scale=scale, window=window, softcap=softcap,
-        )
-    return out
+    lens = [b - a for a, b in itertools.pairwise(bounds)]
+    longest = max(lens, default=0)
+    if longest == 0:
+        return torch.zeros_like(q)
+    ip = kv_indptr.to(device=q.device, dtype=torch.int64)
+    idx = _padded_slots(kv_slots, ip[:-1], longest)
+    k_len = ip[1:] - ip[:-1]
+    return _attend_padded(
+        q.unsqueeze(1), k_cache[idx], v_cache[idx], (k_len - 1)[:, None], k_len,
+        scale=scale, window=window, softcap=softcap,
+    ).squeeze(1)
 
+
+
+def decode_attention_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """:func:`decode_attention` over ``req_to_token[req_rows[b], :seq_lens[b]]``."""
+    lens = seq_lens.long()
+    if bool((lens < 0).any()) or bool((lens > req_to_token.shape[1]).any()):
+        raise ValueError(f"seq_lens must be in 0..{req_to_token.shape[1]} (the request table's width)")
+    indptr = torch.zeros(lens.shape[0] + 1, dtype=torch.int64, device=q.device)
+    torch.cumsum(lens, 0, out=indptr[1:])
+    cols = torch.arange(req_to_token.shape[1], device=q.device)
+    keep = cols[None, :] < lens[:, None]
+    slots = req_to_token[req_rows.long()][keep]  # row-major: request after request, in position order
+    return decode_attention(q, k_cache, v_cache, indptr, slots, scale=scale, window=window, softcap=softcap)
 
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
@@ -170,3 +267,118 @@ def store_kv(
     idx = slots[keep].long()
     k_cache[idx] = k[keep].to(k_cache.dtype)
     v_cache[idx] = v[keep].to(v_cache.dtype)
+
+
+# --- rotary embedding, activation-and-multiply, routed experts ---------------------------
+
+
+def rope_table(inv_freq: torch.Tensor, scaling: float, num_positions: int) -> torch.Tensor:
+    """``[num_positions, 2 * half]`` float32: ``cos(p * inv_freq) * scaling | sin(...) * scaling``.
+
+    The float32 product ``p * inv_freq`` is the one HF's rotary module forms, so a row equals
+    HF's cos/sin at that position (before HF's cast to the model dtype).
+    """
+    pos = torch.arange(num_positions, dtype=torch.float32, device=inv_freq.device)
+    freqs = pos[:, None] * inv_freq.float()[None, :]
+    return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, cos_sin: torch.Tensor, inv_freq: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Table rows for ``positions``; rows past the table are computed from ``inv_freq``."""
+    rows = cos_sin.shape[0]
+    if positions.numel() == 0 or int(positions.max()) < rows:  # a host read: fine for a reference
+        return cos_sin[positions.long()]
+    freqs = positions.float()[:, None] * inv_freq.float()[None, :]
+    fresh = torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
+    if rows == 0:
+        return fresh
+    inside = (positions < rows)[:, None]
+    return torch.where(inside, cos_sin[positions.clamp(max=rows - 1).long()], fresh)
+
+
+def apply_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    inv_freq: torch.Tensor,
+    scaling: float,
+    *,
+    v: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    norm_offset: float = 0.0,
+    norm_cast_before_weight: bool = True,
+) -> None:
+    """Rotate features ``[0, 2*half)`` of q [T, Hq, D] and k [T, Hkv, D] in place (rotate-half
+    layout); cos/sin rounded to the model dtype as in HF, the rotation in float32, rounded once.
+    With ``q_norm``/``k_norm``, each head is first replaced by its :func:`rmsnorm`.
+    With ``k_cache`` etc., then ``store_kv(k, v, k_cache, v_cache, slots)``."""
+    if q_norm is not None and k_norm is not None:
+        opts = {"offset": norm_offset, "cast_before_weight": norm_cast_before_weight}
+        q.copy_(rmsnorm(q, q_norm, norm_eps, **opts))
+        k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
+    half = inv_freq.shape[0]
+    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(q.dtype).float()
+    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    for x in (q, k):
+        x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()  # views when x is float32
+        y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        x[..., :half] = y1
+        x[..., half : 2 * half] = y2
+    if k_cache is not None:
+        if v is None or v_cache is None or slots is None:
+            raise ValueError("storing into the KV cache needs v, k_cache, v_cache and slots together")
+        store_kv(k, v, k_cache, v_cache, slots)
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torch function of a kernel activation name (see ``kernels.act_jit``)."""
+    from torch.nn import functional as F
+
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "silu": F.silu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+    }
+    return fns[name]
+
+
+def act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x[..., :F]) * x[..., F:]`` for ``x [..., 2F]``."""
+    gate, up = x.chunk(2, dim=-1)
+    return activation(act)(gate) * up
+
+
+def fused_moe(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    act: str,
+) -> torch.Tensor:
+    """Routed experts, one expert at a time: for each token t and choice j with expert
+    ``e = topk_ids[t, j]``: ``out[t] += weight[t, j] * down[e] @ (act(gate_e x) * up_e x)``.
+
+    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``.
+    """
+    from torch.nn import functional as F
+
+    ffn = down.shape[2]
+    fn = activation(act)
+    weights = topk_weights.to(x.dtype)
+    out = torch.zeros_like(x)
+    for e in torch.unique(topk_ids).tolist():
+        token, slot = torch.where(topk_ids == e)
+        gate, up = F.linear(x[token], gate_up[e]).split(ffn, dim=-1)
+        y = F.linear(fn(gate) * up, down[e]) * weights[token, slot, None]
+        out.index_add_(0, token, y)
+    return out

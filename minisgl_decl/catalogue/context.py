@@ -66,3 +66,8 @@ class ForwardBatch:
     logits_indices: torch.Tensor | None = None
     max_seqlen_q: int | None = None  # longest new-token run (saves the extend kernel a host sync)
     comm: Comm = field(default_factory=SingleRank)
+    # the page-table view of the same contexts (set by the engine's runner; optional for kernels):
+    # request b's slots are req_to_token[req_rows[b], :seq_lens[b]] (seq_lens include the new tokens)
+    req_rows: torch.Tensor | None = None
+    seq_lens: torch.Tensor | None = None
+    req_to_token: torch.Tensor | None = None

@@ -8,7 +8,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import SpecError, UserError
-from . import checks, cmd_check, cmd_compile, cmd_generate, cmd_new, cmd_schema, cmd_validate
+from . import checks, cmd_check, cmd_compile, cmd_generate, cmd_new, cmd_schema, cmd_serve, cmd_validate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Declarative, YAML-driven LLM model compiler and inference runtime.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (cmd_validate, cmd_schema, cmd_compile, cmd_check, cmd_generate, cmd_new):
+    for module in (cmd_validate, cmd_schema, cmd_compile, cmd_check, cmd_generate, cmd_new, cmd_serve):
         module.register(sub)
     return parser
 

@@ -1,100 +1,247 @@
-"""Run requests through a compiled model with a paged KV cache (page size 1).
+"""Run batches through a compiled model with a paged KV cache (page size 1).
 
-This is the execution core under the scheduler: it turns "extend these requests by
-these tokens" and "decode one token for each of these requests" into a `ForwardBatch`
-and calls the model. Slots are handed out from a free list; a request's context is the
-list of its slots in order.
+This is the execution core under the scheduler. A step is a `StepBatch`: a few flat int64
+host tensors (the new tokens, their positions and KV slots, and per request its row in
+the request table, its new-token count and its context length after the step). The
+runner keeps the persistent device state:
+
+- the KV cache (`kv`) and the slot free list (`pool`);
+- `req_to_token` [max_rows, max_len] int32 on the device: row r, column p is the KV slot
+  of token p of the request that owns row r. Each step writes only its new slots into it
+  (and the occasional explicit rewrite, `StepBatch.write_*`); the decode `kv_slots` and
+  the extend `prefix_slots` are gathered from it on the device, so the host never re-sends
+  a request's whole context.
+
+Under tensor parallelism rank 0 builds each `StepBatch`, broadcasts it (`pack`/`unpack`,
+plain int64 tensors) and every rank calls `run` on it.
+
+`extend`/`decode`/`release` keep the scheduler-free interface of the parity checks: they
+map caller request ids to rows and slots themselves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..catalogue.context import Comm, ForwardBatch, SingleRank
 from ..errors import UserError
+from .cuda_graph import DecodeGraphs, batch_sizes_for
 from .model import CompiledModel
 
 
-@dataclass
 class SlotPool:
-    size: int
-    free: list[int] = field(default_factory=list)
+    """Free list of KV slots (page size 1)."""
 
-    def __post_init__(self) -> None:
-        self.free = list(range(self.size - 1, -1, -1))
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = list(range(size - 1, -1, -1))
+
+    @property
+    def available(self) -> int:
+        return len(self.free)
 
     def take(self, n: int) -> list[int]:
         if n > len(self.free):
             raise UserError(f"KV cache full: need {n} slots, {len(self.free)} free of {self.size}")
-        return [self.free.pop() for _ in range(n)]
+        if n == 0:
+            return []
+        out = self.free[-n:]
+        del self.free[-n:]
+        out.reverse()
+        return out
 
     def give(self, slots: list[int]) -> None:
         self.free.extend(reversed(slots))
 
 
+HEADER = 9  # is_decode, T, B, S, W, max_q, max_kv, total_kv, total_prefix
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One forward: host int64 tensors (what rank 0 broadcasts). Request b's new tokens are consecutive."""
+
+    tokens: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    out_slots: torch.Tensor  # [T] KV slot written by each new token
+    rows: torch.Tensor  # [B] request-table row of each request
+    q_lens: torch.Tensor  # [B] new tokens of each request
+    kv_lens: torch.Tensor  # [B] context length after the step (prefix + new)
+    logits_at: torch.Tensor  # [S] token indices (into T) whose logits are returned
+    write_rows: torch.Tensor  # [W] extra request-table writes, applied first (slot swaps)
+    write_pos: torch.Tensor  # [W]
+    write_slots: torch.Tensor  # [W]
+    is_decode: bool  # every request has one new token and the decode path runs
+
+    @staticmethod
+    def build(tokens: list[int], positions: list[int], out_slots: list[int], rows: list[int], q_lens: list[int],
+              kv_lens: list[int], logits_at: list[int], writes: tuple[list[int], list[int], list[int]] = ([], [], []),
+              is_decode: bool = False) -> StepBatch:
+        t = torch.tensor
+        i64 = torch.int64
+        return StepBatch(t(tokens, dtype=i64), t(positions, dtype=i64), t(out_slots, dtype=i64), t(rows, dtype=i64),
+                         t(q_lens, dtype=i64), t(kv_lens, dtype=i64), t(logits_at, dtype=i64),
+                         t(writes[0], dtype=i64), t(writes[1], dtype=i64), t(writes[2], dtype=i64), is_decode)
+
+    def header(self) -> torch.Tensor:
+        q, kv = self.q_lens, self.kv_lens
+        b = q.shape[0]
+        values = [int(self.is_decode), self.tokens.shape[0], b, self.logits_at.shape[0], self.write_rows.shape[0],
+                  int(q.max()) if b else 0, int(kv.max()) if b else 0, int(kv.sum()), int((kv - q).sum())]
+        return torch.tensor(values, dtype=torch.int64)
+
+    def payload(self) -> torch.Tensor:
+        return torch.cat([self.tokens, self.positions, self.out_slots, self.rows, self.q_lens, self.kv_lens,
+                          self.logits_at, self.write_rows, self.write_pos, self.write_slots])
+
+    @staticmethod
+    def sizes(header: torch.Tensor) -> list[int]:
+        _, t, b, s, w = (int(x) for x in header[:5].tolist())
+        return [t, t, t, b, b, b, s, w, w, w]
+
+    @staticmethod
+    def unpack(header: torch.Tensor, payload: torch.Tensor) -> StepBatch:
+        parts = payload.split(StepBatch.sizes(header))
+        return StepBatch(*parts, is_decode=bool(int(header[0])))
+
+
 class ModelRunner:
     def __init__(self, model: CompiledModel, num_slots: int, *, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", comm: Comm | None = None) -> None:
+                 device: str | torch.device = "cpu", comm: Comm | None = None, max_rows: int = 64,
+                 max_len: int | None = None) -> None:
         self.model = model
         self.device = torch.device(device)
         self.kv = model.allocate_kv_cache(num_slots, dtype, self.device)
         self.pool = SlotPool(num_slots)
-        self.contexts: dict[int, list[int]] = {}
         self.comm = comm or SingleRank()
+        self.max_rows = max_rows
+        self.max_len = max_len if max_len is not None else num_slots
+        self.req_to_token = torch.zeros(max_rows, self.max_len, dtype=torch.int32, device=self.device)
+        # the scheduler-free interface (parity checks): request id -> (row, slots)
+        self.contexts: dict[int, list[int]] = {}
+        self._rows: dict[int, int] = {}
+        self._free_rows = list(range(max_rows - 1, -1, -1))
+        self.graphs: DecodeGraphs | None = None  # CUDA-graph decode (capture_cuda_graphs)
 
-    def _t(self, values: list[int]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.int64, device=self.device)
+    def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None,
+                            progress: Callable[[str], None] | None = None) -> None:
+        """Capture the decode forward for these batch sizes (default: up to max_rows); decode steps
+        of at most the largest size then replay a graph (runtime/cuda_graph.py)."""
+        sizes = list(batch_sizes) if batch_sizes is not None else batch_sizes_for(self.max_rows)
+        graphs = DecodeGraphs(self.model, self.kv, self.req_to_token, self.comm, self.device, sizes)
+        graphs.capture(progress)
+        self.graphs = graphs
+
+    # ---- the engine's interface ----
+
+    @torch.inference_mode()
+    def run(self, step: StepBatch) -> torch.Tensor:
+        """Write the step's slots into the request table, run the model; logits [S, vocab] (full vocab)."""
+        if self.graphs is not None and step.is_decode and not step.write_rows.numel() \
+                and self.graphs.fits(step.tokens.shape[0]):  # CUDA-graph replay (runtime/cuda_graph.py)
+            logits = self.graphs.run(step, self.req_to_token)
+            return logits if step.logits_at.shape[0] == logits.shape[0] else logits[step.logits_at.to(logits.device)]
+        header = step.header()
+        is_decode, t, b, s, w, max_q, _, total_kv, total_prefix = (int(x) for x in header.tolist())
+        dev = self.device
+        flat = step.payload().to(dev, non_blocking=True)
+        tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, wr, wp, ws = flat.split(StepBatch.sizes(header))
+        table = self.req_to_token
+        if w:
+            table[wr, wp] = ws.to(torch.int32)
+        tok_rows = rows.repeat_interleave(q_lens, output_size=t)
+        table[tok_rows, positions] = out_slots.to(torch.int32)
+        cu = torch.zeros(b + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(q_lens, 0, out=cu[1:])
+        logits_indices = None if s == t and is_decode else logits_at
+        if is_decode:
+            kv_indptr = torch.zeros(b + 1, dtype=torch.int64, device=dev)
+            torch.cumsum(kv_lens, 0, out=kv_indptr[1:])
+            batch = ForwardBatch(
+                positions=positions, out_slots=out_slots, cu_seqlens_q=cu, is_decode=True, kv=self.kv,
+                kv_indptr=kv_indptr, kv_slots=_gather_ranges(table, rows, kv_lens, kv_indptr, total_kv),
+                logits_indices=logits_indices, max_seqlen_q=1, comm=self.comm,
+                req_rows=rows, seq_lens=kv_lens, req_to_token=table,
+            )
+        else:
+            prefix_lens = kv_lens - q_lens
+            prefix_indptr = torch.zeros(b + 1, dtype=torch.int64, device=dev)
+            torch.cumsum(prefix_lens, 0, out=prefix_indptr[1:])
+            batch = ForwardBatch(
+                positions=positions, out_slots=out_slots, cu_seqlens_q=cu, is_decode=False, kv=self.kv,
+                prefix_indptr=prefix_indptr,
+                prefix_slots=_gather_ranges(table, rows, prefix_lens, prefix_indptr, total_prefix),
+                logits_indices=logits_indices, max_seqlen_q=max_q, comm=self.comm,
+                req_rows=rows, seq_lens=kv_lens, req_to_token=table,
+            )
+        return self.model(tokens, batch)
+
+    # ---- the scheduler-free interface (parity checks, greedy_generate) ----
 
     def release(self, req: int) -> None:
         self.pool.give(self.contexts.pop(req, []))
+        row = self._rows.pop(req, None)
+        if row is not None:
+            self._free_rows.append(row)
 
-    @torch.inference_mode()
-    def extend(self, requests: dict[int, list[int]], *, all_logits: bool = False) -> list[torch.Tensor]:
-        """Append tokens to each request (new or with a cached prefix); return logits per request.
+    def _row(self, req: int) -> int:
+        if req not in self._rows:
+            if not self._free_rows:
+                raise UserError(f"more than {self.max_rows} requests at once")
+            self._rows[req] = self._free_rows.pop()
+        return self._rows[req]
 
-        Logits are [n_new, vocab] per request with `all_logits`, else [vocab] for its last token.
-        """
-        tokens, positions, out_slots, cu, prefix_ptr, prefix_slots, last = [], [], [], [0], [0], [], []
+    def _step(self, requests: dict[int, list[int]], is_decode: bool, last_only: bool) -> torch.Tensor:
+        tokens: list[int] = []
+        positions: list[int] = []
+        out_slots: list[int] = []
+        rows: list[int] = []
+        q_lens: list[int] = []
+        kv_lens: list[int] = []
+        last: list[int] = []
         for req, new in requests.items():
             ctx = self.contexts.setdefault(req, [])
-            prefix_slots += ctx
-            prefix_ptr.append(len(prefix_slots))
+            if len(ctx) + len(new) > self.max_len:
+                raise UserError(f"request {req} would hold {len(ctx) + len(new)} tokens, more than {self.max_len}")
+            rows.append(self._row(req))
             slots = self.pool.take(len(new))
             positions += range(len(ctx), len(ctx) + len(new))
             ctx += slots
             out_slots += slots
             tokens += new
-            cu.append(len(tokens))
+            q_lens.append(len(new))
+            kv_lens.append(len(ctx))
             last.append(len(tokens) - 1)
-        batch = ForwardBatch(
-            positions=self._t(positions), out_slots=self._t(out_slots), cu_seqlens_q=self._t(cu),
-            is_decode=False, kv=self.kv, prefix_indptr=self._t(prefix_ptr), prefix_slots=self._t(prefix_slots),
-            logits_indices=None if all_logits else self._t(last), comm=self.comm,
-            max_seqlen_q=max(len(new) for new in requests.values()),
-        )
-        logits = self.model(self._t(tokens), batch)
-        if all_logits:
-            return [logits[cu[b] : cu[b + 1]] for b in range(len(requests))]
-        return list(logits.unbind(0))
+        logits_at = last if last_only else list(range(len(tokens)))
+        return self.run(StepBatch.build(tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at,
+                                        is_decode=is_decode))
 
-    @torch.inference_mode()
+    def extend(self, requests: dict[int, list[int]], *, all_logits: bool = False) -> list[torch.Tensor]:
+        """Append tokens to each request (new or with a cached prefix); return logits per request.
+
+        Logits are [n_new, vocab] per request with `all_logits`, else [vocab] for its last token.
+        """
+        logits = self._step(requests, False, not all_logits)
+        if not all_logits:
+            return list(logits.unbind(0))
+        out, at = [], 0
+        for new in requests.values():
+            out.append(logits[at : at + len(new)])
+            at += len(new)
+        return out
+
     def decode(self, requests: dict[int, int]) -> list[torch.Tensor]:
         """One new token for each request; returns its logits [vocab] per request."""
-        tokens, positions, out_slots, kv_ptr, kv_slots = [], [], [], [0], []
-        for req, tok in requests.items():
-            ctx = self.contexts[req]
-            (slot,) = self.pool.take(1)
-            positions.append(len(ctx))
-            ctx.append(slot)
-            out_slots.append(slot)
-            tokens.append(tok)
-            kv_slots += ctx
-            kv_ptr.append(len(kv_slots))
-        n = len(tokens)
-        batch = ForwardBatch(
-            positions=self._t(positions), out_slots=self._t(out_slots), cu_seqlens_q=self._t(list(range(n + 1))),
-            is_decode=True, kv=self.kv, kv_indptr=self._t(kv_ptr), kv_slots=self._t(kv_slots), comm=self.comm,
-        )
-        return list(self.model(self._t(tokens), batch).unbind(0))
+        return list(self._step({r: [t] for r, t in requests.items()}, True, True).unbind(0))
+
+
+def _gather_ranges(table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor, indptr: torch.Tensor,
+                   total: int) -> torch.Tensor:
+    """Concatenate ``table[rows[b], :lens[b]]`` over b, on the device (total = sum(lens), known on the host)."""
+    b = rows.shape[0]
+    seg = torch.repeat_interleave(torch.arange(b, device=rows.device), lens, output_size=total)
+    col = torch.arange(total, device=rows.device) - indptr[:-1][seg]
+    return table[rows[seg], col]

@@ -1,0 +1,213 @@
+"""The engine loop body: `step()` = schedule -> run -> postprocess. Single-threaded, no asyncio.
+
+`EngineCore` owns the model runner, the scheduler, the prefix cache and the sampler.
+Under tensor parallelism (rank 0) every step is broadcast to the other ranks before it
+runs (`tp.send_step`); they run the same forward in `tp.worker_loop`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Sequence
+
+from ..runtime.distributed import GroupComm
+from ..runtime.runner import ModelRunner, StepBatch
+from . import tp
+from .api import EngineConfig, EngineStats, InvalidRequest, RequestOutput, SamplingParams, TokenLogprob
+from .detokenize import OutputText
+from .loader import LoadedModel, announce, kv_pool_tokens
+from .radix import RadixCache
+from .request import Request
+from .sampling import Sampler
+from .scheduler import Plan, Scheduler
+
+#: default prefill tokens per step, measured with tools/bench_engine.py --sweep-chunk (docs/perf.md)
+DEFAULT_CHUNK = {"cpu": 256, "cuda": 2048}
+
+
+def max_model_len(config: EngineConfig, loaded: LoadedModel) -> int:
+    """`config.max_model_len` when given (it overrides the checkpoint's), else the checkpoint's."""
+    limit = config.max_model_len if config.max_model_len is not None else loaded.max_model_len
+    if limit < 2:
+        raise InvalidRequest(f"--max-model-len must be at least 2, got {limit}", "max_model_len")
+    return limit
+
+
+def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | None) -> tuple[ModelRunner, int]:
+    """The KV pool and request table, identical on every rank; returns (runner, chunk size)."""
+    tokens = kv_pool_tokens(config, loaded, comm)
+    chunk = config.chunked_prefill_size or DEFAULT_CHUNK.get(loaded.device.type, 2048)
+    if chunk < 1:
+        raise InvalidRequest(f"--chunked-prefill-size must be at least 1, got {chunk}", "chunked_prefill_size")
+    if config.max_running < 1:
+        raise InvalidRequest(f"--max-running must be at least 1, got {config.max_running}", "max_running")
+    runner = ModelRunner(loaded.model, tokens, dtype=loaded.dtype, device=loaded.device, comm=comm,
+                         max_rows=config.max_running, max_len=min(max_model_len(config, loaded), tokens))
+    if comm is None or comm.rank == 0:
+        announce(loaded, tokens, chunk, max_model_len(config, loaded))
+    if config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1):
+        runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
+    return runner, chunk
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel, comm: GroupComm | None = None) -> None:
+        self.config, self.loaded = config, loaded
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.runner, chunk = build_runner(config, loaded, comm)
+        self.cache = RadixCache() if config.prefix_cache else None
+        self.sched = Scheduler(self.runner.pool, self.cache, config.max_running, chunk)
+        self.sampler = Sampler(loaded.vocab_size, loaded.device, seed=config.seed)
+        self.tokenizer = loaded.tokenizer
+        self.max_model_len = max_model_len(config, loaded)
+        self.requests: dict[str, Request] = {}
+        self._keys = itertools.count()
+        self.prompt_tokens = self.generated_tokens = 0
+
+    # ---- requests ----
+
+    def check(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        """Raise InvalidRequest for a request this engine can never serve."""
+        if not prompt_ids:
+            raise InvalidRequest("the prompt is empty", "prompt")
+        vocab = self.loaded.vocab_size
+        bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequest(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})", "prompt")
+        bias = [t for t in params.logit_bias if not isinstance(t, int) or not 0 <= t < vocab]
+        if bias:
+            raise InvalidRequest(f"logit_bias token id {bias[0]!r} is outside the vocabulary [0, {vocab})",
+                                 "logit_bias")
+        n, limit, pool = len(prompt_ids), self.max_model_len, self.runner.pool.size
+        if n >= limit:
+            raise InvalidRequest(f"the prompt has {n} tokens; this model's context length is {limit} "
+                                 "(prompt + max_tokens must fit)", "prompt")
+        if n + params.max_tokens > limit:
+            raise InvalidRequest(f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) = "
+                                 f"{n + params.max_tokens} exceeds the context length {limit}; "
+                                 f"lower max_tokens to at most {limit - n}", "max_tokens")
+        if n + params.max_tokens > pool:
+            raise InvalidRequest(f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) exceeds the KV cache "
+                                 f"({pool} tokens); lower max_tokens to at most {max(pool - n, 0)}", "max_tokens")
+
+    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise InvalidRequest(f"request id {request_id!r} is already running", "request_id")
+        self.check(prompt_ids, params)
+        prompt = list(prompt_ids)
+        req = Request(next(self._keys), request_id, prompt, params,
+                      OutputText(self.tokenizer, params, prompt, self.loaded.eos_ids))
+        self.sampler.add(req.key, params, prompt)
+        self.requests[request_id] = req
+        self.sched.waiting.append(req)
+        self.prompt_tokens += len(prompt)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and free its KV; its final output (finish_reason "abort"), if it was known."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        req.finish_reason = "abort"
+        return self._finish(req, "")
+
+    def has_work(self) -> bool:
+        return bool(self.sched.waiting or self.sched.running)
+
+    # ---- the step ----
+
+    def step(self) -> list[RequestOutput]:
+        plan = self.sched.schedule()
+        if not plan.items:
+            return []
+        step, sample_items = self._batch(plan)
+        if self.comm is not None:
+            tp.send_step(self.comm, step)
+        logits = self.runner.run(step)
+        for it in plan.items:  # prompts just prefilled become cacheable for the requests behind them
+            if len(it.slots) > 1 and it.req.pending == 0:
+                self.sched.cache_prefix(it.req)
+        if not sample_items:
+            return []
+        sampled = self.sampler.sample(logits, [r.key for r in sample_items])
+        return [self._postprocess(r, s.token_id, s.logprob) for r, s in zip(sample_items, sampled, strict=True)]
+
+    def _batch(self, plan: Plan) -> tuple[StepBatch, list[Request]]:
+        tokens: list[int] = []
+        positions: list[int] = []
+        out_slots: list[int] = []
+        rows, q_lens, kv_lens, logits_at = [], [], [], []
+        sample: list[Request] = []
+        for it in plan.items:
+            r, n = it.req, len(it.slots)
+            tokens += r.tokens(it.start, it.start + n)
+            positions += range(it.start, it.start + n)
+            out_slots += it.slots
+            rows.append(r.row)
+            q_lens.append(n)
+            kv_lens.append(it.start + n)
+            if it.start + n == r.total:
+                logits_at.append(len(tokens) - 1)
+                sample.append(r)
+        step = StepBatch.build(tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, plan.writes,
+                               plan.is_decode)
+        return step, sample
+
+    def _postprocess(self, req: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
+        req.output.append(token)
+        self.generated_tokens += 1
+        text, reason = req.text.append(token)
+        if reason is None and len(req.output) >= req.params.max_tokens:
+            reason = "length"
+            text += req.text.finish()
+        logprobs = (logprob,) if req.params.logprobs and logprob is not None else None
+        if reason is not None:
+            req.finish_reason = reason
+            return self._finish(req, text, logprobs)
+        return self._output(req, text, logprobs, False)
+
+    def _output(self, req: Request, text: str, logprobs: tuple[TokenLogprob, ...] | None,
+                finished: bool) -> RequestOutput:
+        new = tuple(req.output[req.sent_tokens :])
+        req.sent_tokens = len(req.output)
+        return RequestOutput(req.request_id, text, new, logprobs, finished, req.finish_reason if finished else None,
+                             len(req.prompt), len(req.output), req.cached_tokens)
+
+    def _finish(self, req: Request, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> RequestOutput:
+        self.sched.remove(req)
+        self.sampler.remove(req.key)
+        del self.requests[req.request_id]
+        return self._output(req, text, logprobs, True)
+
+    # ---- introspection ----
+
+    def stats(self) -> EngineStats:
+        pool = self.runner.pool
+        cache_size = self.cache.size if self.cache is not None else 0
+        evictable = self.cache.evictable if self.cache is not None else 0
+        return EngineStats(
+            running=len(self.sched.running), waiting=len(self.sched.waiting), kv_total=pool.size,
+            kv_used=pool.size - pool.available, kv_evictable=evictable if cache_size else 0,
+            prompt_tokens=self.prompt_tokens, cached_prompt_tokens=self.sched.cached_tokens,
+            generated_tokens=self.generated_tokens, preemptions=self.sched.preemptions,
+        )
+
+    def flush_cache(self) -> int:
+        """Evict every unreferenced prefix-cache entry back to the pool; returns the slots freed."""
+        if self.cache is None:
+            return 0
+        freed = self.cache.clear()
+        self.runner.pool.give(freed)
+        return len(freed)
+
+    def close(self) -> None:
+        """Tell the other ranks to stop (rank 0 under TP)."""
+        if self.comm is not None:
+            tp.send_stop(self.comm)
+            self.comm = None
+
+    def ping(self) -> None:
+        """Keep idle worker ranks' collectives from timing out."""
+        if self.comm is not None:
+            tp.send_ping(self.comm)
+

@@ -1,0 +1,186 @@
+"""Which requests run in the next step, and where their KV goes.
+
+Policy (one step = one forward):
+
+1. **Decodes first.** Every running request with one pending token (the token it sampled
+   last) gets one new slot. If the pool (free + evictable cache) cannot give them all, the
+   most recently admitted running request is preempted (its KV goes to the prefix cache,
+   evictable, or back to the pool; its output is kept) until it can. The oldest request
+   always fits alone (admission rejects anything larger than the pool), so work never stops.
+2. **Prefill chunks up to `chunk` tokens** on top of the decodes: first requests already
+   part-way through their prompt (oldest first), then new requests from the waiting queue
+   (first come, first served) while the budget lasts, fewer than `max_running` run, and the
+   pool can hold the chunk plus one more token for every running request. A prompt longer
+   than the budget is split over steps, so a long prompt delays the running decodes by at
+   most one chunk's compute per step.
+3. A new request first looks up its longest cached prefix (all but its last token) in the
+   radix cache, locks it and starts after it.
+
+The step's tokens are ordered as the items: decodes, then prefill chunks. A step with only
+one-token items runs the decode path; any longer item makes it one mixed extend forward.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ..runtime.runner import SlotPool
+from .radix import RadixCache
+from .request import Request
+
+
+@dataclass
+class Item:
+    req: Request
+    start: int  # first position run in this step
+    slots: list[int]
+
+
+@dataclass
+class Plan:
+    items: list[Item]
+    writes: tuple[list[int], list[int], list[int]]  # (rows, positions, slots) table writes before the step
+
+    @property
+    def is_decode(self) -> bool:
+        return all(len(it.slots) == 1 for it in self.items)
+
+
+class Scheduler:
+    def __init__(self, pool: SlotPool, cache: RadixCache | None, max_running: int, chunk: int) -> None:
+        self.pool, self.cache = pool, cache
+        self.max_running, self.chunk = max_running, chunk
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.free_rows = list(range(max_running - 1, -1, -1))
+        self.preemptions = 0
+        self.cached_tokens = 0  # prompt tokens served from the cache (first admissions)
+
+    # ---- memory ----
+
+    def available(self) -> int:
+        return self.pool.available + (self.cache.evictable if self.cache is not None else 0)
+
+    def _alloc(self, n: int) -> list[int] | None:
+        if self.pool.available < n and self.cache is not None:
+            self.pool.give(self.cache.evict(n - self.pool.available))
+        if self.pool.available < n:
+            return None
+        return self.pool.take(n)
+
+    def release(self, req: Request) -> None:
+        """Give up a request's KV: computed tokens go to the prefix cache (or the pool), its row is freed."""
+        if self.cache is not None and req.slots:
+            have = self.cache.insert(req.tokens(0, len(req.slots)), req.slots)
+            self.pool.give(req.slots[req.cache_len : have])  # duplicates of what the tree already holds
+        else:
+            self.pool.give(req.slots[req.cache_len :])
+        if req.node is not None and self.cache is not None:
+            self.cache.unlock(req.node)
+        if req.row >= 0:
+            self.free_rows.append(req.row)
+        req.slots, req.node, req.cache_len, req.row, req.writes = [], None, 0, -1, []
+
+    def cache_prefix(self, req: Request) -> None:
+        """Put a running request's computed tokens into the prefix cache now (after its prefill)."""
+        if self.cache is None or len(req.slots) <= req.cache_len:
+            return
+        tokens = req.tokens(0, len(req.slots))
+        have = self.cache.insert(tokens, req.slots)
+        match = self.cache.match(tokens)
+        for pos in range(req.cache_len, have):  # the tree held these already: switch to its slots
+            if req.slots[pos] != match.slots[pos]:
+                self.pool.give([req.slots[pos]])
+                req.writes.append((pos, match.slots[pos]))
+        self.cache.lock(match.node)
+        if req.node is not None:
+            self.cache.unlock(req.node)
+        req.slots, req.node, req.cache_len = list(match.slots), match.node, len(match.slots)
+
+    def preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.release(req)
+        self.waiting.appendleft(req)
+        self.preemptions += 1
+
+    def remove(self, req: Request) -> None:
+        """Drop a finished or aborted request and free its KV."""
+        if req in self.running:
+            self.running.remove(req)
+            self.release(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+
+    # ---- the step ----
+
+    def schedule(self) -> Plan:
+        while True:
+            plan = self._try()
+            if plan.items or not self.running:
+                return plan
+            self.preempt(self.running[-1])  # nothing could run: make room (the oldest always fits)
+
+    def _try(self) -> Plan:
+        decodes = [r for r in self.running if r.pending == 1]
+        while self.running and self.available() < len(decodes):
+            victim = self.running[-1]
+            if victim in decodes:
+                decodes.remove(victim)
+            self.preempt(victim)
+        items = []
+        for r in decodes:
+            slots = self._alloc(1)
+            assert slots is not None  # ensured above
+            items.append(Item(r, len(r.slots), slots))
+        budget = self.chunk
+        for r in self.running:
+            if budget == 0:
+                break
+            if r.pending > 1:
+                n = min(budget, r.pending, self.available())
+                slots = self._alloc(n) if n else None
+                if slots is None:
+                    break
+                items.append(Item(r, len(r.slots), slots))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_running and self.free_rows:
+            item = self._admit(self.waiting[0], budget)
+            if item is None:
+                break
+            self.waiting.popleft()
+            items.append(item)
+            budget -= len(item.slots)
+        for it in items:
+            it.req.slots += it.slots
+        rows, pos, slots = [], [], []
+        for r in self.running:
+            for p, s in r.writes:
+                rows.append(r.row)
+                pos.append(p)
+                slots.append(s)
+            r.writes = []
+        return Plan(items, (rows, pos, slots))
+
+    def _admit(self, req: Request, budget: int) -> Item | None:
+        match = None
+        if self.cache is not None:
+            match = self.cache.match(req.tokens(0, req.total - 1))
+            self.cache.lock(match.node)
+        cached = match.length if match is not None else 0
+        n = min(budget, req.total - cached)
+        reserve = len(self.running)  # one more token for every running request next step
+        slots = self._alloc(n) if self.available() >= n + reserve else None
+        if slots is None:
+            if match is not None and self.cache is not None:
+                self.cache.unlock(match.node)
+            return None
+        req.row = self.free_rows.pop()
+        if match is not None:
+            req.slots, req.node, req.cache_len = list(match.slots), match.node, cached
+            req.writes = list(enumerate(match.slots))
+        if not req.admitted:
+            req.cached_tokens, req.admitted = cached, True
+            self.cached_tokens += cached
+        self.running.append(req)
+        return Item(req, cached, slots)

@@ -1,0 +1,1 @@
+"""Stage 7: the OpenAI-compatible HTTP server (FastAPI) over the engine's `EngineClient`."""
