@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +278,29 @@ def _decode_layout(
     return value
 
 
+def decode_attention_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """:func:`decode_attention` over ``req_to_token[req_rows[b], :seq_lens[b]]``."""
+    lens = seq_lens.long()
+    if bool((lens < 0).any()) or bool((lens > req_to_token.shape[1]).any()):
+        raise ValueError(f"seq_lens must be in 0..{req_to_token.shape[1]} (the request table's width)")
+    indptr = torch.zeros(lens.shape[0] + 1, dtype=torch.int64, device=q.device)
+    torch.cumsum(lens, 0, out=indptr[1:])
+    cols = torch.arange(req_to_token.shape[1], device=q.device)
+    keep = cols[None, :] < lens[:, None]
+    slots = req_to_token[req_rows.long()][keep]  # row-major: request after request, in position order
+    return decode_attention(q, k_cache, v_cache, indptr, slots, scale=scale, window=window, softcap=softcap)
+
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
@@ -290,3 +314,118 @@ def store_kv(
     idx = slots[keep].long()
     k_cache[idx] = k[keep].to(k_cache.dtype)
     v_cache[idx] = v[keep].to(v_cache.dtype)
+
+
+# --- rotary embedding, activation-and-multiply, routed experts ---------------------------
+
+
+def rope_table(inv_freq: torch.Tensor, scaling: float, num_positions: int) -> torch.Tensor:
+    """``[num_positions, 2 * half]`` float32: ``cos(p * inv_freq) * scaling | sin(...) * scaling``.
+
+    The float32 product ``p * inv_freq`` is the one HF's rotary module forms, so a row equals
+    HF's cos/sin at that position (before HF's cast to the model dtype).
+    """
+    pos = torch.arange(num_positions, dtype=torch.float32, device=inv_freq.device)
+    freqs = pos[:, None] * inv_freq.float()[None, :]
+    return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, cos_sin: torch.Tensor, inv_freq: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Table rows for ``positions``; rows past the table are computed from ``inv_freq``."""
+    rows = cos_sin.shape[0]
+    if positions.numel() == 0 or int(positions.max()) < rows:  # a host read: fine for a reference
+        return cos_sin[positions.long()]
+    freqs = positions.float()[:, None] * inv_freq.float()[None, :]
+    fresh = torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1)
+    if rows == 0:
+        return fresh
+    inside = (positions < rows)[:, None]
+    return torch.where(inside, cos_sin[positions.clamp(max=rows - 1).long()], fresh)
+
+
+def apply_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    inv_freq: torch.Tensor,
+    scaling: float,
+    *,
+    v: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    norm_offset: float = 0.0,
+    norm_cast_before_weight: bool = True,
+) -> None:
+    """Rotate features ``[0, 2*half)`` of q [T, Hq, D] and k [T, Hkv, D] in place (rotate-half
+    layout); cos/sin rounded to the model dtype as in HF, the rotation in float32, rounded once.
+    With ``q_norm``/``k_norm``, each head is first replaced by its :func:`rmsnorm`.
+    With ``k_cache`` etc., then ``store_kv(k, v, k_cache, v_cache, slots)``."""
+    if q_norm is not None and k_norm is not None:
+        opts = {"offset": norm_offset, "cast_before_weight": norm_cast_before_weight}
+        q.copy_(rmsnorm(q, q_norm, norm_eps, **opts))
+        k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
+    half = inv_freq.shape[0]
+    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(q.dtype).float()
+    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    for x in (q, k):
+        x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()  # views when x is float32
+        y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        x[..., :half] = y1
+        x[..., half : 2 * half] = y2
+    if k_cache is not None:
+        if v is None or v_cache is None or slots is None:
+            raise ValueError("storing into the KV cache needs v, k_cache, v_cache and slots together")
+        store_kv(k, v, k_cache, v_cache, slots)
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torch function of a kernel activation name (see ``kernels.act_jit``)."""
+    from torch.nn import functional as F
+
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "silu": F.silu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+    }
+    return fns[name]
+
+
+def act_and_mul(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x[..., :F]) * x[..., F:]`` for ``x [..., 2F]``."""
+    gate, up = x.chunk(2, dim=-1)
+    return activation(act)(gate) * up
+
+
+def fused_moe(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    act: str,
+) -> torch.Tensor:
+    """Routed experts, one expert at a time: for each token t and choice j with expert
+    ``e = topk_ids[t, j]``: ``out[t] += weight[t, j] * down[e] @ (act(gate_e x) * up_e x)``.
+
+    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``.
+    """
+    from torch.nn import functional as F
+
+    ffn = down.shape[2]
+    fn = activation(act)
+    weights = topk_weights.to(x.dtype)
+    out = torch.zeros_like(x)
+    for e in torch.unique(topk_ids).tolist():
+        token, slot = torch.where(topk_ids == e)
+        gate, up = F.linear(x[token], gate_up[e]).split(ffn, dim=-1)
+        y = F.linear(fn(gate) * up, down[e]) * weights[token, slot, None]
+        out.index_add_(0, token, y)
+    return out

@@ -74,15 +74,26 @@ class AttentionModule(nn.Module):
         q = q.reshape(t, self.q_local, self.head_dim)
         k = k.reshape(t, self.kv_local, self.head_dim)
         v = v.reshape(t, self.kv_local, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
+        has_norm = self.q_norm is not None and self.k_norm is not None
+        if has_norm and self.rotary is None:
             norm = {"offset": self.qk_norm_offset, "cast_before_weight": self.qk_norm_cast}
             q = kernels.rmsnorm(q, self.q_norm, self.qk_norm_eps, **norm)
             k = kernels.rmsnorm(k, self.k_norm, self.qk_norm_eps, **norm)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k, ctx.positions)
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
-        kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
-        if ctx.is_decode:
+        if self.rotary is not None:  # q/k norm, rope in place on q and k, and the KV store: one launch
+            norms = {"q_norm": self.q_norm, "k_norm": self.k_norm, "norm_eps": self.qk_norm_eps,
+                     "norm_offset": self.qk_norm_offset, "norm_cast_before_weight": self.qk_norm_cast}
+            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots,
+                        norms=norms if has_norm else None)
+        else:
+            kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
+        if ctx.is_decode and ctx.kv_slots is None:  # slots read from the request table (CUDA graphs)
+            assert ctx.req_to_token is not None and ctx.req_rows is not None and ctx.seq_lens is not None
+            o = kernels.decode_attention_paged(
+                q, k_cache, v_cache, ctx.req_to_token, ctx.req_rows, ctx.seq_lens,
+                scale=self.scale, window=self.window, softcap=self.softcap,
+            )
+        elif ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
             o = kernels.decode_attention(
                 q, k_cache, v_cache, ctx.kv_indptr, ctx.kv_slots,

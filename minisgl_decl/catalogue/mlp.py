@@ -9,6 +9,8 @@ from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
+import kernels
+
 from ..errors import UserError
 from .context import ForwardBatch
 from .params import ParamDecl, Segment, column, merged_column, replicated, row
@@ -25,6 +27,23 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+
+
+#: activation name -> the name the fused kernels (`kernels.act_and_mul`, `kernels.fused_moe`) use
+KERNEL_ACTIVATIONS: dict[str, str] = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+def kernel_activation(name: str) -> str:
+    activation(name)  # the same error for an unknown name
+    return KERNEL_ACTIVATIONS[name]
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -44,13 +63,12 @@ class GatedMLPModule(nn.Module):
     def __init__(self, args: GatedMLPArgs, shard: Shard) -> None:
         super().__init__()
         self.split = list(shard.split("gate_up.weight"))  # local gate rows, local up rows
-        self.act = activation(args.act)
+        self.act = kernel_activation(args.act)
         self.gate_up = ColumnLinear()
         self.down = RowLinear()
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.split, dim=-1)
-        return self.down(self.act(gate) * up, ctx.comm)
+        return self.down(kernels.act_and_mul(self.gate_up(x), self.act), ctx.comm)  # act(gate) * up, one pass
 
 
 class GatedMLP(LayerKind):

@@ -12,8 +12,10 @@ from pydantic import PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+import kernels
+
 from .context import ForwardBatch
-from .mlp import activation
+from .mlp import activation, kernel_activation
 from .params import ParamDecl, Segment, expert_stacked, replicated
 from .registry import LayerArgs, LayerKind
 from .shard import Shard
@@ -42,20 +44,15 @@ class MoEModule(nn.Module):
         super().__init__()
         self.top_k, self.norm = args.top_k, args.norm_topk_prob
         self.split = list(shard.split("gate_up"))  # local gate rows, local up rows of each expert
-        self.act = activation(args.act)
+        self.act = kernel_activation(args.act)
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         probs = F.softmax(F.linear(x, self.router.weight), dim=-1, dtype=torch.float)
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)
         if self.norm:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        for e in torch.unique(chosen).tolist():
-            token, slot = torch.where(chosen == e)
-            gate, up = F.linear(x[token], self.gate_up[e]).split(self.split, dim=-1)
-            y = F.linear(self.act(gate) * up, self.down[e]) * weights[token, slot, None]
-            out.index_add_(0, token, y)
+        # grouped GEMMs over the routed experts (Triton on CUDA; the per-expert loop elsewhere)
+        out = kernels.fused_moe(x, self.gate_up, self.down, weights.to(x.dtype), chosen, self.act)
         return ctx.comm.all_reduce(out)
 
 

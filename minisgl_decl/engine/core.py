@@ -8,6 +8,7 @@ runs (`tp.send_step`); they run the same forward in `tp.worker_loop`.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Sequence
 
 from ..runtime.distributed import GroupComm
@@ -45,6 +46,8 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
                          max_rows=config.max_running, max_len=min(max_model_len(config, loaded), tokens))
     if comm is None or comm.rank == 0:
         announce(loaded, tokens, chunk, max_model_len(config, loaded))
+    if config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1):
+        runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
     return runner, chunk
 
 
