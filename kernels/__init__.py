@@ -1,4 +1,5 @@
-"""Kernels of minisgl-decl: RMSNorm and attention, in Triton with plain-torch references.
+"""Kernels of minisgl-decl: RMSNorm, attention, rotary, activation-and-multiply and routed
+experts (MoE), in Triton with plain-torch references.
 
 This is the one dispatch point. Each function checks its arguments (ValueError on bad
 shapes, dtypes, strides or devices), then runs the Triton kernel for CUDA tensors and
@@ -12,16 +13,23 @@ on first call. (Deliberately no ``__version__``: transformers probes for a packa
 named ``kernels`` and must not mistake this one for the HF hub package.)
 """
 
-from kernels._attention_api import decode_attention, extend_attention, store_kv
+from kernels._attention_api import decode_attention, decode_attention_paged, extend_attention, store_kv
 from kernels._dispatch import BACKEND_ENV, Backend
+from kernels._moe_api import act_and_mul, fused_moe
 from kernels._norm_api import add_rmsnorm, rmsnorm
+from kernels._rope_api import apply_rope, rope_table
 
 __all__ = [
     "BACKEND_ENV",
     "Backend",
+    "act_and_mul",
     "add_rmsnorm",
+    "apply_rope",
     "decode_attention",
+    "decode_attention_paged",
     "extend_attention",
+    "fused_moe",
     "rmsnorm",
+    "rope_table",
     "store_kv",
 ]

@@ -154,6 +154,67 @@ def decode_attention(
     return o
 
 
+
+def decode_attention_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+    num_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    backend: Backend | None = None,
+) -> torch.Tensor:
+    """:func:`decode_attention` reading each request's slots from a request table.
+
+    Request b's KV is at slots ``req_to_token[req_rows[b], :seq_lens[b]]`` (its current
+    token included), so the per-step inputs have a fixed shape [B]: with padded rows of
+    ``seq_lens == 0`` (zero output) a CUDA graph captured for B serves any batch <= B.
+    ``req_to_token`` [rows, max_len] int32/int64, contiguous rows.
+    """
+    import torch
+
+    if not isinstance(q, torch.Tensor):
+        raise ValueError(f"q must be a torch.Tensor, got {type(q).__name__}")
+    q = _checks.tensor("q", q, ndim=3, dtypes=_F)
+    _checks.head_dim(q.shape[2])
+    num_kv_heads = _check_cache(q, k_cache, v_cache, None)
+    _checks.heads(q.shape[1], num_kv_heads)
+    table = _checks.tensor("req_to_token", req_to_token, ndim=2, dtypes=_I, device=q.device)
+    if not table.is_contiguous():
+        raise ValueError("req_to_token must be contiguous")
+    rows = _checks.tensor("req_rows", req_rows, ndim=1, dtypes=_I, device=q.device)
+    _checks.dims("req_rows", rows, (q.shape[0],))
+    lens = _checks.tensor("seq_lens", seq_lens, ndim=1, dtypes=_I, device=q.device)
+    _checks.dims("seq_lens", lens, (q.shape[0],))
+    _checks.attention_options(scale, window, softcap)
+    if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= 64):
+        raise ValueError(f"num_splits must be None or an int in [1, 64], got {num_splits!r}")
+    if out is not None:
+        _checks.out_like("out", out, q)
+    if not use_triton(q, backend):
+        from kernels import reference
+
+        o = reference.decode_attention_paged(
+            q, k_cache, v_cache, table, rows, lens, scale=scale, window=window, softcap=softcap
+        )
+        return o if out is None else out.copy_(o)
+    _checks.triton_head_dim(q.shape[2])
+    from kernels.attention_launch import decode_attention_triton
+
+    o = torch.empty_like(q) if out is None else out
+    decode_attention_triton(
+        q, k_cache, v_cache, rows, table.view(-1),
+        scale=scale, window=window, softcap=softcap, num_splits=num_splits, out=o,
+        kv_lens=lens, row_stride=table.shape[1],
+    )
+    return o
+
 def store_kv(
     k: torch.Tensor,
     v: torch.Tensor,

@@ -216,7 +216,11 @@ def decode_attention_triton(
     num_splits: int | None,
     out: torch.Tensor,
     fused: bool | None = None,
+    kv_lens: torch.Tensor | None = None,
+    row_stride: int = 0,
 ) -> None:
+    """Split-KV decode. With ``kv_lens``, ``kv_indptr`` [B] holds request-table rows and
+    ``kv_slots`` the flattened table (row stride ``row_stride``): the paged form."""
     batch, num_q_heads, head_dim = q.shape
     if batch == 0:
         return
@@ -234,15 +238,16 @@ def decode_attention_triton(
         o_part = torch.empty((batch, num_q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
     score_scale, cap_log2 = _score_params(scale, softcap)
-    head = (q, k_cache, v_cache, kv_indptr, kv_slots, o_part, lse_part)
+    paged = kv_lens is not None
+    head = (q, k_cache, v_cache, kv_indptr, kv_lens if kv_lens is not None else kv_indptr, kv_slots, o_part, lse_part)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
                v_cache.stride(0), v_cache.stride(1))
-    tail = (score_scale, cap_log2, window or 0, num_splits)
+    tail = (score_scale, cap_log2, window or 0, num_splits, row_stride)
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads, "GROUP": group,
         "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim, "BLOCK_D": block_d,
         "SOFTCAP": softcap is not None, "WINDOW": window is not None,
-        "DOT_PRECISION": _dot_precision(q.dtype),
+        "DOT_PRECISION": _dot_precision(q.dtype), "PAGED": paged,
     }
     grid = (num_kv_heads, batch, num_splits)
     fixed = _fixed(

@@ -21,18 +21,20 @@ from kernels.decode_jit import attend_split, split_bounds
 
 @triton.jit
 def decode_fused_kernel(
-    Q, KC, VC, KV_INDPTR, KV_SLOTS, O_PART, LSE_PART, COUNTER, Out,
+    Q, KC, VC, KV_INDPTR, KV_LENS, KV_SLOTS, O_PART, LSE_PART, COUNTER, Out,
     stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, stride_ob, stride_oh,
-    score_scale, cap_log2, window, num_splits,
+    score_scale, cap_log2, window, num_splits, row_stride,
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr, PAGED: tl.constexpr,
 ):
     kvh = tl.program_id(0)
     b = tl.program_id(1)
     split = tl.program_id(2)
-    kv_start, start, end = split_bounds(KV_INDPTR, b, split, window, num_splits, WINDOW, BLOCK_N)
+    kv_start, start, end = split_bounds(
+        KV_INDPTR, KV_LENS, row_stride, b, split, window, num_splits, WINDOW, BLOCK_N, PAGED
+    )
     o, lse = attend_split(
         Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
         stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,

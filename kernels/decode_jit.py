@@ -18,10 +18,21 @@ from kernels.attention_jit import attend_block, tile_mask
 
 
 @triton.jit
-def split_bounds(KV_INDPTR, b, split, window, num_splits, WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Request b's first cache-list index, and this split's [start, end) key positions."""
-    kv_start = tl.load(KV_INDPTR + b).to(tl.int64)
-    kv_len = (tl.load(KV_INDPTR + b + 1) - kv_start).to(tl.int32)
+def split_bounds(
+    KV_INDPTR, KV_LENS, row_stride, b, split, window, num_splits,
+    WINDOW: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+):
+    """Request b's first cache-list index, and this split's [start, end) key positions.
+
+    PAGED: KV_INDPTR holds request-table rows and KV_LENS the context lengths; request b's
+    slots start at ``row * row_stride`` of the flattened table. Else ``KV_INDPTR [B+1]``.
+    """
+    if PAGED:
+        kv_start = tl.load(KV_INDPTR + b).to(tl.int64) * row_stride
+        kv_len = tl.load(KV_LENS + b).to(tl.int32)
+    else:
+        kv_start = tl.load(KV_INDPTR + b).to(tl.int64)
+        kv_len = (tl.load(KV_INDPTR + b + 1) - kv_start).to(tl.int32)
     lo = 0
     if WINDOW:  # the query sits at position kv_len - 1
         lo = tl.maximum(kv_len - window, 0)
@@ -74,18 +85,20 @@ def attend_split(
 
 @triton.jit
 def decode_split_kernel(
-    Q, KC, VC, KV_INDPTR, KV_SLOTS, O_PART, LSE_PART,
+    Q, KC, VC, KV_INDPTR, KV_LENS, KV_SLOTS, O_PART, LSE_PART,
     stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch,
-    score_scale, cap_log2, window, num_splits,
+    score_scale, cap_log2, window, num_splits, row_stride,
     NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr,
+    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr, PAGED: tl.constexpr,
 ):
     kvh = tl.program_id(0)  # fastest: the KV heads of one slot row are read together
     b = tl.program_id(1)
     split = tl.program_id(2)
-    kv_start, start, end = split_bounds(KV_INDPTR, b, split, window, num_splits, WINDOW, BLOCK_N)
+    kv_start, start, end = split_bounds(
+        KV_INDPTR, KV_LENS, row_stride, b, split, window, num_splits, WINDOW, BLOCK_N, PAGED
+    )
     o, lse = attend_split(
         Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
         stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,

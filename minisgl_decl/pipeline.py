@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from .errors import UserError
 from .graph.build import ModelGraph, build_graph
 from .plan.build import LoadPlan, build_plan
 from .plan.checkpoint import CheckpointIndex, load_config, scan_checkpoint
+from .plan.execute import SAFETENSORS_NAMES, TORCH_DTYPES
 from .runtime.model import CompiledModel
 from .spec.load import load_spec
 from .spec.loaded import LoadedSpec
@@ -38,8 +39,10 @@ def hf_config_for(spec: LoadedSpec, model_dir: str | Path | None) -> Mapping[str
 
 def compile_spec(
     spec: LoadedSpec | str | Path, model_dir: str | Path | None = None, tp: int = 1,
-    hf_config: Mapping[str, Any] | None = None,
+    hf_config: Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32,
 ) -> Compiled:
+    """Validate-free compile of a loaded spec (or file); with `model_dir`, the loader plan for
+    loading parameters as `dtype` (recorded in the plan, whose casts show it)."""
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     if tp < 1:
         raise UserError(f"--tp must be at least 1, got {tp}")
@@ -55,21 +58,30 @@ def compile_spec(
             f"{model_dir}: checkpoint architecture {', '.join(archs)} is not served by {loaded.file} "
             f"(serves {', '.join(loaded.spec.serves.architectures)})"
         )
-    plan = build_plan(loaded, graph, ckpt)
+    plan = build_plan(loaded, graph, ckpt, _dtype_name(dtype))
     return Compiled(loaded, config, graph, ckpt, plan)
 
 
 def load_model(
     compiled: Compiled, rank: int = 0, *, device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32, progress: bool | None = None,
+    dtype: torch.dtype | None = None, progress: bool | None = None,
 ) -> CompiledModel:
     """Build rank `rank`'s modules on the meta device and stream its shard of the checkpoint in.
 
-    `progress`: a byte progress bar on stderr (None: only when stderr is a terminal).
+    Parameters are loaded as the plan's dtype (`compile_spec(dtype=...)`); a `dtype` given
+    here instead is recorded in the plan used. `progress`: a byte progress bar on stderr
+    (None: only when stderr is a terminal).
     """
     if compiled.plan is None or compiled.checkpoint is None:
         raise UserError("no checkpoint: pass --model DIR to load weights")
+    plan = compiled.plan if dtype is None else replace(compiled.plan, dtype=_dtype_name(dtype))
     model = CompiledModel(compiled.graph, rank, device)
-    model.load_plan(compiled.plan.ranks[rank], compiled.checkpoint.directory, device=device, dtype=dtype,
+    model.load_plan(plan.ranks[rank], compiled.checkpoint.directory, device=device, dtype=TORCH_DTYPES[plan.dtype],
                     progress=progress)
     return model
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    if dtype not in SAFETENSORS_NAMES or not dtype.is_floating_point:
+        raise UserError(f"cannot load parameters as {dtype}; use a floating-point dtype such as torch.bfloat16")
+    return SAFETENSORS_NAMES[dtype]

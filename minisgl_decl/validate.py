@@ -5,19 +5,19 @@ Collects every problem (each with file:line:column) instead of stopping at the f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .catalogue import catalogue_names, get_layer
-from .catalogue.registry import LayerKind
 from .config.resolve import config_dependencies, resolve_config
 from .errors import Problem, SpecError, UserError, closest
-from .graph.build import BODY_VAR, FORWARD_INPUT, STACK, build_graph
+from .graph.build import BODY_VAR, FORWARD_INPUT, STACK, ModelGraph, build_graph
 from .graph.dataflow import Scope, parse_statements
 from .plan.build import rule_for
-from .plan.rules import EXPERT, INDEX, normalise_rules
+from .plan.rules import EXPERT, INDEX, WeightRule, normalise_rules
 from .spec.expr import ExprError, parse_expr
 from .spec.load import load_spec
 from .spec.loaded import LoadedSpec
@@ -66,9 +66,8 @@ def _check_config(spec: LoadedSpec) -> list[Problem]:
 
 def _check_modules(
     spec: LoadedSpec, modules: dict[str, Any], where: PathKey, names: set[str]
-) -> tuple[list[Problem], dict[str, LayerKind]]:
+) -> list[Problem]:
     problems: list[Problem] = []
-    kinds: dict[str, LayerKind] = {}
     for mod_name, decl in modules.items():
         path = (*where, mod_name)
         if len(decl) != 1:
@@ -82,7 +81,6 @@ def _check_modules(
             problems.append(Problem(spec.where((*path, layer_name), key=True),
                                     f"unknown layer `{layer_name}`; {closest(layer_name, catalogue_names())}"))
             continue
-        kinds[mod_name] = kind
         fields = kind.Args.model_fields
         raw = raw or {}
         for arg, value in raw.items():
@@ -96,7 +94,7 @@ def _check_modules(
             if f.is_required() and arg not in raw:
                 problems.append(Problem(spec.where((*path, layer_name)),
                                         f"`{layer_name}` needs argument `{arg}`"))
-    return problems, kinds
+    return problems
 
 
 def _check_dataflow(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey) -> list[Problem]:
@@ -107,22 +105,11 @@ def _check_dataflow(spec: LoadedSpec, lines: list[str], scope: Scope, where: Pat
     ]
 
 
-def _check_weights(spec: LoadedSpec, top: dict[str, LayerKind], stack: dict[str, LayerKind]) -> list[Problem]:
+def _check_weights(spec: LoadedSpec) -> list[Problem]:
+    """Rule shape checks that need no arguments (targets are checked against the example build)."""
     problems: list[Problem] = []
-    by_module = {m: [f"{m}.{p}" for p in k.param_names] for m, k in top.items()}
-    by_module |= {f"{STACK}.{INDEX}.{m}": [f"{STACK}.{INDEX}.{m}.{p}" for p in k.param_names] for m, k in stack.items()}
-    declared = set(spec.spec.model.modules) | {f"{STACK}.{INDEX}.{m}" for m in spec.spec.model.layers.modules}
-    possible = {p for names in by_module.values() for p in names}
     for rule in normalise_rules(spec):
         loc = spec.where(rule.spec_path, key=True)
-        owner = next((m for m in sorted(declared, key=len, reverse=True) if rule.target.startswith(m + ".")), None)
-        if owner is not None and owner not in by_module:
-            continue  # its module already has an error (unknown layer)
-        if rule.target not in possible:
-            options = by_module.get(owner, []) if owner else sorted(possible)
-            where = f" of `{owner}`" if owner else ""
-            problems.append(Problem(loc, f"weight rule `{rule.target}` produces no parameter; parameters{where}: "
-                                    f"{closest(rule.target, options)}"))
         if not rule.sources:
             problems.append(Problem(loc, f"weight rule `{rule.target}` needs `from` or `concat`"))
         indexed = INDEX in rule.target
@@ -149,9 +136,8 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
     s: Spec = spec.spec
     names = set(s.config)
     problems = _check_config(spec)
-    p_top, top = _check_modules(spec, s.model.modules, ("model", "modules"), names)
-    p_stack, stack = _check_modules(spec, s.model.layers.modules, ("model", "layers", "modules"), names | {"i"})
-    problems += p_top + p_stack
+    problems += _check_modules(spec, s.model.modules, ("model", "modules"), names)
+    problems += _check_modules(spec, s.model.layers.modules, ("model", "layers", "modules"), names | {"i"})
     if isinstance(s.model.layers.repeat, str):
         problems += _expr_problems(spec, s.model.layers.repeat, ("model", "layers", "repeat"), names, "repeat")
     overlap = (set(s.model.modules) | set(s.model.layers.modules)) & names
@@ -163,7 +149,7 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
     problems += _check_dataflow(spec, s.model.forward,
                                 Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,),
                                       frozenset({STACK})), ("model", "forward"))
-    problems += _check_weights(spec, top, stack)
+    problems += _check_weights(spec)
     for k, source in enumerate(s.requires):
         problems += _expr_problems(spec, source, ("requires", k), names, "requires")
     if problems or not s.example_config:
@@ -180,11 +166,34 @@ def _check_example_build(spec: LoadedSpec) -> list[Problem]:
     except (UserError, ValidationError) as exc:
         return [Problem(spec.where(("example_config",)), str(exc))]
     rules = normalise_rules(spec)
-    problems = []
+    problems = _rule_targets(spec, graph, rules)
+    if problems:
+        return problems
     for name, decl, module in graph.parameters:
         if rule_for(name, rules) is None:
             problems.append(Problem(spec.where(module.spec_path),
                                     f"parameter `{name}` ({decl.role_name}) has no weight rule under weights.params"))
+    return problems
+
+
+def _rule_targets(spec: LoadedSpec, graph: ModelGraph, rules: list[WeightRule]) -> list[Problem]:
+    """Every rule names a parameter some layer declares (present or switched off by its arguments)."""
+    stack_path = re.compile(rf"^{STACK}\.\d+\.")
+    by_module: dict[str, list[str]] = {}
+    for m in graph.modules:
+        key = stack_path.sub(f"{STACK}.{INDEX}.", m.path)
+        by_module.setdefault(key, []).extend(f"{key}.{p.name}" for p in m.declared)
+    possible = {n for names in by_module.values() for n in names}
+    problems = []
+    for rule in rules:
+        if rule.target in possible:
+            continue
+        owner = next((m for m in sorted(by_module, key=len, reverse=True) if rule.target.startswith(m + ".")), None)
+        options = by_module[owner] if owner else sorted(possible)
+        where = f" of `{owner}`" if owner else ""
+        problems.append(Problem(spec.where(rule.spec_path, key=True),
+                                f"weight rule `{rule.target}` produces no parameter; parameters{where}: "
+                                f"{closest(rule.target, options)}"))
     return problems
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from _helpers import SPECS
 
 from minisgl_decl.config.resolve import resolve_config
 from minisgl_decl.errors import SpecError
 from minisgl_decl.spec.load import load_spec
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 BASE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
         "vocab_size": 50}
 

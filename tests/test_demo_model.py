@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import ROOT, SPECS
 
 from minisgl_decl.parity.check import hf_reference_fn, run_parity_checks, verdict
 from minisgl_decl.parity.hf_reference import load_reference
@@ -20,7 +21,6 @@ from minisgl_decl.runtime.generate import greedy_generate
 from minisgl_decl.runtime.runner import ModelRunner
 from minisgl_decl.spec.load import load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "smollm2-135m-instruct"
 
 
@@ -34,7 +34,7 @@ def demo() -> Path:
 
 
 def test_demo_model_parity(demo: Path) -> None:
-    spec = load_spec(ROOT / "specs" / "llama.yaml")
+    spec = load_spec(SPECS / "llama.yaml")
     compiled = compile_spec(spec, demo)
     model = load_model(compiled)
     hf = load_reference(demo, "LlamaForCausalLM")
@@ -57,7 +57,7 @@ def test_demo_model_greedy_matches_transformers(demo: Path) -> None:
             out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
                               eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
         expected.append(out[0, len(prompt):].tolist())
-    model = load_model(compile_spec(load_spec(ROOT / "specs" / "llama.yaml"), demo))
+    model = load_model(compile_spec(load_spec(SPECS / "llama.yaml"), demo))
     got = greedy_generate(ModelRunner(model, 512), ids, 24, stop_ids=[tok.eos_token_id])
     assert got == expected, [tok.decode(g) for g in got] + [tok.decode(e) for e in expected]
     assert any(len(g) > 5 for g in got)

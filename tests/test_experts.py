@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _helpers import SPECS
 from safetensors import safe_open
 
 from minisgl_decl.errors import SpecError
@@ -13,8 +14,6 @@ from minisgl_decl.pipeline import compile_spec
 from minisgl_decl.plan.checkpoint import CheckpointError
 from minisgl_decl.spec.load import load_spec, load_spec_text
 from minisgl_decl.validate import check_loaded
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from _helpers import SPECS
 
 from minisgl_decl.errors import UserError
 from minisgl_decl.spec.find import find_spec
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 @pytest.mark.parametrize(

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import SPECS
 from safetensors.torch import load_file, save_file
 
 from minisgl_decl.catalogue.params import Replicated
+from minisgl_decl.errors import UserError
 from minisgl_decl.parity.hf_reference import build_reference
-from minisgl_decl.pipeline import compile_spec
+from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.plan import execute
 from minisgl_decl.plan.build import rule_for
 from minisgl_decl.plan.model import ParamPlan, RankPlan, Read
 from minisgl_decl.plan.rules import normalise_rules
 from minisgl_decl.spec.load import load_spec
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,19 @@ def test_cast_on_load(llama_dir: Path, dtype: torch.dtype) -> None:
         assert t.dtype == dtype
         want = _expected_local(name, decls[name], spec, tensors, 2, 1).to(dtype)
         torch.testing.assert_close(t, want, rtol=0, atol=0)
+
+
+def test_plan_records_the_load_dtype(llama_dir: Path) -> None:
+    spec = load_spec(SPECS / "llama.yaml")
+    c = compile_spec(spec, llama_dir, dtype=torch.bfloat16)
+    assert c.plan is not None and c.plan.dtype == "BF16"
+    casts = [op for p in c.plan.to_json()["ranks"][0]["params"] for op in p["ops"] if op["op"] == "cast"]
+    assert casts and all(op == {"op": "cast", "from": "F32", "to": "BF16"} for op in casts)  # F32 checkpoint
+    model = load_model(c)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in load_model(c, dtype=torch.float16).parameters()} == {torch.float16}
+    with pytest.raises(UserError, match="floating-point"):
+        compile_spec(spec, llama_dir, dtype=torch.int8)
 
 
 def test_transpose_add_scalar_and_bf16_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

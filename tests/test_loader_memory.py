@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from make_checkpoint import make_checkpoint  # noqa: E402
+from make_checkpoint import make_checkpoint
 
 MEASURE = """
 import gc, json, sys

@@ -7,16 +7,14 @@ prefill, a varlen batch, prefix+extend and paged decode.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import SPECS
 
 from minisgl_decl.parity.check import verdict
 from minisgl_decl.parity.run import parity_on_random_model
 from minisgl_decl.spec.load import load_spec
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("llama", {}),  # llama3 rope scaling, head_dim 32 != 96/6, GQA 6:2, untied

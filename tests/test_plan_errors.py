@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import SPECS
 from safetensors.torch import load_file, save_file
 
 from minisgl_decl.cli.main import main
@@ -23,7 +24,6 @@ from minisgl_decl.pipeline import compile_spec
 from minisgl_decl.plan.checkpoint import CheckpointError
 from minisgl_decl.spec.load import load_spec
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 LLAMA = str(SPECS / "llama.yaml")
 Q = "model.layers.1.self_attn.q_proj.weight"
 K = "model.layers.1.self_attn.k_proj.weight"

@@ -290,6 +290,10 @@ def test_disconnect_while_waiting_for_a_non_streamed_reply(server: ServerProcess
 BAD_COMPLETIONS: list[tuple[str, Any, int, str | None]] = [
     ("malformed JSON", '{"prompt": "hi", ', 400, None),
     ("body not an object", "[1, 2]", 400, None),
+    ("empty body", "", 400, None),
+    ("lone surrogate in the prompt", '{"prompt": "hi \\ud800"}', 400, "prompt"),
+    ("NaN temperature", '{"prompt": "hi", "temperature": NaN}', 400, "temperature"),
+    ("infinite top_p", '{"prompt": "hi", "top_p": Infinity}', 400, "top_p"),
     ("wrong type: max_tokens", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens"),
     ("wrong type: prompt", {"prompt": {"text": "hi"}}, 400, "prompt"),
     ("wrong type: stop", {"prompt": "hi", "stop": 5}, 400, "stop"),
@@ -306,6 +310,7 @@ BAD_COMPLETIONS: list[tuple[str, Any, int, str | None]] = [
     ("top_p 0", {"prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("top_p > 1", {"prompt": "hi", "top_p": 1.5}, 400, "top_p"),
     ("n 0", {"prompt": "hi", "n": 0}, 400, "n"),
+    ("too many choices", {"prompt": ["hi"] * 100, "n": 3}, 400, "prompt"),
     ("logprobs > 20", {"prompt": "hi", "logprobs": 21}, 400, "logprobs"),
     ("empty stop string", {"prompt": "hi", "stop": [""]}, 400, "stop"),
     ("logit_bias key not a token id", {"prompt": "hi", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
@@ -342,6 +347,13 @@ def test_bad_completion_input(server: ServerProcess, what: str, body: Any, statu
 @pytest.mark.parametrize(("what", "body", "status", "param"), BAD_CHAT, ids=[c[0] for c in BAD_CHAT])
 def test_bad_chat_input(server: ServerProcess, what: str, body: Any, status: int, param: str | None) -> None:
     _assert_openai_error(_post(server, "/v1/chat/completions", body), status, param)
+
+
+def test_body_without_json_content_type(server: ServerProcess) -> None:
+    r = httpx.post(f"{server.url}/v1/completions", content=b'{"prompt": "hi"}', timeout=60,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"})
+    _assert_openai_error(r, 400, None)
+    assert "Content-Type: application/json" in r.json()["error"]["message"]
 
 
 def test_api_key(server: ServerProcess) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import yaml
+from _helpers import SPECS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +14,6 @@ from minisgl_decl.errors import SpecError
 from minisgl_decl.spec.load import load_spec_text
 from minisgl_decl.validate import check_loaded
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 BASE = yaml.safe_load((SPECS / "qwen3.yaml").read_text())
 
 scalars = st.one_of(

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import ROOT, SPECS, make_fused
 
 from minisgl_decl.runtime.distributed import _verdict, launch
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
-ROOT = SPECS.parent
+pytestmark = pytest.mark.slow  # one process per rank; run by CI, skip locally with -m "not slow"
 
 
 def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
@@ -39,8 +39,6 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
 
 
 def _run_group(tp: int, tmp: Path) -> list[dict[str, Any]]:
-    from test_plan_fused import make_fused
-
     cases = _cases(tp, make_fused(tmp / "fused"))
     (tmp / "cases.json").write_text(json.dumps(cases))
     code = launch([sys.executable, "-m", "minisgl_decl.parity.tp", str(tmp / "cases.json"), str(tmp / "out.json")], tp)

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import SPECS
 
 from minisgl_decl.validate import validate_file
 
 BAD = Path(__file__).resolve().parent / "specs" / "bad"
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 # file -> [(line containing, token whose first character is the error column, message fragment)]
 GOLDEN: dict[str, list[tuple[str, str, str]]] = {

@@ -10,10 +10,11 @@ import kernels
 
 from ..config.rope import RopeConfig
 from .context import ForwardBatch
-from .params import ParamDecl, Segment, TPInfo, merged_column, replicated, row
+from .params import ParamDecl, Segment, merged_column, replicated, row
 from .registry import LayerArgs, LayerKind
 from .rotary import Rotary
-from .tp_linear import ColumnLinear, RowLinear, empty_param
+from .shard import Shard
+from .tp_linear import ColumnLinear, RowLinear
 
 
 class AttentionArgs(LayerArgs):
@@ -50,38 +51,49 @@ def qkv_segments(args: AttentionArgs) -> tuple[Segment, ...]:
 
 
 class AttentionModule(nn.Module):
-    def __init__(self, args: AttentionArgs, tp: TPInfo, q_local: int, kv_local: int) -> None:
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+
+    def __init__(self, args: AttentionArgs, shard: Shard) -> None:
         super().__init__()
-        self.q_local, self.kv_local, self.head_dim = q_local, kv_local, args.head_dim
+        self.split = list(shard.split("qkv.weight"))  # local q | k | v rows
+        self.head_dim = args.head_dim
+        self.q_local, self.kv_local = self.split[0] // args.head_dim, self.split[1] // args.head_dim
         self.scale = args.scale if args.scale is not None else args.head_dim**-0.5
         self.window, self.softcap = args.window, args.softcap
-        self.qkv = ColumnLinear(args.hidden, (q_local + 2 * kv_local) * args.head_dim, args.qkv_bias)
-        self.o = RowLinear(q_local * args.head_dim, args.hidden, args.o_bias)
+        self.qkv = ColumnLinear()
+        self.o = RowLinear()
         self.rotary = Rotary(args.rope, args.head_dim) if args.rope is not None else None
         self.qk_norm_eps, self.qk_norm_offset = args.qk_norm_eps, args.qk_norm_offset
         self.qk_norm_cast = args.qk_norm_cast_before_weight
-        if args.qk_norm:
-            self.q_norm = empty_param(args.head_dim)
-            self.k_norm = empty_param(args.head_dim)
         self.cache_index = -1  # set by the graph builder
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv(x).split(
-            [self.q_local * self.head_dim, self.kv_local * self.head_dim, self.kv_local * self.head_dim], dim=-1
-        )
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
         q = q.reshape(t, self.q_local, self.head_dim)
         k = k.reshape(t, self.kv_local, self.head_dim)
         v = v.reshape(t, self.kv_local, self.head_dim)
-        if hasattr(self, "q_norm"):
+        has_norm = self.q_norm is not None and self.k_norm is not None
+        if has_norm and self.rotary is None:
             norm = {"offset": self.qk_norm_offset, "cast_before_weight": self.qk_norm_cast}
             q = kernels.rmsnorm(q, self.q_norm, self.qk_norm_eps, **norm)
             k = kernels.rmsnorm(k, self.k_norm, self.qk_norm_eps, **norm)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k, ctx.positions)
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
-        kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
-        if ctx.is_decode:
+        if self.rotary is not None:  # q/k norm, rope in place on q and k, and the KV store: one launch
+            norms = {"q_norm": self.q_norm, "k_norm": self.k_norm, "norm_eps": self.qk_norm_eps,
+                     "norm_offset": self.qk_norm_offset, "norm_cast_before_weight": self.qk_norm_cast}
+            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots,
+                        norms=norms if has_norm else None)
+        else:
+            kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
+        if ctx.is_decode and ctx.kv_slots is None:  # slots read from the request table (CUDA graphs)
+            assert ctx.req_to_token is not None and ctx.req_rows is not None and ctx.seq_lens is not None
+            o = kernels.decode_attention_paged(
+                q, k_cache, v_cache, ctx.req_to_token, ctx.req_rows, ctx.seq_lens,
+                scale=self.scale, window=self.window, softcap=self.softcap,
+            )
+        elif ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
             o = kernels.decode_attention(
                 q, k_cache, v_cache, ctx.kv_indptr, ctx.kv_slots,
@@ -93,29 +105,26 @@ class AttentionModule(nn.Module):
                 ctx.prefix_indptr, ctx.prefix_slots,
                 scale=self.scale, window=self.window, softcap=self.softcap, max_seqlen_q=ctx.max_seqlen_q,
             )
-        return self.o(o.reshape(t, self.q_local * self.head_dim), ctx.comm)
+        return self.o(o.reshape(t, self.split[0]), ctx.comm)
 
 
 class Attention(LayerKind):
     name = "attention"
     summary = "causal GQA self-attention with fused qkv, rope, optional q/k norm, window, soft-cap"
     Args = AttentionArgs
-    param_names = ("qkv.weight", "qkv.bias", "o.weight", "o.bias", "q_norm", "k_norm")
     uses_kv_cache = True
 
     def params(self, args: AttentionArgs) -> list[ParamDecl]:
         qkv_rows = (args.heads + 2 * args.kv_heads) * args.head_dim
         segs = qkv_segments(args)
-        decls = [merged_column("qkv.weight", (qkv_rows, args.hidden), segs, "qkv")]
-        if args.qkv_bias:
-            decls.append(merged_column("qkv.bias", (qkv_rows,), segs, "qkv"))
-        decls.append(row("o.weight", (args.hidden, args.heads * args.head_dim), args.heads, args.head_dim))
-        if args.o_bias:
-            decls.append(replicated("o.bias", (args.hidden,)))
-        if args.qk_norm:
-            decls += [replicated("q_norm", (args.head_dim,)), replicated("k_norm", (args.head_dim,))]
-        return decls
+        return [
+            merged_column("qkv.weight", (qkv_rows, args.hidden), segs, "qkv"),
+            merged_column("qkv.bias", (qkv_rows,), segs, "qkv").when(args.qkv_bias),
+            row("o.weight", (args.hidden, args.heads * args.head_dim), args.heads, args.head_dim),
+            replicated("o.bias", (args.hidden,)).when(args.o_bias),
+            replicated("q_norm", (args.head_dim,)).when(args.qk_norm),
+            replicated("k_norm", (args.head_dim,)).when(args.qk_norm),
+        ]
 
-    def build(self, args: AttentionArgs, tp: TPInfo) -> nn.Module:
-        segs = qkv_segments(args)
-        return AttentionModule(args, tp, segs[0].local_units(tp.size), segs[1].local_units(tp.size))
+    def module(self, args: AttentionArgs, shard: Shard) -> nn.Module:
+        return AttentionModule(args, shard)

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from .context import ForwardBatch
-from .params import ParamDecl, TPInfo
+from .params import ParamDecl
 from .registry import LayerArgs, LayerKind
+from .shard import Shard
 
 
 class SoftCapArgs(LayerArgs):
@@ -33,5 +34,5 @@ class SoftCap(LayerKind):
     def params(self, args: SoftCapArgs) -> list[ParamDecl]:
         return []
 
-    def build(self, args: SoftCapArgs, tp: TPInfo) -> nn.Module:
+    def module(self, args: SoftCapArgs, shard: Shard) -> nn.Module:
         return TanhSoftCap(args.cap)

@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .context import ForwardBatch
-from .params import ParamDecl, TPInfo, vocab
+from .params import ParamDecl, vocab
 from .registry import LayerArgs, LayerKind
-from .tp_linear import empty_param
+from .shard import Shard
 
 
 class EmbeddingArgs(LayerArgs):
@@ -20,12 +20,13 @@ class EmbeddingArgs(LayerArgs):
 
 
 class VocabEmbedding(nn.Module):
-    def __init__(self, args: EmbeddingArgs, tp: TPInfo) -> None:
+    weight: torch.Tensor
+
+    def __init__(self, args: EmbeddingArgs, shard: Shard) -> None:
         super().__init__()
-        self.rows = -(-args.vocab // tp.size)
-        self.start = tp.rank * self.rows
+        (self.rows,) = shard.split("weight")
+        self.start = shard.start("weight")
         self.scale = args.scale
-        self.weight = empty_param(self.rows, args.dim)
 
     def forward(self, tokens: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         if ctx.comm.size == 1:
@@ -44,13 +45,12 @@ class Embedding(LayerKind):
     name = "embedding"
     summary = "token embedding table, vocab-parallel (rows split between ranks)"
     Args = EmbeddingArgs
-    param_names = ("weight",)
 
     def params(self, args: EmbeddingArgs) -> list[ParamDecl]:
         return [vocab("weight", (args.vocab, args.dim), args.vocab)]
 
-    def build(self, args: EmbeddingArgs, tp: TPInfo) -> nn.Module:
-        return VocabEmbedding(args, tp)
+    def module(self, args: EmbeddingArgs, shard: Shard) -> nn.Module:
+        return VocabEmbedding(args, shard)
 
 
 class LMHeadArgs(LayerArgs):
@@ -62,12 +62,12 @@ class LMHeadArgs(LayerArgs):
 class VocabLMHead(nn.Module):
     """Logits for the rows in `ctx.logits_indices` (all rows if None), gathered over ranks."""
 
-    def __init__(self, args: LMHeadArgs, tp: TPInfo) -> None:
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, args: LMHeadArgs) -> None:
         super().__init__()
         self.vocab = args.vocab
-        rows = -(-args.vocab // tp.size)
-        self.weight = empty_param(rows, args.dim)
-        self.bias = empty_param(rows) if args.bias else None
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         if ctx.logits_indices is not None:
@@ -80,13 +80,10 @@ class LMHead(LayerKind):
     name = "lm_head"
     summary = "output projection to the vocabulary, vocab-parallel, logits gathered"
     Args = LMHeadArgs
-    param_names = ("weight", "bias")
 
     def params(self, args: LMHeadArgs) -> list[ParamDecl]:
-        decls = [vocab("weight", (args.vocab, args.dim), args.vocab)]
-        if args.bias:
-            decls.append(vocab("bias", (args.vocab,), args.vocab))
-        return decls
+        return [vocab("weight", (args.vocab, args.dim), args.vocab),
+                vocab("bias", (args.vocab,), args.vocab).when(args.bias)]
 
-    def build(self, args: LMHeadArgs, tp: TPInfo) -> nn.Module:
-        return VocabLMHead(args, tp)
+    def module(self, args: LMHeadArgs, shard: Shard) -> nn.Module:
+        return VocabLMHead(args)

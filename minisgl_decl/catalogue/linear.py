@@ -10,9 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .context import ForwardBatch
-from .params import ParamDecl, TPInfo, column, replicated, row
+from .params import ParamDecl, column, replicated, row
 from .registry import LayerArgs, LayerKind
-from .tp_linear import ColumnLinear, RowLinear, empty_param
+from .shard import Shard
 
 
 class LinearArgs(LayerArgs):
@@ -22,45 +22,35 @@ class LinearArgs(LayerArgs):
     parallel: Literal["column", "row", "replicated"] = "replicated"
 
 
-class ReplicatedLinear(nn.Module):
-    def __init__(self, args: LinearArgs) -> None:
+class LinearModule(nn.Module):
+    """y = x W^T + b; a row-parallel one all-reduces the partial products before the bias."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, reduce: bool) -> None:
         super().__init__()
-        self.weight = empty_param(args.out_dim, args.in_dim)
-        self.bias = empty_param(args.out_dim) if args.bias else None
+        self.reduce = reduce
 
-    def forward(self, x: torch.Tensor, ctx: ForwardBatch | None = None) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-
-class _Column(ColumnLinear):
-    def forward(self, x: torch.Tensor, ctx: ForwardBatch | None = None) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x)
-
-
-class _Row(RowLinear):
-    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x, ctx.comm)
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        if not self.reduce:
+            return F.linear(x, self.weight, self.bias)
+        y = ctx.comm.all_reduce(F.linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
 
 
 class Linear(LayerKind):
     name = "linear"
     summary = "y = x W^T + b with parallel: column | row | replicated"
     Args = LinearArgs
-    param_names = ("weight", "bias")
 
     def params(self, args: LinearArgs) -> list[ParamDecl]:
+        shape = (args.out_dim, args.in_dim)
         if args.parallel == "column":
-            decls = [column("weight", (args.out_dim, args.in_dim), args.out_dim, 1)]
-            return decls + ([column("bias", (args.out_dim,), args.out_dim, 1)] if args.bias else [])
-        if args.parallel == "row":
-            decls = [row("weight", (args.out_dim, args.in_dim), args.in_dim, 1)]
-            return decls + ([replicated("bias", (args.out_dim,))] if args.bias else [])
-        decls = [replicated("weight", (args.out_dim, args.in_dim))]
-        return decls + ([replicated("bias", (args.out_dim,))] if args.bias else [])
+            return [column("weight", shape, args.out_dim, 1),
+                    column("bias", (args.out_dim,), args.out_dim, 1).when(args.bias)]
+        weight = row("weight", shape, args.in_dim, 1) if args.parallel == "row" else replicated("weight", shape)
+        return [weight, replicated("bias", (args.out_dim,)).when(args.bias)]
 
-    def build(self, args: LinearArgs, tp: TPInfo) -> nn.Module:
-        if args.parallel == "column":
-            return _Column(args.in_dim, args.out_dim // tp.size, args.bias)
-        if args.parallel == "row":
-            return _Row(args.in_dim // tp.size, args.out_dim, args.bias)
-        return ReplicatedLinear(args)
+    def module(self, args: LinearArgs, shard: Shard) -> nn.Module:
+        return LinearModule(reduce=args.parallel == "row")

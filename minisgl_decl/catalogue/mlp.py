@@ -9,10 +9,13 @@ from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
+import kernels
+
 from ..errors import UserError
 from .context import ForwardBatch
-from .params import ParamDecl, Segment, TPInfo, column, merged_column, replicated, row
+from .params import ParamDecl, Segment, column, merged_column, replicated, row
 from .registry import LayerArgs, LayerKind
+from .shard import Shard
 from .tp_linear import ColumnLinear, RowLinear
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -24,6 +27,23 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+
+
+#: activation name -> the name the fused kernels (`kernels.act_and_mul`, `kernels.fused_moe`) use
+KERNEL_ACTIVATIONS: dict[str, str] = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+def kernel_activation(name: str) -> str:
+    activation(name)  # the same error for an unknown name
+    return KERNEL_ACTIVATIONS[name]
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -40,37 +60,34 @@ class GatedMLPArgs(LayerArgs):
 
 
 class GatedMLPModule(nn.Module):
-    def __init__(self, args: GatedMLPArgs, tp: TPInfo) -> None:
+    def __init__(self, args: GatedMLPArgs, shard: Shard) -> None:
         super().__init__()
-        self.ffn_local = args.ffn // tp.size
-        self.act = activation(args.act)
-        self.gate_up = ColumnLinear(args.dim, 2 * self.ffn_local, args.bias)
-        self.down = RowLinear(self.ffn_local, args.dim, args.bias)
+        self.split = list(shard.split("gate_up.weight"))  # local gate rows, local up rows
+        self.act = kernel_activation(args.act)
+        self.gate_up = ColumnLinear()
+        self.down = RowLinear()
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.ffn_local, dim=-1)
-        return self.down(self.act(gate) * up, ctx.comm)
+        return self.down(kernels.act_and_mul(self.gate_up(x), self.act), ctx.comm)  # act(gate) * up, one pass
 
 
 class GatedMLP(LayerKind):
     name = "gated_mlp"
     summary = "down(act(gate(x)) * up(x)) with gate|up fused and merged-column parallel"
     Args = GatedMLPArgs
-    param_names = ("gate_up.weight", "gate_up.bias", "down.weight", "down.bias")
 
     def params(self, args: GatedMLPArgs) -> list[ParamDecl]:
         activation(args.act)
         segs = (Segment("gate rows", args.ffn, 1), Segment("up rows", args.ffn, 1))
-        decls = [merged_column("gate_up.weight", (2 * args.ffn, args.dim), segs, "merged_column")]
-        if args.bias:
-            decls.append(merged_column("gate_up.bias", (2 * args.ffn,), segs, "merged_column"))
-        decls.append(row("down.weight", (args.dim, args.ffn), args.ffn, 1))
-        if args.bias:
-            decls.append(replicated("down.bias", (args.dim,)))
-        return decls
+        return [
+            merged_column("gate_up.weight", (2 * args.ffn, args.dim), segs, "merged_column"),
+            merged_column("gate_up.bias", (2 * args.ffn,), segs, "merged_column").when(args.bias),
+            row("down.weight", (args.dim, args.ffn), args.ffn, 1),
+            replicated("down.bias", (args.dim,)).when(args.bias),
+        ]
 
-    def build(self, args: GatedMLPArgs, tp: TPInfo) -> nn.Module:
-        return GatedMLPModule(args, tp)
+    def module(self, args: GatedMLPArgs, shard: Shard) -> nn.Module:
+        return GatedMLPModule(args, shard)
 
 
 class MLPArgs(LayerArgs):
@@ -81,11 +98,11 @@ class MLPArgs(LayerArgs):
 
 
 class MLPModule(nn.Module):
-    def __init__(self, args: MLPArgs, tp: TPInfo) -> None:
+    def __init__(self, args: MLPArgs) -> None:
         super().__init__()
         self.act = activation(args.act)
-        self.up = ColumnLinear(args.dim, args.ffn // tp.size, args.bias)
-        self.down = RowLinear(args.ffn // tp.size, args.dim, args.bias)
+        self.up = ColumnLinear()
+        self.down = RowLinear()
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         return self.down(self.act(self.up(x)), ctx.comm)
@@ -95,17 +112,15 @@ class MLP(LayerKind):
     name = "mlp"
     summary = "down(act(up(x))), column- then row-parallel"
     Args = MLPArgs
-    param_names = ("up.weight", "up.bias", "down.weight", "down.bias")
 
     def params(self, args: MLPArgs) -> list[ParamDecl]:
         activation(args.act)
-        decls = [column("up.weight", (args.ffn, args.dim), args.ffn, 1)]
-        if args.bias:
-            decls.append(column("up.bias", (args.ffn,), args.ffn, 1))
-        decls.append(row("down.weight", (args.dim, args.ffn), args.ffn, 1))
-        if args.bias:
-            decls.append(replicated("down.bias", (args.dim,)))
-        return decls
+        return [
+            column("up.weight", (args.ffn, args.dim), args.ffn, 1),
+            column("up.bias", (args.ffn,), args.ffn, 1).when(args.bias),
+            row("down.weight", (args.dim, args.ffn), args.ffn, 1),
+            replicated("down.bias", (args.dim,)).when(args.bias),
+        ]
 
-    def build(self, args: MLPArgs, tp: TPInfo) -> nn.Module:
-        return MLPModule(args, tp)
+    def module(self, args: MLPArgs, shard: Shard) -> nn.Module:
+        return MLPModule(args)

@@ -12,11 +12,13 @@ from pydantic import PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+import kernels
+
 from .context import ForwardBatch
-from .mlp import activation
-from .params import ParamDecl, Segment, TPInfo, expert_stacked, replicated
+from .mlp import activation, kernel_activation
+from .params import ParamDecl, Segment, expert_stacked, replicated
 from .registry import LayerArgs, LayerKind
-from .tp_linear import empty_param
+from .shard import Shard
 
 
 class MoEArgs(LayerArgs):
@@ -35,28 +37,22 @@ class MoEArgs(LayerArgs):
 
 
 class MoEModule(nn.Module):
-    def __init__(self, args: MoEArgs, tp: TPInfo) -> None:
+    gate_up: torch.Tensor  # [experts, local gate | local up, dim]
+    down: torch.Tensor  # [experts, dim, local ffn]
+
+    def __init__(self, args: MoEArgs, shard: Shard) -> None:
         super().__init__()
         self.top_k, self.norm = args.top_k, args.norm_topk_prob
-        self.ffn_local = args.ffn // tp.size
-        self.act = activation(args.act)
-        self.router = nn.Module()
-        self.router.weight = empty_param(args.experts, args.dim)
-        self.gate_up = empty_param(args.experts, 2 * self.ffn_local, args.dim)
-        self.down = empty_param(args.experts, args.dim, self.ffn_local)
+        self.split = list(shard.split("gate_up"))  # local gate rows, local up rows of each expert
+        self.act = kernel_activation(args.act)
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         probs = F.softmax(F.linear(x, self.router.weight), dim=-1, dtype=torch.float)
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)
         if self.norm:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        for e in torch.unique(chosen).tolist():
-            token, slot = torch.where(chosen == e)
-            gate, up = F.linear(x[token], self.gate_up[e]).split(self.ffn_local, dim=-1)
-            y = F.linear(self.act(gate) * up, self.down[e]) * weights[token, slot, None]
-            out.index_add_(0, token, y)
+        # grouped GEMMs over the routed experts (Triton on CUDA; the per-expert loop elsewhere)
+        out = kernels.fused_moe(x, self.gate_up, self.down, weights.to(x.dtype), chosen, self.act)
         return ctx.comm.all_reduce(out)
 
 
@@ -64,7 +60,6 @@ class MoE(LayerKind):
     name = "moe"
     summary = "routed experts: softmax router, top-k (optionally renormalised), gated expert MLPs"
     Args = MoEArgs
-    param_names = ("router.weight", "gate_up", "down")
 
     def params(self, args: MoEArgs) -> list[ParamDecl]:
         activation(args.act)
@@ -75,5 +70,5 @@ class MoE(LayerKind):
             expert_stacked("down", (e, d, f), 2, (Segment("ffn columns", f, 1),)),
         ]
 
-    def build(self, args: MoEArgs, tp: TPInfo) -> nn.Module:
-        return MoEModule(args, tp)
+    def module(self, args: MoEArgs, shard: Shard) -> nn.Module:
+        return MoEModule(args, shard)

@@ -10,9 +10,9 @@ from torch.nn import functional as F
 import kernels
 
 from .context import ForwardBatch
-from .params import ParamDecl, TPInfo, replicated
+from .params import ParamDecl, replicated
 from .registry import LayerArgs, LayerKind
-from .tp_linear import empty_param
+from .shard import Shard
 
 
 class RMSNormArgs(LayerArgs):
@@ -23,12 +23,13 @@ class RMSNormArgs(LayerArgs):
 
 
 class RMSNorm(nn.Module):
+    weight: torch.Tensor
+
     def __init__(self, args: RMSNormArgs) -> None:
         super().__init__()
         self.eps = args.eps
         self.offset = args.offset
         self.cast_before_weight = args.cast_before_weight
-        self.weight = empty_param(args.dim)
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch | None = None) -> torch.Tensor:
         return kernels.rmsnorm(
@@ -48,13 +49,12 @@ class RMSNormLayer(LayerKind):
     name = "rmsnorm"
     summary = "RMS normalisation over the last dim (weight offset optional); fused with a preceding add"
     Args = RMSNormArgs
-    param_names = ("weight",)
     fuses_residual_add = True
 
     def params(self, args: RMSNormArgs) -> list[ParamDecl]:
         return [replicated("weight", (args.dim,))]
 
-    def build(self, args: RMSNormArgs, tp: TPInfo) -> nn.Module:
+    def module(self, args: RMSNormArgs, shard: Shard) -> nn.Module:
         return RMSNorm(args)
 
 
@@ -65,11 +65,12 @@ class LayerNormArgs(LayerArgs):
 
 
 class LayerNorm(nn.Module):
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, args: LayerNormArgs) -> None:
         super().__init__()
         self.eps = args.eps
-        self.weight = empty_param(args.dim)
-        self.bias = empty_param(args.dim) if args.bias else None
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch | None = None) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
@@ -79,13 +80,9 @@ class LayerNormLayer(LayerKind):
     name = "layernorm"
     summary = "LayerNorm over the last dim, with optional bias"
     Args = LayerNormArgs
-    param_names = ("weight", "bias")
 
     def params(self, args: LayerNormArgs) -> list[ParamDecl]:
-        decls = [replicated("weight", (args.dim,))]
-        if args.bias:
-            decls.append(replicated("bias", (args.dim,)))
-        return decls
+        return [replicated("weight", (args.dim,)), replicated("bias", (args.dim,)).when(args.bias)]
 
-    def build(self, args: LayerNormArgs, tp: TPInfo) -> nn.Module:
+    def module(self, args: LayerNormArgs, shard: Shard) -> nn.Module:
         return LayerNorm(args)

@@ -14,7 +14,7 @@ segment is a number of equal *units* (heads, rows) and a mode:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ..errors import UserError
@@ -69,18 +69,10 @@ class Sharded:
     dim: int
     segments: tuple[Segment, ...]
 
-    @property
-    def kind(self) -> str:
-        return "sharded"
-
 
 @dataclass(frozen=True)
 class Replicated:
     """Every rank holds the whole tensor."""
-
-    @property
-    def kind(self) -> str:
-        return "replicated"
 
 
 Role = Sharded | Replicated
@@ -88,19 +80,30 @@ Role = Sharded | Replicated
 
 @dataclass(frozen=True)
 class ParamDecl:
-    """One parameter of a layer: its name inside the layer, full shape and TP role."""
+    """One parameter of a layer: its name inside the layer, full shape and TP role.
+
+    A layer declares every parameter it can have; one that its arguments switch off
+    (a bias with ``bias: false``) is declared with ``present`` False, so the names a
+    layer can have never depend on argument values (validation checks weight rules
+    against them) and the built module holds ``None`` at that name.
+    """
 
     name: str
     shape: tuple[int, ...]
     role: Role
     role_name: str  # column, row, qkv, merged_column, vocab, replicated
+    present: bool = True
+
+    def when(self, present: bool) -> ParamDecl:
+        """This declaration, present only if `present` (an optional parameter)."""
+        return replace(self, present=present)
 
     def per_expert(self) -> ParamDecl:
         """One expert's slice of an expert-stacked parameter (leading dim dropped)."""
         role: Role = self.role
         if isinstance(role, Sharded):
             role = Sharded(role.dim - 1, role.segments)
-        return ParamDecl(f"{self.name}[e]", self.shape[1:], role, self.role_name)
+        return ParamDecl(f"{self.name}[e]", self.shape[1:], role, self.role_name, self.present)
 
     def check_tp(self, tp: int, owner: str) -> None:
         if isinstance(self.role, Sharded):
@@ -113,6 +116,12 @@ class ParamDecl:
         shape = list(self.shape)
         shape[self.role.dim] = sum(s.local_units(tp) * s.unit_size for s in self.role.segments)
         return tuple(shape)
+
+    def local_split(self, tp: int) -> tuple[int, ...]:
+        """Local size of each segment along the sharded dim (q | k | v, gate | up); the whole dim if replicated."""
+        if isinstance(self.role, Replicated):
+            return (self.shape[0],) if self.shape else ()
+        return tuple(s.local_units(tp) * s.unit_size for s in self.role.segments)
 
     def rank_pieces(self, tp: int, rank: int) -> list[tuple[int, int]]:
         """The [start, stop) ranges of the full tensor along the sharded dim, in local order.

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from .params import ParamDecl, TPInfo
+from .shard import Shard, allocate
 
 
 class LayerArgs(BaseModel):
@@ -24,8 +25,6 @@ class LayerKind(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Args: ClassVar[type[LayerArgs]]
-    #: every parameter name the layer can have (which exist may depend on its args)
-    param_names: ClassVar[tuple[str, ...]] = ()
     #: an RMS-style norm that the compiler may fuse with a preceding residual add
     fuses_residual_add: ClassVar[bool] = False
     #: reads/writes the KV cache (gets a cache index at build time)
@@ -33,11 +32,22 @@ class LayerKind(ABC):
 
     @abstractmethod
     def params(self, args: Any) -> list[ParamDecl]:
-        """The parameters for these arguments, with full shapes and TP roles."""
+        """Every parameter the layer can have, with full shapes and TP roles for these arguments.
+
+        The same names for any arguments: one the arguments switch off is declared
+        with ``.when(False)``.
+        """
 
     @abstractmethod
+    def module(self, args: Any, shard: Shard) -> nn.Module:
+        """The module without its parameters (`build` allocates them from the declarations)."""
+
     def build(self, args: Any, tp: TPInfo) -> nn.Module:
-        """A module holding this rank's shard of every parameter (uninitialised)."""
+        """A module holding this rank's shard of every declared parameter (meta, uninitialised)."""
+        shard = Shard(tuple(self.params(args)), tp)
+        module = self.module(args, shard)
+        allocate(module, shard)
+        return module
 
 
 _ENTRIES: dict[str, str] = {

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
+
+import kernels
 
 from ..config.rope import RopeConfig
 
@@ -83,28 +87,51 @@ FREQUENCIES: dict[str, Callable[[RopeConfig, torch.Tensor, int], tuple[torch.Ten
 }
 
 
-def rotate_half_style(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int
-) -> torch.Tensor:
-    """Apply rope to the first `rotary_dim` features of x [T, H, D] (HF `rotate_half` layout)."""
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    half = rotary_dim // 2
-    x1, x2 = rot[..., :half], rot[..., half:]
-    c, s = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
-    rotated = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
-    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+#: rows of the cached cos/sin table at most (positions past it are computed in the kernel)
+MAX_TABLE_POSITIONS = 1 << 17
+#: rows when the config gives no max_position
+DEFAULT_TABLE_POSITIONS = 8192
+_TABLES: weakref.WeakValueDictionary[tuple[object, ...], torch.Tensor] = weakref.WeakValueDictionary()
+
+
+def shared_table(rope: RopeConfig, head_dim: int, inv_freq: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The cos/sin table of one (rope, head_dim) on inv_freq's device, built once and shared by
+    every layer (and model) that uses it while any of them is alive."""
+    rows = min(rope.max_position or DEFAULT_TABLE_POSITIONS, MAX_TABLE_POSITIONS)
+    key = (rope, head_dim, str(inv_freq.device), rows)
+    table = _TABLES.get(key)
+    if table is None:
+        table = kernels.rope_table(inv_freq, scaling, rows)
+        _TABLES[key] = table
+    return table
 
 
 class Rotary(torch.nn.Module):
+    """Rope in place on q and k (HF rotate-half layout, first `rotary_dim` features), from a
+    cos/sin table cached once per model; Triton on CUDA, the torch reference elsewhere."""
+
     def __init__(self, rope: RopeConfig, head_dim: int) -> None:
         super().__init__()
         inv_freq, self.scaling, self.rotary_dim = rope_frequencies(rope, head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("cos_sin", shared_table(rope, head_dim, self.inv_freq, self.scaling), persistent=False)
 
-    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
-        return freqs.cos() * self.scaling, freqs.sin() * self.scaling
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin(positions)
-        return rotate_half_style(q, cos, sin, self.rotary_dim), rotate_half_style(k, cos, sin, self.rotary_dim)
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        v: torch.Tensor | None = None,
+        k_cache: torch.Tensor | None = None,
+        v_cache: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
+        norms: dict[str, Any] | None = None,
+    ) -> None:
+        """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; with the cache arguments, also store
+        the rotated k and v at `slots`; `norms` (q_norm, k_norm, norm_eps, ... of
+        `kernels.apply_rope`) first RMS-normalises each head. One launch on CUDA."""
+        kernels.apply_rope(
+            q, k, positions, self.cos_sin, self.inv_freq, scaling=self.scaling,
+            v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **(norms or {}),
+        )

@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..codegen.render import render_module
 from ..graph.build import STACK
 from ..pipeline import Compiled, compile_spec
 from ..plan.describe import describe_plan
 from ..plan.rules import normalise_rules
 from ..validate import load_valid_spec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def register(sub: Any) -> None:
@@ -22,6 +26,8 @@ def register(sub: Any) -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     p.add_argument("-o", "--out", metavar="OUT", help="write <name>_model.py, <name>_graph.json (and the plan)")
     p.add_argument("--plan-json", metavar="FILE", help="write the per-rank loader plan as JSON (needs --model)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="dtype the plan loads parameters as (default float32; the GPU runtime uses bfloat16)")
     p.set_defaults(run=run)
 
 
@@ -72,7 +78,7 @@ def describe(c: Compiled) -> str:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_valid_spec(args.spec)
-    c = compile_spec(spec, args.model, args.tp)
+    c = compile_spec(spec, args.model, args.tp, dtype=DTYPES[args.dtype])
     print(describe(c))
     if args.plan_json:
         if c.plan is None:
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         name = c.graph.spec_name
-        (out / f"{name}_model.py").write_text(render_module(c.graph, str(args.spec)))
+        (out / f"{name}_model.py").write_text(render_module(c.graph, str(args.spec)).source)
         (out / f"{name}_graph.json").write_text(json.dumps(c.graph.to_json(), indent=1))
         written = [f"{name}_model.py", f"{name}_graph.json"]
         if c.plan is not None:

@@ -1,51 +1,116 @@
-"""`minisgl-decl generate --model DIR [--spec SPEC] PROMPT...`: greedy generation, chat template applied."""
+"""`minisgl-decl generate --model DIR [--spec SPEC] PROMPT...`: offline generation through the engine.
+
+The prompts run together through the same engine as `serve` (continuous batching, chunked
+prefill, prefix cache, sampling). The chat template is applied unless `--raw`. `--tp N`
+runs N ranks (one process each, gloo on CPU, NCCL on CUDA): the plain command starts the
+ranks itself; under `torchrun` each process is one rank; rank 0 alone prints.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..parity.run import quiet_transformers
-from ..pipeline import compile_spec, load_model
-from ..plan.checkpoint import load_config
-from ..runtime.generate import greedy_generate
-from ..runtime.runner import ModelRunner
-from ..spec.find import find_spec
-from ..validate import load_valid_spec
+from ..errors import UserError
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("generate", help="greedy generation from a checkpoint (CPU float32 or CUDA)")
+    p = sub.add_parser("generate", help="generate text from a checkpoint through the engine (CPU or CUDA)")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--model", metavar="DIR", required=True, help="HF checkpoint directory")
     p.add_argument("--spec", help="spec .yaml (default: chosen from config.json `architectures`)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=64,
+                   help="most tokens generated per prompt (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--max-kv-tokens", type=int, default=None,
+                   help="KV pool size in tokens (CPU default: from the model size)")
+    p.add_argument("--chunked-prefill-size", type=int, default=None, help="prefill tokens per step")
+    p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
+    p.add_argument("--show-ids", action="store_true", help="also print the generated token ids")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
+def _argv(args: argparse.Namespace) -> list[str]:
+    argv = ["generate", *args.prompts, "--model", args.model, "--max-tokens", str(args.max_tokens),
+            "--temperature", repr(args.temperature), "--top-p", repr(args.top_p), "--top-k", str(args.top_k),
+            "--tp", str(args.tp), "--device", args.device]
+    for flag, value in (("--spec", args.spec), ("--seed", args.seed), ("--dtype", args.dtype),
+                        ("--max-kv-tokens", args.max_kv_tokens), ("--chunked-prefill-size", args.chunked_prefill_size)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (("--raw", args.raw), ("--no-prefix-cache", args.no_prefix_cache), ("--show-ids", args.show_ids)):
+        if on:
+            argv.append(flag)
+    return argv
 
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.api import EngineConfig, SamplingParams
+    from ..parity.run import quiet_transformers
+    from ..runtime.distributed import init_group, launch, rank_env, shutdown
+
+    if args.tp < 1:
+        raise UserError(f"--tp must be at least 1, got {args.tp}")
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, seed=args.seed)
+    config = EngineConfig(model=Path(args.model), spec=Path(args.spec) if args.spec else None, tp=args.tp,
+                          device=args.device, dtype=args.dtype, max_kv_tokens=args.max_kv_tokens,
+                          chunked_prefill_size=args.chunked_prefill_size, prefix_cache=not args.no_prefix_cache)
     quiet_transformers()
-    spec = load_valid_spec(args.spec) if args.spec else find_spec(load_config(Path(args.model)))
-    compiled = compile_spec(spec, args.model)
-    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    model = load_model(compiled, device=args.device, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(args.model)
-    if args.raw or tok.chat_template is None:
-        texts = list(args.prompts)
-    else:
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                         tokenize=False) for p in args.prompts]
-    ids = [tok(t, add_special_tokens=args.raw)["input_ids"] for t in texts]
-    runner = ModelRunner(model, sum(len(i) for i in ids) + len(ids) * args.max_new_tokens,
-                         dtype=dtype, device=args.device)
-    stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    for prompt, out in zip(args.prompts, greedy_generate(runner, ids, args.max_new_tokens, stop), strict=True):
-        print(f"> {prompt}\n{tok.decode(out, skip_special_tokens=True)}\n")
+    env = rank_env()
+    if args.tp > 1 and env is None:
+        from ..pipeline import compile_spec
+        from ..plan.checkpoint import load_config
+        from ..spec.find import find_spec
+        from ..validate import load_valid_spec
+
+        spec = load_valid_spec(args.spec) if args.spec else find_spec(load_config(Path(args.model)))
+        compile_spec(spec, args.model, args.tp)  # problems a person must fix, reported once
+        return launch([sys.executable, "-m", "minisgl_decl.cli.main", *_argv(args)], args.tp)
+    if env is not None and env.world_size != args.tp:
+        raise UserError(f"--tp {args.tp} does not match WORLD_SIZE={env.world_size} of this launch")
+    comm = init_group(env, args.device) if env is not None and env.world_size > 1 else None
+    try:
+        if comm is not None and comm.rank > 0:
+            from ..engine.client import run_worker
+
+            run_worker(config, comm)
+            return 0
+        return _generate(args, config, params, comm)
+    finally:
+        if comm is not None:
+            shutdown()
+
+
+def _generate(args: argparse.Namespace, config: Any, params: Any, comm: Any) -> int:
+    from ..engine.client import LLM
+
+    llm = LLM(config, comm)
+    try:
+        tok = llm.tokenizer
+        if args.raw or tok.chat_template is None:
+            texts = list(args.prompts)
+        else:
+            texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=False) for p in args.prompts]
+        ids = [tok(t, add_special_tokens=args.raw)["input_ids"] for t in texts]
+        outputs = llm.generate(ids, params)
+    finally:
+        llm.close()
+    for prompt, out in zip(args.prompts, outputs, strict=True):
+        print(f"> {prompt}\n{out.text}\n")
+        if args.show_ids:
+            print(f"ids: {' '.join(map(str, out.token_ids))}\n")
     return 0

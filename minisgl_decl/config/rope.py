@@ -41,13 +41,6 @@ class RopeConfig:
     truncate: bool = True
 
 
-def _first(cfg: Mapping[str, Any], keys: list[str]) -> Any:
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    return None
-
-
 def normalise_rope(
     params: Mapping[str, Any] | None,
     *,

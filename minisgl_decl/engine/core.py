@@ -8,25 +8,30 @@ runs (`tp.send_step`); they run the same forward in `tp.worker_loop`.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Sequence
 
 from ..runtime.distributed import GroupComm
 from ..runtime.runner import ModelRunner, StepBatch
 from . import tp
 from .api import EngineConfig, EngineStats, InvalidRequest, RequestOutput, SamplingParams, TokenLogprob
+from .detokenize import OutputText
 from .loader import LoadedModel, announce, kv_pool_tokens
 from .radix import RadixCache
 from .request import Request
+from .sampling import Sampler
 from .scheduler import Plan, Scheduler
-
-try:  # branch `sampling`: batched sampling and incremental detokenisation
-    from .detokenize import OutputText
-    from .sampling import Sampler
-except ImportError:  # pragma: no cover - until that branch is merged
-    from .fallback import OutputText, Sampler  # type: ignore[assignment]
 
 #: default prefill tokens per step, measured with tools/bench_engine.py --sweep-chunk (docs/perf.md)
 DEFAULT_CHUNK = {"cpu": 256, "cuda": 2048}
+
+
+def max_model_len(config: EngineConfig, loaded: LoadedModel) -> int:
+    """`config.max_model_len` when given (it overrides the checkpoint's), else the checkpoint's."""
+    limit = config.max_model_len if config.max_model_len is not None else loaded.max_model_len
+    if limit < 2:
+        raise InvalidRequest(f"--max-model-len must be at least 2, got {limit}", "max_model_len")
+    return limit
 
 
 def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | None) -> tuple[ModelRunner, int]:
@@ -38,9 +43,11 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
     if config.max_running < 1:
         raise InvalidRequest(f"--max-running must be at least 1, got {config.max_running}", "max_running")
     runner = ModelRunner(loaded.model, tokens, dtype=loaded.dtype, device=loaded.device, comm=comm,
-                         max_rows=config.max_running, max_len=min(loaded.max_model_len, tokens))
+                         max_rows=config.max_running, max_len=min(max_model_len(config, loaded), tokens))
     if comm is None or comm.rank == 0:
-        announce(loaded, tokens, chunk)
+        announce(loaded, tokens, chunk, max_model_len(config, loaded))
+    if config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1):
+        runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
     return runner, chunk
 
 
@@ -51,9 +58,9 @@ class EngineCore:
         self.runner, chunk = build_runner(config, loaded, comm)
         self.cache = RadixCache() if config.prefix_cache else None
         self.sched = Scheduler(self.runner.pool, self.cache, config.max_running, chunk)
-        self.sampler = Sampler(loaded.vocab_size, loaded.device)
+        self.sampler = Sampler(loaded.vocab_size, loaded.device, seed=config.seed)
         self.tokenizer = loaded.tokenizer
-        self.max_model_len = loaded.max_model_len
+        self.max_model_len = max_model_len(config, loaded)
         self.requests: dict[str, Request] = {}
         self._keys = itertools.count()
         self.prompt_tokens = self.generated_tokens = 0
@@ -68,6 +75,10 @@ class EngineCore:
         bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise InvalidRequest(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})", "prompt")
+        bias = [t for t in params.logit_bias if not isinstance(t, int) or not 0 <= t < vocab]
+        if bias:
+            raise InvalidRequest(f"logit_bias token id {bias[0]!r} is outside the vocabulary [0, {vocab})",
+                                 "logit_bias")
         n, limit, pool = len(prompt_ids), self.max_model_len, self.runner.pool.size
         if n >= limit:
             raise InvalidRequest(f"the prompt has {n} tokens; this model's context length is {limit} "
@@ -180,6 +191,14 @@ class EngineCore:
             prompt_tokens=self.prompt_tokens, cached_prompt_tokens=self.sched.cached_tokens,
             generated_tokens=self.generated_tokens, preemptions=self.sched.preemptions,
         )
+
+    def flush_cache(self) -> int:
+        """Evict every unreferenced prefix-cache entry back to the pool; returns the slots freed."""
+        if self.cache is None:
+            return 0
+        freed = self.cache.clear()
+        self.runner.pool.give(freed)
+        return len(freed)
 
     def close(self) -> None:
         """Tell the other ranks to stop (rank 0 under TP)."""

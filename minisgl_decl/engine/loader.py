@@ -25,7 +25,7 @@ from .api import EngineConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_MODEL_LEN = 4096  # when config.json names no max_position_embeddings
-CPU_KV_BUDGET = (256 << 20, 2 << 30)  # CPU default pool: 2x the weights' bytes, clamped to this range
+CPU_KV_BUDGET = (256 << 20, 1 << 30)  # CPU default pool: the weights' bytes, clamped to this range
 
 
 @dataclass
@@ -124,7 +124,7 @@ def kv_pool_tokens(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | 
         tokens = config.max_kv_tokens
     else:
         lo, hi = CPU_KV_BUDGET
-        tokens = min(max(2 * loaded.weight_bytes, lo), hi) // per_token
+        tokens = min(max(loaded.weight_bytes, lo), hi) // per_token
     if config.max_kv_tokens is not None:
         tokens = min(tokens, config.max_kv_tokens)
     if comm is not None and comm.size > 1:
@@ -136,9 +136,9 @@ def kv_pool_tokens(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | 
     return tokens
 
 
-def announce(loaded: LoadedModel, tokens: int, chunk: int) -> None:
+def announce(loaded: LoadedModel, tokens: int, chunk: int, max_len: int) -> None:
     per_token = kv_bytes_per_token(loaded)
     print(f"engine: {loaded.model_name} on {loaded.device} ({str(loaded.dtype).removeprefix('torch.')}), "
           f"tp={loaded.compiled.graph.tp}, weights {loaded.weight_bytes / 2**20:.0f} MiB; "
           f"KV pool {tokens} tokens x {per_token} B = {tokens * per_token / 2**20:.0f} MiB; "
-          f"max_model_len {loaded.max_model_len}, chunked prefill {chunk} tokens", file=sys.stderr, flush=True)
+          f"max_model_len {max_len}, chunked prefill {chunk} tokens", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from ..spec.expr import ExprError, parse_expr
 from ..spec.loaded import LoadedSpec
 from ..spec.yaml_source import PathKey
 from .dataflow import Scope, Stmt, parse_statements
-from .program import Op, ProgramBuilder, fuse_residual_norms, rename_outputs
+from .program import Block, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
 
 FORWARD_INPUT = "tokens"
 FORWARD_OUTPUT = "logits"
@@ -30,9 +30,14 @@ class ModuleNode:
     path: str
     layer: str
     args: LayerArgs
-    params: tuple[ParamDecl, ...]
+    declared: tuple[ParamDecl, ...]  # every parameter the layer can have (some may be absent)
     cache_index: int | None
     spec_path: PathKey
+
+    @property
+    def params(self) -> tuple[ParamDecl, ...]:
+        """The parameters this instance has (its arguments switch the others off)."""
+        return tuple(p for p in self.declared if p.present)
 
     def args_json(self) -> dict[str, Any]:
         return {k: _jsonable(v) for k, v in dict(self.args).items()}
@@ -45,7 +50,9 @@ class ModelGraph:
     tp: int
     num_layers: int
     modules: tuple[ModuleNode, ...]
-    program: tuple[Op, ...]
+    forward: tuple[Op, ...]  # `forward:` with one `layers` op standing for the loop over `block`
+    block: Block  # `layers.body` over local module names, once per layer
+    program: tuple[Op, ...]  # both unrolled into one straight line and fused (for people and tools)
 
     def module(self, path: str) -> ModuleNode:
         for m in self.modules:
@@ -124,12 +131,13 @@ def _module_nodes(
         kind = get_layer(layer_name)
         args = _resolve_args(spec, kind, raw, env, (*where, name, layer_name))
         try:
-            params = tuple(kind.params(args))
-            for p in params:
-                p.check_tp(tp, f"{prefix}{name}")
+            declared = tuple(kind.params(args))
+            for p in declared:
+                if p.present:
+                    p.check_tp(tp, f"{prefix}{name}")
         except UserError as exc:
             raise SpecError([Problem(spec.where((*where, name)), str(exc))]) from None
-        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, params, None, (*where, name)))
+        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, declared, None, (*where, name)))
     return nodes
 
 
@@ -146,7 +154,7 @@ def _statements(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey
 
 
 def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelGraph:
-    """Resolve every module's arguments, unroll the dataflow and fuse; errors are located."""
+    """Resolve every module's arguments, build the dataflow program and fuse; errors are located."""
     s = spec.spec
     env = config.as_dict()
     num_layers = _count(spec, env)
@@ -159,7 +167,7 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
     numbered = []
     for m in modules:
         if get_layer(m.layer).uses_kv_cache:
-            m = ModuleNode(m.path, m.layer, m.args, m.params, cache_index, m.spec_path)
+            m = ModuleNode(m.path, m.layer, m.args, m.declared, cache_index, m.spec_path)
             cache_index += 1
         numbered.append(m)
 
@@ -172,22 +180,31 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
         spec, s.model.forward,
         Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})), ("model", "forward"),
     )
-    builder = ProgramBuilder(env)
+    fusable = {m.path: get_layer(m.layer).fuses_residual_add for m in numbered}
+    b = ProgramBuilder(env)  # body statements cannot name `i`: every layer runs the same ops
+    block_out = b.emit_block(body, {BODY_VAR: BODY_VAR}, lambda m: m)[BODY_VAR]
+    layer_fusable = {m: get_layer(layer).fuses_residual_add for m, layer in _layer_kinds(s.model.layers.modules)}
+    block_ops = fuse_residual_norms(b.ops, lambda m: layer_fusable[m])
+    top = ProgramBuilder(env)
 
-    def run_stack(x: str) -> str:
-        for i in range(num_layers):
-            builder.config = {**env, "i": i}
-            x = builder.emit_block(body, {BODY_VAR: x}, lambda m, i=i: f"{STACK}.{i}.{m}")[BODY_VAR]
-        builder.config = env
-        return x
+    def stack(x: str) -> str:
+        y = top.fresh(BODY_VAR)
+        top.ops.append(Op(STACK, (y,), (x,)))
+        return y
 
-    final = builder.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, lambda m: m, {STACK: run_stack})
+    final = top.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, lambda m: m, {STACK: stack})
     if FORWARD_OUTPUT not in final:
         raise SpecError([Problem(spec.where(("model", "forward")), "`forward` must assign `logits`")])
-    kinds = {m.path: m.layer for m in numbered}
-    ops = fuse_residual_norms(builder.ops, lambda path: get_layer(kinds[path]).fuses_residual_add)
-    ops = rename_outputs(ops, {FORWARD_OUTPUT: final[FORWARD_OUTPUT]})
-    return ModelGraph(s.name, config, tp, num_layers, tuple(numbered), tuple(ops))
+    forward_ops = fuse_residual_norms(top.ops, lambda m: fusable[m])
+    forward_ops = rename_outputs(forward_ops, {FORWARD_OUTPUT: final[FORWARD_OUTPUT]})
+    block = Block(BODY_VAR, block_out, tuple(block_ops))
+    program = fuse_residual_norms(unroll(forward_ops, block, num_layers, STACK, top.counter),
+                                  lambda m: fusable[m])
+    return ModelGraph(s.name, config, tp, num_layers, tuple(numbered), tuple(forward_ops), block, tuple(program))
+
+
+def _layer_kinds(modules: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(name, next(iter(decl))) for name, decl in modules.items()]
 
 
 def _count(spec: LoadedSpec, env: dict[str, Any]) -> int:

@@ -137,22 +137,3 @@ def _unknown(name: str, scope: Scope, known: set[str], module: bool = False) -> 
     if module:
         return f"unknown module `{name}`; " + closest(name, scope.modules | scope.callables)
     return f"unknown name `{name}`; " + closest(name, known | scope.config)
-
-
-def variables_read(node: Node) -> set[str]:
-    if isinstance(node, Var):
-        return {node.name}
-    if isinstance(node, Call):
-        return set().union(*(variables_read(a) for a in node.args)) if node.args else set()
-    if isinstance(node, BinOp):
-        return variables_read(node.left) | variables_read(node.right)
-    return set()
-
-
-def modules_called(node: Node) -> set[str]:
-    if isinstance(node, Call):
-        inner = set().union(*(modules_called(a) for a in node.args)) if node.args else set()
-        return {node.module} | inner
-    if isinstance(node, BinOp):
-        return modules_called(node.left) | modules_called(node.right)
-    return set()

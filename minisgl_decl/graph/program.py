@@ -1,8 +1,9 @@
-"""Unroll the dataflow into a flat, straight-line program and fuse what can be fused.
+"""The dataflow as programs of ops, and the fusion of residual adds into norms.
 
-The program is in SSA form: every op writes fresh variables. Ops:
-``call`` (module path, inputs), ``add``/``sub``/``mul``/``div`` (tensor or constant
-inputs) and ``add_norm`` (fused residual add + norm: outputs the sum and the normed sum).
+A program is in SSA form: every op writes fresh variables. Ops: ``call`` (module,
+inputs), ``add``/``sub``/``mul``/``div`` (tensor or constant inputs), ``add_norm``
+(fused residual add + norm: outputs the sum and the normed sum) and, in `forward`,
+``layers`` (the loop of the layer block over its input).
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ class Op:
 
     def to_json(self) -> dict[str, Any]:
         return {"op": self.kind, "out": list(self.outputs), "in": list(self.inputs), "module": self.module}
+
+
+@dataclass(frozen=True)
+class Block:
+    """The layer body over local module names (`attn`, not `layers.3.attn`), fused.
+
+    Every layer runs these ops (body statements cannot name the layer index); what differs
+    between layers lives in the modules' own arguments (a sliding window, a rope).
+    """
+
+    input: str
+    output: str
+    ops: tuple[Op, ...]
 
 
 @dataclass
@@ -132,3 +146,32 @@ def rename_outputs(ops: list[Op], final: Mapping[str, str]) -> list[Op]:
         replace(op, outputs=tuple(str(r(o)) for o in op.outputs), inputs=tuple(r(i) for i in op.inputs))
         for op in ops
     ]
+
+
+def unroll(forward: list[Op], block: Block, num_layers: int, stack: str, counter: int) -> list[Op]:
+    """One straight-line program: each `layers` op replaced by every layer's block ops.
+
+    Module names become paths (`layers.3.attn`); block variables get fresh names
+    numbered from `counter` on (above every name in `forward`).
+    """
+    ops: list[Op] = []
+    alias: dict[Value, Value] = {}  # a `layers` op's output -> the last layer's output
+    for op in forward:
+        inputs = tuple(alias.get(v, v) for v in op.inputs)
+        if op.kind != stack:
+            ops.append(replace(op, inputs=inputs))
+            continue
+        current = inputs[0]
+        for i in range(num_layers):
+            names: dict[Value, Value] = {block.input: current}
+            for bop in block.ops:
+                outs = []
+                for v in bop.outputs:
+                    counter += 1
+                    names[v] = f"{v.rsplit('_', 1)[0]}_{counter}"
+                    outs.append(str(names[v]))
+                ops.append(Op(bop.kind, tuple(outs), tuple(names.get(v, v) for v in bop.inputs),
+                              f"{stack}.{i}.{bop.module}" if bop.module else None))
+            current = names.get(block.output, current)
+        alias[op.outputs[0]] = current
+    return ops

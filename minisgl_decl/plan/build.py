@@ -22,7 +22,7 @@ from .checks import check_sources, dtype_problems, expected_part_shape, source_s
 from .model import LoadPlan, ParamPlan, Range, RankPlan, Read
 from .rules import SourceRef, WeightRule, ignore_regexes, normalise_rules, pattern_regex
 
-__all__ = ["LoadPlan", "ParamPlan", "RankPlan", "Read", "build_plan", "rule_for", "unused_rule_targets"]
+__all__ = ["LoadPlan", "ParamPlan", "RankPlan", "Read", "build_plan", "rule_for"]
 
 
 def rule_for(name: str, rules: list[WeightRule]) -> tuple[WeightRule, int | None] | None:
@@ -233,11 +233,3 @@ def _merge(reads: list[Read]) -> list[Read]:
 def _read(s: SourceRef, info: TensorInfo, src: list[Range], dst: list[Range]) -> Read:
     stored = tuple(reversed(src)) if s.transpose else tuple(src)
     return Read(s.key, info.file, info.offset, info.shape, info.dtype, stored, tuple(dst), s.transpose)
-
-
-def unused_rule_targets(spec: LoadedSpec, graph: ModelGraph) -> list[str]:
-    names = [n for n, _, _ in graph.parameters]
-    return [r.target for r in normalise_rules(spec)
-            if not any((pattern_regex(r.target).match(n) if "{i}" in r.target else r.target == n)
-                       for n in names)]
-

@@ -73,16 +73,25 @@ class GroupComm:
         dist.barrier(group=self.group)
 
     def broadcast_bytes(self, data: bytes | None, max_len: int = 4096) -> bytes:
-        """Rank 0's `data` on every rank (a path, a small message): raw bytes, no pickle."""
+        """Rank 0's `data` on every rank (a path, a small message): raw bytes, no pickle.
+
+        Data longer than `max_len` raises the same `UserError` on every rank (rank 0 still
+        takes part in the broadcast, sending only the length, so no rank is left waiting).
+        """
         buf = torch.zeros(max_len + 8, dtype=torch.uint8)
         if self.rank == 0:
-            assert data is not None and len(data) <= max_len
+            if data is None:
+                raise ValueError("broadcast_bytes: rank 0 must pass the data")
             buf[:8] = torch.tensor(list(len(data).to_bytes(8, "little")), dtype=torch.uint8)
-            buf[8 : 8 + len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+            if len(data) <= max_len:
+                buf[8 : 8 + len(data)] = torch.tensor(list(data), dtype=torch.uint8)
         buf = buf.to(self.device)
         dist.broadcast(buf, src=0, group=self.group)
         buf = buf.cpu()
         n = int.from_bytes(bytes(buf[:8].tolist()), "little")
+        if n > max_len:
+            raise UserError(f"rank 0's message is {n} bytes; broadcast_bytes carries at most {max_len} "
+                            "(pass a larger max_len on every rank)")
         return bytes(buf[8 : 8 + n].tolist())
 
 

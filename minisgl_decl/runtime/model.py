@@ -1,14 +1,17 @@
-"""The executable model: catalogue modules built from the graph, run by a program interpreter.
+"""The executable model: catalogue modules built from the graph, run by the generated module.
 
 Modules are built on the meta device (no memory), then each parameter is replaced by
-the tensor the loader plan produced for this rank. `forward` walks the graph's flat SSA
-program and frees every intermediate after its last use.
+the tensor the loader plan produced for this rank. `forward` runs the module that
+`codegen` renders for the graph (the same source `compile -o` writes): a `block`
+function looped over per-layer module tuples. Executing it is safe because the source
+contains no spec text outside comments (see `codegen/render.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,10 +19,20 @@ from torch import nn
 from ..catalogue import get_layer
 from ..catalogue.context import ForwardBatch, KVCache
 from ..catalogue.params import TPInfo
-from ..graph.build import FORWARD_INPUT, FORWARD_OUTPUT, ModelGraph
-from ..graph.program import last_uses
+from ..codegen.render import Rendered, render_module
+from ..graph.build import STACK, ModelGraph
 from ..plan.build import RankPlan
 from ..plan.execute import stream
+
+Forward = Callable[[tuple[Any, ...], list[tuple[Any, ...]], torch.Tensor, ForwardBatch], torch.Tensor]
+
+
+def load_forward(rendered: Rendered, filename: str) -> Forward:
+    """Compile the rendered source and return its `forward`."""
+    namespace: dict[str, Any] = {"__name__": f"minisgl_decl.generated.{filename}"}
+    exec(compile(rendered.source, filename, "exec"), namespace)  # our template over checked identifiers only
+    fn: Forward = namespace["forward"]
+    return fn
 
 
 class CompiledModel(nn.Module):
@@ -45,15 +58,11 @@ class CompiledModel(nn.Module):
             for part in inner:
                 owner = getattr(owner, part)
             self._slots[name] = (owner, attr)
-        self.program = graph.program
-        self.frees = last_uses(list(graph.program))
-        self._forward_fn: Callable[[dict[str, nn.Module], torch.Tensor, ForwardBatch], torch.Tensor] | None = None
-
-    def use_forward(
-        self, fn: Callable[[dict[str, nn.Module], torch.Tensor, ForwardBatch], torch.Tensor] | None
-    ) -> None:
-        """Run `fn(modules_by_path, tokens, batch)` (e.g. the generated module) instead of the interpreter."""
-        self._forward_fn = fn
+        self.rendered = render_module(graph, f"<{graph.spec_name} model>")
+        self._forward = load_forward(self.rendered, f"<{graph.spec_name} model>")
+        self._top = tuple(self._paths[p] for p in self.rendered.top)
+        self._layers = [tuple(self._paths[f"{STACK}.{i}.{m}"] for m in self.rendered.layer)
+                        for i in range(graph.num_layers)]
 
     def module(self, path: str) -> nn.Module:
         return self._paths[path]
@@ -62,10 +71,10 @@ class CompiledModel(nn.Module):
         """Install loaded tensors by runtime parameter name (`layers.0.attn.qkv.weight`)."""
         for name, tensor in tensors:
             owner, attr = self._slots[name]
-            current = getattr(owner, attr)
-            if tuple(current.shape) != tuple(tensor.shape):
-                raise RuntimeError(f"plan shape {tuple(tensor.shape)} != module shape {tuple(current.shape)} "
-                                   f"for {name}")
+            declared = owner._parameters[attr]
+            if declared is None or declared.shape != tensor.shape:  # both come from the declaration: a bug
+                raise RuntimeError(f"internal error: the loader produced {tuple(tensor.shape)} for {name}, "
+                                   f"declared {None if declared is None else tuple(declared.shape)}")
             owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         missing = [n for n, p in self.named_parameters() if p.is_meta]
         if missing:
@@ -84,28 +93,4 @@ class CompiledModel(nn.Module):
         return KVCache(ks, vs)
 
     def forward(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:  # type: ignore[override]
-        if self._forward_fn is not None:
-            return self._forward_fn(self._paths, tokens, batch)
-        env: dict[str, torch.Tensor] = {FORWARD_INPUT: tokens}
-        for op, frees in zip(self.program, self.frees, strict=True):
-            args = [env[v] if isinstance(v, str) else v for v in op.inputs]
-            if op.kind == "call":
-                assert op.module is not None
-                env[op.outputs[0]] = self._paths[op.module](*args, batch)
-            elif op.kind == "add_norm":
-                assert op.module is not None
-                normed, summed = self._paths[op.module].forward_add(args[0], args[1], batch)
-                env[op.outputs[0]], env[op.outputs[1]] = summed, normed
-            else:
-                env[op.outputs[0]] = _ARITH[op.kind](args[0], args[1])
-            for name in frees:
-                del env[name]
-        return env[FORWARD_OUTPUT]
-
-
-_ARITH = {
-    "add": lambda a, b: a + b,
-    "sub": lambda a, b: a - b,
-    "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b,
-}
+        return self._forward(self._top, self._layers, tokens, batch)

@@ -21,12 +21,14 @@ map caller request ids to rows and slots themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..catalogue.context import Comm, ForwardBatch, SingleRank
 from ..errors import UserError
+from .cuda_graph import DecodeGraphs, batch_sizes_for
 from .model import CompiledModel
 
 
@@ -122,12 +124,26 @@ class ModelRunner:
         self.contexts: dict[int, list[int]] = {}
         self._rows: dict[int, int] = {}
         self._free_rows = list(range(max_rows - 1, -1, -1))
+        self.graphs: DecodeGraphs | None = None  # CUDA-graph decode (capture_cuda_graphs)
+
+    def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None,
+                            progress: Callable[[str], None] | None = None) -> None:
+        """Capture the decode forward for these batch sizes (default: up to max_rows); decode steps
+        of at most the largest size then replay a graph (runtime/cuda_graph.py)."""
+        sizes = list(batch_sizes) if batch_sizes is not None else batch_sizes_for(self.max_rows)
+        graphs = DecodeGraphs(self.model, self.kv, self.req_to_token, self.comm, self.device, sizes)
+        graphs.capture(progress)
+        self.graphs = graphs
 
     # ---- the engine's interface ----
 
     @torch.inference_mode()
     def run(self, step: StepBatch) -> torch.Tensor:
         """Write the step's slots into the request table, run the model; logits [S, vocab] (full vocab)."""
+        if self.graphs is not None and step.is_decode and not step.write_rows.numel() \
+                and self.graphs.fits(step.tokens.shape[0]):  # CUDA-graph replay (runtime/cuda_graph.py)
+            logits = self.graphs.run(step, self.req_to_token)
+            return logits if step.logits_at.shape[0] == logits.shape[0] else logits[step.logits_at.to(logits.device)]
         header = step.header()
         is_decode, t, b, s, w, max_q, _, total_kv, total_prefix = (int(x) for x in header.tolist())
         dev = self.device

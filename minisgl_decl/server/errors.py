@@ -76,7 +76,12 @@ def validation_error(errors: Sequence[Any]) -> APIError:
         detail = first.get("ctx", {}).get("error", "")
         return APIError(400, f"the request body is not valid JSON{': ' + str(detail) if detail else ''}",
                         None, "invalid_json")
+    custom = first.get("ctx", {}).get("param")
+    if custom:  # a model-level check that names its field itself
+        return APIError(400, str(first.get("msg")), str(custom), "invalid_value")
     param = _param(first.get("loc", ()))
+    if param is None and first.get("type") == "missing":
+        return APIError(400, "the request body is empty: send a JSON object", None, "invalid_json")
     if param is None:
         return APIError(400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})", None,
                         "invalid_type")
@@ -94,6 +99,10 @@ def install(app: FastAPI) -> None:
         return exc.response()
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type.lower():
+            return APIError(400, f"the request body must be JSON sent with `Content-Type: application/json` (got "
+                                 f"{content_type or 'no Content-Type'})", None, "invalid_content_type").response()
         return validation_error(exc.errors()).response()
 
     async def on_invalid(request: Request, exc: InvalidRequest) -> JSONResponse:

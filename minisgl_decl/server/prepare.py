@@ -16,6 +16,7 @@ from .errors import APIError, from_invalid_request
 from .protocol import ChatCompletionRequest, CompletionRequest, _Sampling
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
+MAX_CHOICES = 256  # prompts x n in one request
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
@@ -96,6 +97,10 @@ def _tokenize_prompts(prompt: Any, tokenizer: Any) -> list[list[int]]:
 
 
 async def completion_jobs(req: CompletionRequest, tokenizer: Any, max_model_len: int) -> list[Job]:
+    count = 1 if isinstance(req.prompt, str) or all(isinstance(x, int) for x in req.prompt) else len(req.prompt)
+    if count * req.n > MAX_CHOICES:
+        raise APIError(400, f"{count} prompts x n={req.n} = {count * req.n} choices; at most {MAX_CHOICES} in one "
+                            "request", "prompt", "invalid_value")
     prompts = await asyncio.to_thread(_tokenize_prompts, req.prompt, tokenizer)
     vocab = len(tokenizer)
     for ids in prompts:

@@ -10,10 +10,38 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-Number = StrictFloat | StrictInt
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt  # JSON allows NaN/Infinity: not here
 TokenIds = list[StrictInt]
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string holding a lone UTF-16 surrogate (valid JSON escape, invalid Unicode)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        sub = f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+        found = _lone_surrogate(item, sub)
+        if found is not None:
+            return found
+    return None
 
 
 class StreamOptions(BaseModel):
@@ -45,6 +73,15 @@ class _Sampling(BaseModel):
     ignore_eos: StrictBool = False
     stop_token_ids: list[StrictInt] | None = None
     skip_special_tokens: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        where = _lone_surrogate(data, "")
+        if where:
+            raise PydanticCustomError("invalid_unicode", "{param}: contains a lone surrogate (\\ud800-\\udfff), "
+                                      "which is not valid Unicode", {"param": where})
+        return data
 
     @field_validator("stop")
     @classmethod

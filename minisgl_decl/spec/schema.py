@@ -2,7 +2,7 @@
 
 Only the *shape* of the document is checked here (types, required and unknown keys).
 Cross-references (catalogue layer names, config names used by expressions, weight rules
-against catalogue parameters) are checked by `spec.checks`, which has the catalogue.
+against catalogue parameters) are checked by `minisgl_decl.validate`, which has the catalogue.
 """
 
 from __future__ import annotations

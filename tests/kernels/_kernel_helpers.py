@@ -15,6 +15,15 @@ DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRETING, reason="needs TRITON_INTERPRET=1")),
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")]),
 ]
+
+# (kv lens, Hq, Hkv, D, window, softcap, dtype); on CUDA lengths are x16
+DECODE_CASES = [
+    ([50, 1, 33], 4, 4, 64, None, None, torch.float32),
+    ([70, 16, 3], 8, 1, 128, None, None, torch.bfloat16),
+    ([45, 9, 60], 8, 2, 64, 9, 10.0, torch.float16),
+    ([0, 21], 4, 1, 64, None, 3.0, torch.bfloat16),
+]
+
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 

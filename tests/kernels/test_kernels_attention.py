@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _kernel_helpers import DEVICES, TOL, assert_close, decode_inputs, extend_inputs, indptr, poisoned, rand
+from _kernel_helpers import (
+    DECODE_CASES,
+    DEVICES,
+    TOL,
+    assert_close,
+    decode_inputs,
+    extend_inputs,
+    indptr,
+    poisoned,
+    rand,
+)
 
 import kernels
 from kernels import attention_launch, reference
@@ -48,15 +58,6 @@ def test_extend_attention_head_dim_256_cuda(window: int | None) -> None:
     got = kernels.extend_attention(**inp, scale=0.0625, window=window, backend="triton")
     want = kernels.extend_attention(**inp, scale=0.0625, window=window, backend="torch")
     assert_close(got, want, TOL[torch.bfloat16])
-
-
-# (kv lens, Hq, Hkv, D, window, softcap, dtype); on CUDA lengths are x16
-DECODE_CASES = [
-    ([50, 1, 33], 4, 4, 64, None, None, torch.float32),
-    ([70, 16, 3], 8, 1, 128, None, None, torch.bfloat16),
-    ([45, 9, 60], 8, 2, 64, 9, 10.0, torch.float16),
-    ([0, 21], 4, 1, 64, None, 3.0, torch.bfloat16),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)

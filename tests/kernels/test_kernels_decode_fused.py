@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _kernel_helpers import DEVICES, TOL, assert_close, decode_inputs, indptr, poisoned
-from test_kernels_attention import DECODE_CASES
+from _kernel_helpers import DECODE_CASES, DEVICES, TOL, assert_close, decode_inputs, indptr, poisoned
 
 from kernels import attention_launch, reference
 

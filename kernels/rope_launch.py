@@ -1,0 +1,51 @@
+"""Launcher for the Triton rotary kernel (see rope_jit.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._util import next_pow2
+from kernels.rope_jit import rope_kernel
+
+
+def rope_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    inv_freq: torch.Tensor,
+    scaling: float,
+    *,
+    v: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    norm_eps: float = 1e-6,
+    norm_offset: float = 0.0,
+    norm_cast_before_weight: bool = True,
+) -> None:
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    if num_tokens == 0:
+        return
+    half = inv_freq.shape[0]
+    store = k_cache is not None
+    vv = v if v is not None else k
+    kc = k_cache if k_cache is not None else k
+    vc = v_cache if v_cache is not None else k
+    sl = slots if slots is not None else positions
+    elems = max(num_q_heads, num_kv_heads) * next_pow2(head_dim)
+    rope_kernel[(num_tokens, 2)](
+        q, k, vv, kc, vc, sl, positions, cos_sin, inv_freq,
+        q_norm if q_norm is not None else inv_freq, k_norm if k_norm is not None else inv_freq,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), vv.stride(0), vv.stride(1),
+        kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
+        cos_sin.shape[0], float(scaling), float(norm_eps), float(norm_offset),
+        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, Q_HEADS_PAD=next_pow2(num_q_heads),
+        KV_HEADS_PAD=next_pow2(num_kv_heads), HALF=half, HALF_PAD=next_pow2(half),
+        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), STORE=store,
+        NORM=q_norm is not None, CAST_BEFORE_WEIGHT=norm_cast_before_weight,
+        num_warps=4 if elems <= 4096 else 8,
+    )
