@@ -345,6 +345,26 @@ def rope_cos_sin(
     return torch.where(inside, cos_sin[positions.clamp(max=rows - 1).long()], fresh)
 
 
+# The last rope rows: every layer of a step passes the same positions tensor and table.
+_ROPE: list[tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], tuple[torch.Tensor, torch.Tensor]]] = []
+
+
+def _rope_rows(
+    positions: torch.Tensor, cos_sin: torch.Tensor, inv_freq: torch.Tensor, scaling: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [T, 1, half] float32 (rounded to ``dtype`` first), computed once per positions tensor."""
+    key = (_version(positions), _version(cos_sin), scaling, dtype)
+    if _ROPE:
+        refs, seen, value = _ROPE[0]
+        if refs[0]() is positions and refs[1]() is cos_sin and refs[2]() is inv_freq and seen == key:
+            return value
+    half = inv_freq.shape[0]
+    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(dtype).float()
+    value = (cs[:, None, :half], cs[:, None, half:])
+    _ROPE[:] = [((weakref.ref(positions), weakref.ref(cos_sin), weakref.ref(inv_freq)), key, value)]
+    return value
+
+
 def apply_rope(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -371,9 +391,8 @@ def apply_rope(
         opts = {"offset": norm_offset, "cast_before_weight": norm_cast_before_weight}
         q.copy_(rmsnorm(q, q_norm, norm_eps, **opts))
         k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
+    cos, sin = _rope_rows(positions, cos_sin, inv_freq, scaling, q.dtype)
     half = inv_freq.shape[0]
-    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(q.dtype).float()
-    cos, sin = cs[:, None, :half], cs[:, None, half:]
     for x in (q, k):
         x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()  # views when x is float32
         y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
