@@ -9,9 +9,11 @@ See ``kernels/README.md`` for the semantics and the KV-cache layout.
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 
 def rmsnorm(
@@ -29,10 +31,11 @@ def rmsnorm(
     round once). The weight factor is ``offset + weight.float()``.
     """
     xf = x.float()
-    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    normed = F.rms_norm(xf, (xf.shape[-1],), eps=eps)  # xf * rsqrt(mean(xf^2) + eps), one fused op
     if cast_before_weight:
         normed = normed.to(x.dtype).float()
-    return (normed * (weight.float() + offset)).to(x.dtype)
+    w = weight.float() if offset == 0 else weight.float() + offset
+    return (normed * w).to(x.dtype)
 
 
 def add_rmsnorm(
@@ -65,16 +68,22 @@ def attend(
     Query at position p sees keys at positions j with ``j <= p`` and, with a window,
     ``p - window < j``. Soft-cap is applied to the scaled scores before masking.
     """
+    visible = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
+    if softcap is None:  # one fused op; rows with no visible key are zeroed below
+        o = F.scaled_dot_product_attention(
+            q.float().transpose(0, 1), k.float().transpose(0, 1), v.float().transpose(0, 1),
+            attn_mask=visible, scale=scale, enable_gqa=True,
+        )
+        o = o.masked_fill(~visible.any(-1)[None, :, None], 0.0)
+        return o.transpose(0, 1).to(q.dtype)
     group = q.shape[1] // k.shape[1]
     qf = q.float().transpose(0, 1)  # [Hq, n, D]
     kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, L, D]
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
     scores = torch.matmul(qf, kf.transpose(1, 2)) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    visible = k_pos[None, :] <= q_pos[:, None]
-    if window is not None:
-        visible &= k_pos[None, :] > q_pos[:, None] - window
+    scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
     return torch.matmul(probs, vf).transpose(0, 1).to(q.dtype)
@@ -107,17 +116,23 @@ def _attend_padded(
     """
     b, n, hq, d = q.shape
     length, hkv = k.shape[1], k.shape[2]
+    k_pos = torch.arange(length, device=q.device)
+    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < k_len[:, None, None])
+    if window is not None:
+        visible &= k_pos[None, None, :] > q_pos[:, :, None] - window
+    if softcap is None:  # one fused op; rows with no visible key are zeroed
+        o = F.scaled_dot_product_attention(
+            q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2),
+            attn_mask=visible[:, None], scale=scale, enable_gqa=True,
+        )
+        o = o.masked_fill(~visible.any(-1)[:, None, :, None], 0.0)
+        return o.transpose(1, 2).to(q.dtype)
     g = hq // hkv
     qf = q.float().reshape(b, n, hkv, g, d).permute(0, 2, 3, 1, 4)  # [B, Hkv, g, n, D]
     kf = k.float().permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
     vf = v.float().permute(0, 2, 1, 3).unsqueeze(2)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hkv, g, n, L]
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    k_pos = torch.arange(length, device=q.device)
-    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < k_len[:, None, None])
-    if window is not None:
-        visible &= k_pos[None, None, :] > q_pos[:, :, None] - window
+    scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
     out = torch.matmul(probs, vf)  # [B, Hkv, g, n, D]
@@ -219,21 +234,48 @@ def decode_attention(
     A request with no KV entries gets a zero output. All requests run as one padded batch
     (one gather of every request's KV, masked beyond its length).
     """
-    bounds = _bounds(kv_indptr, "kv_indptr", kv_slots.shape[0])
-    if len(bounds) != q.shape[0] + 1:
-        raise ValueError(f"kv_indptr must have {q.shape[0] + 1} entries, got {len(bounds)}")
-    lens = [b - a for a, b in itertools.pairwise(bounds)]
-    longest = max(lens, default=0)
-    if longest == 0:
+    if len(kv_indptr) != q.shape[0] + 1:
+        raise ValueError(f"kv_indptr must have {q.shape[0] + 1} entries, got {len(kv_indptr)}")
+    layout = _decode_layout(kv_indptr, kv_slots, q.device)
+    if layout is None:
         return torch.zeros_like(q)
-    ip = kv_indptr.to(device=q.device, dtype=torch.int64)
-    idx = _padded_slots(kv_slots, ip[:-1], longest)
-    k_len = ip[1:] - ip[:-1]
+    idx, k_len = layout
     return _attend_padded(
         q.unsqueeze(1), k_cache[idx], v_cache[idx], (k_len - 1)[:, None], k_len,
         scale=scale, window=window, softcap=softcap,
     ).squeeze(1)
 
+
+# The last decode layout: every layer of a step passes the same kv_indptr/kv_slots tensors.
+_LAYOUT: list[tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], tuple[int, int],
+                    tuple[torch.Tensor, torch.Tensor] | None]] = []
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (inference tensors have none: they are not modified between layers)."""
+    return -1 if t.is_inference() else t._version
+
+
+def _decode_layout(
+    kv_indptr: torch.Tensor, kv_slots: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(padded slot index [B, Lmax], lengths [B]) of a decode batch; None when every request is empty.
+
+    Computed (and checked) once per pair of index tensors, then reused by the other layers.
+    """
+    versions = (_version(kv_indptr), _version(kv_slots))
+    if _LAYOUT:
+        ip_ref, sl_ref, seen, value = _LAYOUT[0]
+        if ip_ref() is kv_indptr and sl_ref() is kv_slots and seen == versions:
+            return value
+    bounds = _bounds(kv_indptr, "kv_indptr", kv_slots.shape[0])
+    longest = max((b - a for a, b in itertools.pairwise(bounds)), default=0)
+    value = None
+    if longest > 0:
+        ip = kv_indptr.to(device=device, dtype=torch.int64)
+        value = (_padded_slots(kv_slots, ip[:-1], longest), ip[1:] - ip[:-1])
+    _LAYOUT[:] = [(weakref.ref(kv_indptr), weakref.ref(kv_slots), versions, value)]
+    return value
 
 
 def decode_attention_paged(
@@ -263,6 +305,11 @@ def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
     """``k_cache[slots[t]] = k[t]`` (same for v); tokens with a negative slot are skipped."""
+    if slots.device.type == "cpu" and (slots.numel() == 0 or int(slots.min()) >= 0):  # no mask needed
+        idx = slots.long()
+        k_cache.index_copy_(0, idx, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, idx, v.to(v_cache.dtype))
+        return
     keep = slots >= 0
     idx = slots[keep].long()
     k_cache[idx] = k[keep].to(k_cache.dtype)
@@ -298,6 +345,26 @@ def rope_cos_sin(
     return torch.where(inside, cos_sin[positions.clamp(max=rows - 1).long()], fresh)
 
 
+# The last rope rows: every layer of a step passes the same positions tensor and table.
+_ROPE: list[tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], tuple[torch.Tensor, torch.Tensor]]] = []
+
+
+def _rope_rows(
+    positions: torch.Tensor, cos_sin: torch.Tensor, inv_freq: torch.Tensor, scaling: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [T, 1, half] float32 (rounded to ``dtype`` first), computed once per positions tensor."""
+    key = (_version(positions), _version(cos_sin), scaling, dtype)
+    if _ROPE:
+        refs, seen, value = _ROPE[0]
+        if refs[0]() is positions and refs[1]() is cos_sin and refs[2]() is inv_freq and seen == key:
+            return value
+    half = inv_freq.shape[0]
+    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(dtype).float()
+    value = (cs[:, None, :half], cs[:, None, half:])
+    _ROPE[:] = [((weakref.ref(positions), weakref.ref(cos_sin), weakref.ref(inv_freq)), key, value)]
+    return value
+
+
 def apply_rope(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -324,9 +391,8 @@ def apply_rope(
         opts = {"offset": norm_offset, "cast_before_weight": norm_cast_before_weight}
         q.copy_(rmsnorm(q, q_norm, norm_eps, **opts))
         k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
+    cos, sin = _rope_rows(positions, cos_sin, inv_freq, scaling, q.dtype)
     half = inv_freq.shape[0]
-    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(q.dtype).float()
-    cos, sin = cs[:, None, :half], cs[:, None, half:]
     for x in (q, k):
         x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()  # views when x is float32
         y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT))
@@ -265,14 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     offsets = arrival_offsets(len(requests), args.request_rate, args.seed)
     warm = make_workload(tokenizer, args.warmup, args.input_dist, args.output_dist, args.seed + 1)
     server = Server(args.start_server, args.threads) if args.start_server is not None else None
+    url = server.url if server is not None else args.url
     try:
         if server is not None:
             server.start()
-        url = server.url if server is not None else args.url
         model = asyncio.run(served_model(url))
         if warm:
             asyncio.run(run_load(url, model, warm, [0.0] * len(warm), 1))
         results, wall = asyncio.run(run_load(url, model, requests, offsets, args.concurrency))
+    except RuntimeError as exc:  # the server did not start
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"error: {url}/v1/models failed ({type(exc).__name__}: {exc}); is the server running?", file=sys.stderr)
+        return 1
     finally:
         code = server.stop() if server is not None else 0
     if server is not None and code != 0:

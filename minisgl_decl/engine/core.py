@@ -22,7 +22,9 @@ from .request import Request
 from .sampling import Sampler
 from .scheduler import Plan, Scheduler
 
-#: default prefill tokens per step, measured with tools/bench_engine.py --sweep-chunk (docs/perf.md)
+#: default prefill tokens per step. CPU: `tools/bench_engine.py --sweep-chunk` (docs/engine.md) gives 256
+#: >= 90% of the prefill rate of 512 at half its longest step (what a running decode waits for).
+#: CUDA: not measured yet (the sweep has not run on a GPU); 2048 is a placeholder until it does.
 DEFAULT_CHUNK = {"cpu": 256, "cuda": 2048}
 
 

@@ -18,7 +18,7 @@ GRACEFUL_SHUTDOWN_S = 30  # SIGTERM: in-flight requests get this long to finish,
 def query_hint(url: str, model: str, api_key: str | None) -> str:
     """The curl line and openai snippet printed at start-up."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                       "max_tokens": 32})
+                       "max_tokens": 32, "temperature": 0})
     auth = " -H 'Authorization: Bearer <your --api-key>'" if api_key else ""
     key = "'<your --api-key>'" if api_key else "'unused'"
     return "\n".join([
@@ -29,7 +29,7 @@ def query_hint(url: str, model: str, api_key: str | None) -> str:
         "  from openai import OpenAI",
         f"  client = OpenAI(base_url='{url}/v1', api_key={key})",
         f"  reply = client.chat.completions.create(model='{model}', "
-        "messages=[{'role': 'user', 'content': 'What is the capital of France?'}], max_tokens=32)",
+        "messages=[{'role': 'user', 'content': 'What is the capital of France?'}], max_tokens=32, temperature=0)",
         "  print(reply.choices[0].message.content)",
         "stop with Ctrl-C or SIGTERM (in-flight requests finish first)",
     ])
