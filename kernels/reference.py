@@ -68,22 +68,16 @@ def attend(
     Query at position p sees keys at positions j with ``j <= p`` and, with a window,
     ``p - window < j``. Soft-cap is applied to the scaled scores before masking.
     """
-    visible = k_pos[None, :] <= q_pos[:, None]
-    if window is not None:
-        visible &= k_pos[None, :] > q_pos[:, None] - window
-    if softcap is None:  # one fused op; rows with no visible key are zeroed below
-        o = F.scaled_dot_product_attention(
-            q.float().transpose(0, 1), k.float().transpose(0, 1), v.float().transpose(0, 1),
-            attn_mask=visible, scale=scale, enable_gqa=True,
-        )
-        o = o.masked_fill(~visible.any(-1)[None, :, None], 0.0)
-        return o.transpose(0, 1).to(q.dtype)
     group = q.shape[1] // k.shape[1]
     qf = q.float().transpose(0, 1)  # [Hq, n, D]
     kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, L, D]
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
-    scores = torch.matmul(qf, kf.transpose(1, 2)) * scale
-    scores = softcap * torch.tanh(scores / softcap)
+    scores = torch.matmul(qf, kf.transpose(1, 2)) * scale  # the order of HF's eager attention (prefill)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    visible = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - window
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
     return torch.matmul(probs, vf).transpose(0, 1).to(q.dtype)
