@@ -11,9 +11,20 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without a dispatched no-op when t already has it (the CPU decode step
+    is host-bound: every skipped call counts)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return _as(t, torch.float32)
 
 
 def rmsnorm(
@@ -30,12 +41,13 @@ def rmsnorm(
     dtype, then multiplied by the weight); ``False`` is HF Gemma (multiply in float32,
     round once). The weight factor is ``offset + weight.float()``.
     """
-    xf = x.float()
-    normed = F.rms_norm(xf, (xf.shape[-1],), eps=eps)  # xf * rsqrt(mean(xf^2) + eps), one fused op
+    xf = _f32(x)
+    # HF's expression; F.rms_norm computes the same on CPU but through ~20 dispatched ops
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if cast_before_weight:
-        normed = normed.to(x.dtype).float()
-    w = weight.float() if offset == 0 else weight.float() + offset
-    return (normed * w).to(x.dtype)
+        normed = _f32(_as(normed, x.dtype))
+    w = _f32(weight) if offset == 0 else _f32(weight) + offset
+    return _as(normed * w, x.dtype)
 
 
 def add_rmsnorm(
@@ -48,7 +60,7 @@ def add_rmsnorm(
     cast_before_weight: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(rmsnorm(x + residual), x + residual)``; the sum is rounded to ``x.dtype``."""
-    summed = (x.float() + residual.float()).to(x.dtype)
+    summed = _as(_f32(x) + _f32(residual), x.dtype)
     return rmsnorm(summed, weight, eps, offset=offset, cast_before_weight=cast_before_weight), summed
 
 
@@ -102,35 +114,61 @@ def _attend_padded(
     scale: float,
     window: int | None,
     softcap: float | None,
+    mask: _PaddedMask | None = None,
 ) -> torch.Tensor:
     """Batched :func:`attend`: q [B, n, Hq, D] over k/v [B, L, Hkv, D] -> [B, n, Hq, D] (q's dtype).
 
     Request b's keys are rows ``0..k_len[b]-1`` at positions equal to their row index; its
     query i sits at ``q_pos[b, i]``. GQA by grouping the query heads (no key repeat).
+    ``mask`` is :func:`_padded_mask` of these arguments when the caller has it already.
     """
     b, n, hq, d = q.shape
-    length, hkv = k.shape[1], k.shape[2]
-    k_pos = torch.arange(length, device=q.device)
-    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < k_len[:, None, None])
-    if window is not None:
-        visible &= k_pos[None, None, :] > q_pos[:, :, None] - window
+    hkv = k.shape[2]
+    if mask is None:
+        mask = _padded_mask(q_pos, k_len, k.shape[1], window)
+    visible = mask.visible
     if softcap is None:  # one fused op; rows with no visible key are zeroed
         o = F.scaled_dot_product_attention(
-            q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2),
-            attn_mask=visible[:, None], scale=scale, enable_gqa=True,
+            _f32(q).transpose(1, 2), _f32(k).transpose(1, 2), _f32(v).transpose(1, 2),
+            attn_mask=mask.sdpa_mask, scale=scale, enable_gqa=True,
         )
-        o = o.masked_fill(~visible.any(-1)[:, None, :, None], 0.0)
-        return o.transpose(1, 2).to(q.dtype)
+        if mask.empty_rows is not None:
+            o = o.masked_fill(mask.empty_rows, 0.0)
+        return _as(o.transpose(1, 2), q.dtype)
     g = hq // hkv
-    qf = q.float().reshape(b, n, hkv, g, d).permute(0, 2, 3, 1, 4)  # [B, Hkv, g, n, D]
-    kf = k.float().permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
-    vf = v.float().permute(0, 2, 1, 3).unsqueeze(2)
+    qf = _f32(q).reshape(b, n, hkv, g, d).permute(0, 2, 3, 1, 4)  # [B, Hkv, g, n, D]
+    kf = _f32(k).permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
+    vf = _f32(v).permute(0, 2, 1, 3).unsqueeze(2)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hkv, g, n, L]
     scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
     out = torch.matmul(probs, vf)  # [B, Hkv, g, n, D]
-    return out.permute(0, 3, 1, 2, 4).reshape(b, n, hq, d).to(q.dtype)
+    return _as(out.permute(0, 3, 1, 2, 4).reshape(b, n, hq, d), q.dtype)
+
+
+@dataclass(frozen=True)
+class _PaddedMask:
+    visible: torch.Tensor  # [B, n, L] bool
+    sdpa_mask: torch.Tensor | None  # visible[:, None], or None when every key is visible
+    empty_rows: torch.Tensor | None  # [B, 1, n, 1] rows with no visible key, or None when there are none
+
+
+def _padded_mask(
+    q_pos: torch.Tensor, k_len: torch.Tensor, length: int, window: int | None,
+    *, full: bool = False, none_empty: bool = False,
+) -> _PaddedMask:
+    """The key mask of :func:`_attend_padded`. What the caller knows on the host: ``full``,
+    every query sits at ``length - 1`` and has ``k_len == length`` (so without a window SDPA
+    needs no mask: adding 0 is exact); ``none_empty``, every query sees at least one key."""
+    k_pos = torch.arange(length, device=q_pos.device)
+    visible = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < k_len[:, None, None])
+    if window is not None:
+        visible &= k_pos[None, None, :] > q_pos[:, :, None] - window
+    if full and (window is None or window >= length):
+        return _PaddedMask(visible, None, None)
+    empty = None if none_empty else ~visible.any(-1)[:, None, :, None]
+    return _PaddedMask(visible, visible[:, None], empty)
 
 
 def _padded_slots(slots: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -233,16 +271,50 @@ def decode_attention(
     layout = _decode_layout(kv_indptr, kv_slots, q.device)
     if layout is None:
         return torch.zeros_like(q)
-    idx, k_len = layout
     return _attend_padded(
-        q.unsqueeze(1), k_cache[idx], v_cache[idx], (k_len - 1)[:, None], k_len,
-        scale=scale, window=window, softcap=softcap,
+        q.unsqueeze(1), k_cache[layout.idx], v_cache[layout.idx], layout.q_pos, layout.k_len,
+        scale=scale, window=window, softcap=softcap, mask=layout.mask(window),
     ).squeeze(1)
 
 
-# The last decode layout: every layer of a step passes the same kv_indptr/kv_slots tensors.
-_LAYOUT: list[tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], tuple[int, int],
-                    tuple[torch.Tensor, torch.Tensor] | None]] = []
+@dataclass
+class _DecodeLayout:
+    """A decode batch padded to its longest request: slot index [B, Lmax], lengths [B]."""
+
+    idx: torch.Tensor
+    k_len: torch.Tensor
+    q_pos: torch.Tensor  # [B, 1]: each query is its request's last key
+    full: bool  # every request has Lmax keys
+    none_empty: bool  # every request has a key
+    masks: dict[int | None, _PaddedMask] = field(default_factory=dict)  # by window
+
+    def mask(self, window: int | None) -> _PaddedMask:
+        if window not in self.masks:
+            self.masks[window] = _padded_mask(
+                self.q_pos, self.k_len, self.idx.shape[1], window, full=self.full, none_empty=self.none_empty
+            )
+        return self.masks[window]
+
+
+class _Memo:
+    """One value derived from some tensors, reused while the same tensor objects are passed
+    unmodified (every layer of a step passes the step's index tensors)."""
+
+    def __init__(self) -> None:
+        self._refs: tuple[weakref.ref[torch.Tensor], ...] = ()
+        self._key: tuple[object, ...] = ()
+        self._value: object = None
+
+    def get(self, tensors: tuple[torch.Tensor, ...], extra: tuple[object, ...]) -> tuple[bool, object]:
+        key = (*(_version(t) for t in tensors), *extra)
+        hit = (len(self._refs) == len(tensors) and key == self._key
+               and all(r() is t for r, t in zip(self._refs, tensors, strict=True)))
+        return hit, self._value if hit else None
+
+    def put(self, tensors: tuple[torch.Tensor, ...], extra: tuple[object, ...], value: object) -> None:
+        self._refs = tuple(weakref.ref(t) for t in tensors)
+        self._key = (*(_version(t) for t in tensors), *extra)
+        self._value = value
 
 
 def _version(t: torch.Tensor) -> int:
@@ -250,26 +322,30 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-def _decode_layout(
-    kv_indptr: torch.Tensor, kv_slots: torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(padded slot index [B, Lmax], lengths [B]) of a decode batch; None when every request is empty.
+_LAYOUT = _Memo()
+
+
+def _decode_layout(kv_indptr: torch.Tensor, kv_slots: torch.Tensor, device: torch.device) -> _DecodeLayout | None:
+    """The padded layout of a decode batch; None when every request is empty.
 
     Computed (and checked) once per pair of index tensors, then reused by the other layers.
     """
-    versions = (_version(kv_indptr), _version(kv_slots))
-    if _LAYOUT:
-        ip_ref, sl_ref, seen, value = _LAYOUT[0]
-        if ip_ref() is kv_indptr and sl_ref() is kv_slots and seen == versions:
-            return value
+    hit, value = _LAYOUT.get((kv_indptr, kv_slots), (str(device),))
+    if hit:
+        return value  # type: ignore[return-value]
     bounds = _bounds(kv_indptr, "kv_indptr", kv_slots.shape[0])
-    longest = max((b - a for a, b in itertools.pairwise(bounds)), default=0)
-    value = None
+    lens = [b - a for a, b in itertools.pairwise(bounds)]
+    longest = max(lens, default=0)
+    layout = None
     if longest > 0:
         ip = kv_indptr.to(device=device, dtype=torch.int64)
-        value = (_padded_slots(kv_slots, ip[:-1], longest), ip[1:] - ip[:-1])
-    _LAYOUT[:] = [(weakref.ref(kv_indptr), weakref.ref(kv_slots), versions, value)]
-    return value
+        k_len = ip[1:] - ip[:-1]
+        layout = _DecodeLayout(
+            _padded_slots(kv_slots, ip[:-1], longest), k_len, k_len[:, None] - 1,
+            full=min(lens) == longest, none_empty=min(lens) > 0,
+        )
+    _LAYOUT.put((kv_indptr, kv_slots), (str(device),), layout)
+    return layout
 
 
 def decode_attention_paged(
@@ -299,15 +375,22 @@ def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
     """``k_cache[slots[t]] = k[t]`` (same for v); tokens with a negative slot are skipped."""
-    if slots.device.type == "cpu" and (slots.numel() == 0 or int(slots.min()) >= 0):  # no mask needed
-        idx = slots.long()
-        k_cache.index_copy_(0, idx, k.to(k_cache.dtype))
-        v_cache.index_copy_(0, idx, v.to(v_cache.dtype))
-        return
+    if slots.device.type == "cpu":
+        hit, idx = _STORE.get((slots,), ())
+        if not hit:  # every layer of a step passes the same slots: index (or mask) once
+            idx = _as(slots, torch.int64) if slots.numel() == 0 or int(slots.min()) >= 0 else None
+            _STORE.put((slots,), (), idx)
+        if isinstance(idx, torch.Tensor):  # no negative slot: no mask needed
+            k_cache.index_copy_(0, idx, _as(k, k_cache.dtype))
+            v_cache.index_copy_(0, idx, _as(v, v_cache.dtype))
+            return
     keep = slots >= 0
     idx = slots[keep].long()
-    k_cache[idx] = k[keep].to(k_cache.dtype)
-    v_cache[idx] = v[keep].to(v_cache.dtype)
+    k_cache[idx] = _as(k[keep], k_cache.dtype)
+    v_cache[idx] = _as(v[keep], v_cache.dtype)
+
+
+_STORE = _Memo()
 
 
 # --- rotary embedding, activation-and-multiply, routed experts ---------------------------
@@ -339,24 +422,57 @@ def rope_cos_sin(
     return torch.where(inside, cos_sin[positions.clamp(max=rows - 1).long()], fresh)
 
 
-# The last rope rows: every layer of a step passes the same positions tensor and table.
-_ROPE: list[tuple[tuple[weakref.ref[torch.Tensor], ...], tuple[object, ...], tuple[torch.Tensor, torch.Tensor]]] = []
+# The last rope rows: every layer of a step passes the same positions tensor and table
+# (each layer has its own inv_freq, which matters only for positions past the table).
+_ROPE = _Memo()
 
 
 def _rope_rows(
     positions: torch.Tensor, cos_sin: torch.Tensor, inv_freq: torch.Tensor, scaling: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) [T, 1, half] float32 (rounded to ``dtype`` first), computed once per positions tensor."""
-    key = (_version(positions), _version(cos_sin), scaling, dtype)
-    if _ROPE:
-        refs, seen, value = _ROPE[0]
-        if refs[0]() is positions and refs[1]() is cos_sin and refs[2]() is inv_freq and seen == key:
-            return value
+    extra = (scaling, dtype, inv_freq.shape[0])
+    hit, value = _ROPE.get((positions, cos_sin), extra)
+    if hit:
+        freq_ref, rows = value  # type: ignore[misc]
+        if freq_ref is None or freq_ref() is inv_freq:
+            return rows  # type: ignore[no-any-return]
     half = inv_freq.shape[0]
-    cs = rope_cos_sin(positions, cos_sin, inv_freq, scaling).to(dtype).float()
-    value = (cs[:, None, :half], cs[:, None, half:])
-    _ROPE[:] = [((weakref.ref(positions), weakref.ref(cos_sin), weakref.ref(inv_freq)), key, value)]
-    return value
+    in_table = positions.numel() == 0 or int(positions.max()) < cos_sin.shape[0]
+    cs = _f32(_as(rope_cos_sin(positions, cos_sin, inv_freq, scaling), dtype))
+    rows = (cs[:, None, :half], cs[:, None, half:])
+    _ROPE.put((positions, cos_sin), extra, (None if in_table else weakref.ref(inv_freq), rows))
+    return rows
+
+
+_ROPE_FULL = _Memo()
+
+
+def _rope_full(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[cos|cos]``, ``[sin|sin]`` of one step's rope rows (built once, reused by every layer)."""
+    hit, value = _ROPE_FULL.get((cos, sin), ())
+    if not hit:
+        value = (torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1))
+        _ROPE_FULL.put((cos, sin), (), value)
+    return value  # type: ignore[return-value]
+
+
+def _joined(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """q [T, Hq, D] and k [T, Hkv, D] as one [T, Hq + Hkv, D] view when k's heads follow q's in
+    memory (the split of one fused qkv projection), else None."""
+    if q.dim() != 3 or k.dim() != 3 or q.dtype != k.dtype or q.device != k.device:
+        return None
+    t, hq, d = q.shape
+    heads = hq + k.shape[1]
+    if k.shape[0] != t or k.shape[2] != d or q.stride()[1:] != (d, 1) or k.stride()[1:] != (d, 1):
+        return None
+    if t > 1 and (q.stride(0) != k.stride(0) or q.stride(0) < heads * d):  # (one row: any stride)
+        return None
+    if k.storage_offset() != q.storage_offset() + hq * d:
+        return None
+    if q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr():
+        return None
+    return q.as_strided((t, heads, d), (q.stride(0) if t > 1 else heads * d, d, 1))
 
 
 def apply_rope(
@@ -387,8 +503,14 @@ def apply_rope(
         k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
     cos, sin = _rope_rows(positions, cos_sin, inv_freq, scaling, q.dtype)
     half = inv_freq.shape[0]
-    for x in (q, k):
-        x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()  # views when x is float32
+    qk = _joined(q, k)
+    for x in (q, k) if qk is None else (qk,):
+        if 2 * half == x.shape[-1]:  # the whole head: x*[cos|cos] + [-x2|x1]*[sin|sin], rounded once
+            xf = _f32(x)  # (the same products and sums as below: a + (-b) == a - b exactly)
+            cos2, sin2 = _rope_full(cos, sin)
+            x.copy_(xf * cos2 + torch.cat((-xf[..., half:], xf[..., :half]), dim=-1) * sin2)
+            continue
+        x1, x2 = _f32(x[..., :half]), _f32(x[..., half : 2 * half])  # views when x is float32
         y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
         x[..., :half] = y1
         x[..., half : 2 * half] = y2
