@@ -23,7 +23,7 @@ def test_bad_serve_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     cases = [
         (["serve", "--model", str(tmp_path / "nope")], "no such directory"),
         (["serve", "--model", str(tmp_path)], "has no config.json"),
-        (["serve", "--tp", "0", "--model", str(tmp_path)], "--tp must be at least 1"),
+        (["serve", "--tp", "0", "--model", str(tmp_path)], "--tp 0: expected an integer from 1 to 1024"),
         (["serve", "--port", "70000"], "--port must be in 0..65535"),
         (["serve", "--mem-fraction", "1.5"], "--mem-fraction must be in (0, 1]"),
         (["serve", "--api-key", " "], "--api-key must not be empty"),

@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-cuda-graph", action="store_true", help="CUDA: run decode without CUDA graphs")
     p.add_argument("--seed", type=int, default=0, help="engine seed for requests without `seed` (default 0)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, model_may_be_hub_id=True)  # serve resolves hub ids itself
 
 
 def _check_args(args: argparse.Namespace) -> None:

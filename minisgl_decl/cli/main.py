@@ -26,9 +26,11 @@ def check_common(args: argparse.Namespace) -> None:
     """Options several commands share, checked before any command runs (each names its option)."""
     if getattr(args, "max_new_tokens", None) is not None:
         checks.check_count(args.max_new_tokens, "--max-new-tokens")
+    if getattr(args, "max_tokens", None) is not None:
+        checks.check_count(args.max_tokens, "--max-tokens/--max-new-tokens")
     if getattr(args, "device", None) is not None:
         checks.check_device(args.device)
-    if getattr(args, "model", None) is not None:
+    if getattr(args, "model", None) is not None and not getattr(args, "model_may_be_hub_id", False):
         checks.check_input_dir(args.model, "--model")
     if getattr(args, "tp", None) is not None:
         checks.check_count(args.tp, "--tp", 1, 1024)
