@@ -167,7 +167,7 @@ def materialise(
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """NaN/Inf check in blocks of 1M elements (isfinite makes a float temporary per block: ~4 MiB, not the tensor size)."""
+    """NaN/Inf check in blocks of 1M elements (isfinite makes a ~4 MiB float temporary per block)."""
     flat = t.reshape(-1)
     return all(bool(torch.isfinite(block).all()) for block in flat.split(1 << 20))
 
