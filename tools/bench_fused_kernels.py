@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 import triton
+from gpu_copy_bandwidth import copy_tbps
 from torch.nn import functional as F
 
 import kernels
@@ -95,17 +96,6 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(o).any():
         return float("nan")
     return ((o - r).norm() / r.norm().clamp_min(1e-30)).item()
-
-
-def copy_tbps() -> float:
-    src = torch.randn(1 << 29, device=DEV, dtype=BF16)
-    dst = torch.empty_like(src)
-
-    def copy() -> None:
-        dst.copy_(src)
-
-    ms = float(triton.testing.do_bench(copy, warmup=25, rep=200, return_mode="median"))
-    return 2 * (1 << 30) / (ms * 1e-3) / 1e12
 
 
 def row(*cells: object) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import triton
+from gpu_copy_bandwidth import copy_tbps
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -72,17 +73,6 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 def row(*cells: object) -> None:
     ROWS.append([c if isinstance(c, str) else f"{c:.1f}" if isinstance(c, float) else str(c) for c in cells])
     print(" | ".join(ROWS[-1]), flush=True)
-
-
-def copy_tbps() -> float:
-    src = torch.randn(1 << 29, device=DEV, dtype=BF16)
-    dst = torch.empty_like(src)
-
-    def copy() -> None:
-        dst.copy_(src)
-
-    ms = float(triton.testing.do_bench(copy, warmup=25, rep=200, return_mode="median"))
-    return 2 * (1 << 30) / (ms * 1e-3) / 1e12
 
 
 def make_hf(cfg: dict[str, Any], directory: Path) -> Any:
