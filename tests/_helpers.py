@@ -42,7 +42,8 @@ def make_fused(
         if extra_row and i == 1:
             qkv.append(torch.zeros(1, qkv[0].shape[1]))
         t[f"{p}.self_attn.qkv_proj.weight"] = torch.cat(qkv)
-        t[f"{p}.mlp.gate_up_proj.weight"] = torch.cat([t.pop(f"{p}.mlp.gate_proj.weight"),
-                                                       t.pop(f"{p}.mlp.up_proj.weight")])
+        t[f"{p}.mlp.gate_up_proj.weight"] = torch.cat(
+            [t.pop(f"{p}.mlp.gate_proj.weight"), t.pop(f"{p}.mlp.up_proj.weight")]
+        )
     save_file(t, str(fused / "model.safetensors"))
     return spec_file, fused, original

@@ -45,6 +45,7 @@ def tokenizer():  # type: ignore[no-untyped-def]
 
 # ---- percentiles ----
 
+
 def test_percentile_hand_values() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([10.0], 99) == 10.0
@@ -76,6 +77,7 @@ def test_summary() -> None:
 
 # ---- length distributions ----
 
+
 def test_length_parse() -> None:
     assert LengthDist.parse("128", "--input-len") == LengthDist(128, 128)
     assert LengthDist.parse("100:1024", "--input-len") == LengthDist(100, 1024)
@@ -97,6 +99,7 @@ def test_length_sample_uniform_range() -> None:
 
 
 # ---- workload ----
+
 
 def test_workload_exact_lengths_and_ordinary_ids(tokenizer) -> None:  # type: ignore[no-untyped-def]
     reqs = make_workload(tokenizer, 40, LengthDist(1, 300), LengthDist(2, 5), seed=11)
@@ -133,6 +136,7 @@ def test_request_body_forces_length() -> None:
 
 # ---- arrivals ----
 
+
 def test_arrivals_inf_all_at_once() -> None:
     assert arrival_offsets(4, math.inf, 0) == [0.0] * 4
 
@@ -150,9 +154,22 @@ def test_arrivals_poisson() -> None:
 
 # ---- argument parsing ----
 
+
 def test_args_url_mode() -> None:
-    a = parse_args(["--url", "http://127.0.0.1:8000/v1/", "--model-dir", "m", "--num-requests", "8",
-                    "--input-len", "100:1024", "--request-rate", "2.5"])
+    a = parse_args(
+        [
+            "--url",
+            "http://127.0.0.1:8000/v1/",
+            "--model-dir",
+            "m",
+            "--num-requests",
+            "8",
+            "--input-len",
+            "100:1024",
+            "--request-rate",
+            "2.5",
+        ]
+    )
     assert a.url == "http://127.0.0.1:8000"
     assert a.concurrency == 8 and a.baseline_batch == 8 and a.request_rate == 2.5
     assert a.input_dist == LengthDist(100, 1024) and a.output_dist == LengthDist(64, 64)
@@ -160,26 +177,50 @@ def test_args_url_mode() -> None:
 
 
 def test_args_start_server_takes_the_rest(tmp_path: Path) -> None:
-    a = parse_args(["--num-requests", "2", "--start-server", "--model", str(tmp_path), "--device", "cpu",
-                    "--dtype", "float32", "--max-kv-tokens", "4096"])
-    assert a.start_server == ["--model", str(tmp_path), "--device", "cpu", "--dtype", "float32",
-                              "--max-kv-tokens", "4096"]
+    a = parse_args(
+        [
+            "--num-requests",
+            "2",
+            "--start-server",
+            "--model",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--max-kv-tokens",
+            "4096",
+        ]
+    )
+    assert a.start_server == [
+        "--model",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--max-kv-tokens",
+        "4096",
+    ]
     assert a.model_dir == tmp_path and a.serve.dtype == "float32" and a.serve.max_kv_tokens == 4096
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--url", "http://10.0.0.1:8000", "--model-dir", "m"], "must point at this machine"),
-    (["--url", "http://example.com", "--model-dir", "m"], "must point at this machine"),
-    (["--url", "http://127.0.0.1:8000"], "needs --model-dir"),
-    (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--num-requests", "0"], "--num-requests"),
-    (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--num-requests", "100000"], "--num-requests"),
-    (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--concurrency", "0"], "--concurrency"),
-    (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--request-rate", "0"], "--request-rate"),
-    (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--input-len", "9:2"], "--input-len"),
-    (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--threads", "0"], "--threads"),
-    (["--start-server", "--model", "m", "--port", "9000"], "picks --host 127.0.0.1 and a free --port"),
-    (["--start-server"], "give serve a local --model DIR"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--url", "http://10.0.0.1:8000", "--model-dir", "m"], "must point at this machine"),
+        (["--url", "http://example.com", "--model-dir", "m"], "must point at this machine"),
+        (["--url", "http://127.0.0.1:8000"], "needs --model-dir"),
+        (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--num-requests", "0"], "--num-requests"),
+        (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--num-requests", "100000"], "--num-requests"),
+        (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--concurrency", "0"], "--concurrency"),
+        (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--request-rate", "0"], "--request-rate"),
+        (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--input-len", "9:2"], "--input-len"),
+        (["--url", "http://127.0.0.1:1", "--model-dir", "m", "--threads", "0"], "--threads"),
+        (["--start-server", "--model", "m", "--port", "9000"], "picks --host 127.0.0.1 and a free --port"),
+        (["--start-server"], "give serve a local --model DIR"),
+    ],
+)
 def test_args_rejected(argv: list[str], message: str) -> None:
     with pytest.raises(BenchArgError, match=message):
         parse_args(argv)
@@ -235,11 +276,13 @@ def test_load_times_text_chunks() -> None:
 
 
 def test_load_counts_wrong_length_and_http_errors() -> None:
-    short, _ = asyncio.run(run_load("http://127.0.0.1:1", "m", [BenchRequest((1,), 5)], [0.0], 1,
-                                    _server(["a", "b"], completion_tokens=2)))
+    short, _ = asyncio.run(
+        run_load("http://127.0.0.1:1", "m", [BenchRequest((1,), 5)], [0.0], 1, _server(["a", "b"], completion_tokens=2))
+    )
     assert not short[0].ok and "asked for 5 output tokens, the server reported 2" in short[0].error
-    bad, _ = asyncio.run(run_load("http://127.0.0.1:1", "m", [BenchRequest((1,), 5)], [0.0], 1,
-                                  _server([], 0, status=400)))
+    bad, _ = asyncio.run(
+        run_load("http://127.0.0.1:1", "m", [BenchRequest((1,), 5)], [0.0], 1, _server([], 0, status=400))
+    )
     assert not bad[0].ok and bad[0].error.startswith("HTTP 400") and "bad max_tokens" in bad[0].error
 
 

@@ -26,15 +26,24 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"hidden": 16, "heads": 12, "kv_heads": 12, "head_dim": 4},
         {"hidden": 16, "heads": 12, "kv_heads": 1, "head_dim": 4, "qkv_bias": True, "o_bias": True},
         {"hidden": 16, "heads": 12, "kv_heads": 2, "head_dim": 4, "qk_norm": True},
-        {"hidden": 16, "heads": 12, "kv_heads": 12, "head_dim": 4, "qk_norm": True, "qk_norm_type": "layernorm",
-         "qk_norm_scope": "per_head", "qk_norm_bias": True},
+        {
+            "hidden": 16,
+            "heads": 12,
+            "kv_heads": 12,
+            "head_dim": 4,
+            "qk_norm": True,
+            "qk_norm_type": "layernorm",
+            "qk_norm_scope": "per_head",
+            "qk_norm_bias": True,
+        },
         {"hidden": 16, "heads": 12, "kv_heads": 1, "head_dim": 4, "qk_norm": True, "qk_norm_scope": "full"},
     ],
     "gated_mlp": [{"dim": 8, "ffn": 12}, {"dim": 8, "ffn": 24, "bias": True}],
     "mlp": [{"dim": 8, "ffn": 12}, {"dim": 8, "ffn": 12, "bias": False}],
     "linear": [
         {"in_dim": 12, "out_dim": 24, "parallel": p, "bias": b}
-        for p in ("column", "row", "replicated") for b in (False, True)
+        for p in ("column", "row", "replicated")
+        for b in (False, True)
     ],
     "softcap": [{"cap": 30.0}, {}],
     "moe": [{"dim": 8, "ffn": 12, "experts": 3, "top_k": 2}],
@@ -48,12 +57,14 @@ ILLEGAL_TP: dict[tuple[str, int], set[int]] = {("attention", 2): {3}}  # 2 kv he
 # independent local shapes: (layer, case index, tp) -> {name: shape}
 EXPECTED: dict[tuple[str, int, int], dict[str, tuple[int, ...]]] = {
     ("attention", 0, 4): {"qkv.weight": ((3 + 3 + 3) * 4, 16), "o.weight": (16, 12)},
-    ("attention", 1, 4): {"qkv.weight": ((3 + 1 + 1) * 4, 16), "qkv.bias": (20,), "o.weight": (16, 12),
-                          "o.bias": (16,)},
-    ("attention", 2, 3): {"qkv.weight": ((4 + 1 + 1) * 4, 16), "o.weight": (16, 16), "q_norm": (4,),
-                          "k_norm": (4,)},
-    ("gated_mlp", 1, 3): {"gate_up.weight": (16, 8), "gate_up.bias": (16,), "down.weight": (8, 8),
-                          "down.bias": (8,)},
+    ("attention", 1, 4): {
+        "qkv.weight": ((3 + 1 + 1) * 4, 16),
+        "qkv.bias": (20,),
+        "o.weight": (16, 12),
+        "o.bias": (16,),
+    },
+    ("attention", 2, 3): {"qkv.weight": ((4 + 1 + 1) * 4, 16), "o.weight": (16, 16), "q_norm": (4,), "k_norm": (4,)},
+    ("gated_mlp", 1, 3): {"gate_up.weight": (16, 8), "gate_up.bias": (16,), "down.weight": (8, 8), "down.bias": (8,)},
     ("lm_head", 1, 4): {"weight": (4, 8), "bias": (4,)},
     ("embedding", 0, 3): {"weight": (4, 8)},
     ("moe", 0, 2): {"router.weight": (3, 8), "gate_up": (3, 12, 8), "down": (3, 8, 6)},

@@ -62,12 +62,15 @@ def test_generated_module_does_not_grow_with_the_layer_count(name: str, few: int
     assert lengths[0] == lengths[1]
 
 
-@pytest.mark.parametrize(("old", "new", "expect"), [
-    # the block ends in a multiply: it returns one tensor, nothing is carried across blocks
-    ("      - x = x + h\n  forward:", "      - x = (x + h) * 1.0\n  forward:", "x_2 = block(layer, x_2, batch)"),
-    # the loop's result is not normed first: the carried residual is added after the loop
-    ("    - x = layers(x)\n", "    - x = layers(x) * 1.0\n", "x_2 = x_2 + residual"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "expect"),
+    [
+        # the block ends in a multiply: it returns one tensor, nothing is carried across blocks
+        ("      - x = x + h\n  forward:", "      - x = (x + h) * 1.0\n  forward:", "x_2 = block(layer, x_2, batch)"),
+        # the loop's result is not normed first: the carried residual is added after the loop
+        ("    - x = layers(x)\n", "    - x = layers(x) * 1.0\n", "x_2 = x_2 + residual"),
+    ],
+)
 def test_generated_module_without_cross_block_fusion_matches_transformers(old: str, new: str, expect: str) -> None:
     text = (SPECS / "llama.yaml").read_text()
     assert text.count(old) == 1
@@ -78,8 +81,11 @@ def test_generated_module_without_cross_block_fusion_matches_transformers(old: s
 
 
 def test_non_finite_constants_compile() -> None:
-    text = (SPECS / "llama.yaml").read_text().replace("    - logits = lm_head(norm(x))\n",
-                                                      "    - logits = lm_head(norm(x)) * 1e400\n")
+    text = (
+        (SPECS / "llama.yaml")
+        .read_text()
+        .replace("    - logits = lm_head(norm(x))\n", "    - logits = lm_head(norm(x)) * 1e400\n")
+    )
     graph = compile_spec(load_spec_text(text, "inf.yaml")).graph
     model = CompiledModel(graph)  # compiles and executes the rendered source
     assert "logits = logits_4 * float('inf')" in model.rendered.source

@@ -9,8 +9,7 @@ from minisgl_decl.config.resolve import resolve_config
 from minisgl_decl.errors import SpecError
 from minisgl_decl.spec.load import load_spec
 
-BASE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96,
-        "vocab_size": 50}
+BASE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96, "vocab_size": 50}
 
 
 def _llama():
@@ -24,12 +23,30 @@ def test_defaults_and_expressions() -> None:
 
 
 def test_v4_and_v5_rope_configs_resolve_identically() -> None:
-    v4 = {**BASE, "rope_theta": 500000.0, "max_position_embeddings": 4096,
-          "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                           "original_max_position_embeddings": 8192}}
-    v5 = {**BASE, "max_position_embeddings": 4096,
-          "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
+    v4 = {
+        **BASE,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 4096,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    }
+    v5 = {
+        **BASE,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    }
     assert resolve_config(_llama(), v4)["rope"] == resolve_config(_llama(), v5)["rope"]
     legacy_type_key = {**BASE, "rope_theta": 1e4, "rope_scaling": {"type": "linear", "factor": 2.0}}
     assert resolve_config(_llama(), legacy_type_key)["rope"].type == "linear"
@@ -41,8 +58,13 @@ def test_nested_text_config_is_read_first() -> None:
 
 
 def test_per_layer_type_rope_needs_a_choice() -> None:
-    nested = {**BASE, "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
-                                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    nested = {
+        **BASE,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    }
     with pytest.raises(SpecError) as exc:
         resolve_config(_llama(), nested)
     assert "layer_type" in str(exc.value)

@@ -47,12 +47,19 @@ def _runner(model: Any, graphs: bool) -> Any:
 
 def _prompts(vocab: int, n: int, seed: int) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (int(torch.randint(3, 25, (1,), generator=gen)),), generator=gen).tolist()
-            for _ in range(n)]
+    return [
+        torch.randint(0, vocab, (int(torch.randint(3, 25, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
 
 
-def _greedy(runner: Any, prompts: list[list[int]], steps: int, stop_early: int | None = None,
-            forced: list[list[int]] | None = None) -> tuple[list[list[int]], list[torch.Tensor]]:
+def _greedy(
+    runner: Any,
+    prompts: list[list[int]],
+    steps: int,
+    stop_early: int | None = None,
+    forced: list[list[int]] | None = None,
+) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Greedy tokens per prompt (all decoded together) and every decode step's logits.
 
     ``stop_early``: that request leaves after 3 tokens, so later steps run a smaller batch.

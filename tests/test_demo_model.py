@@ -47,16 +47,23 @@ def test_demo_model_greedy_matches_transformers(demo: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(str(demo))
     prompts = ["What is the capital of France?", "Write a haiku about the sea."]
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     hf = load_reference(demo, "LlamaForCausalLM")
     expected = []
     for prompt in ids:
         with torch.inference_mode():
-            out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
-        expected.append(out[0, len(prompt):].tolist())
+            out = hf.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=24,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.eos_token_id,
+            )
+        expected.append(out[0, len(prompt) :].tolist())
     model = load_model(compile_spec(load_spec(SPECS / "llama.yaml"), demo))
     got = greedy_generate(ModelRunner(model, 512), ids, 24, stop_ids=[tok.eos_token_id])
     assert got == expected, [tok.decode(g) for g in got] + [tok.decode(e) for e in expected]

@@ -13,16 +13,41 @@ from minisgl_decl.engine.detokenize import CONTEXT_TOKENS, OutputText
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-instruct"
 if not (DEMO / "tokenizer.json").exists():
-    pytest.skip(f"demo tokenizer missing: run `python tools/prepare_demo_model.py` (looked in {DEMO})",
-                allow_module_level=True)
+    pytest.skip(
+        f"demo tokenizer missing: run `python tools/prepare_demo_model.py` (looked in {DEMO})", allow_module_level=True
+    )
 
 from transformers import AutoTokenizer  # noqa: E402
 
 TOKENIZER = AutoTokenizer.from_pretrained(str(DEMO))
 VOCAB = len(TOKENIZER)
 EOS = frozenset({TOKENIZER.eos_token_id})
-PIECES = ["a", "b", " ", "  ", ",", ".", "\n", "the", " cat", "é", "ß", "Ω", "世", "界", "日本語", "🎉", "👍🏽",
-          "😀", "ก", "👨‍👩‍👧", "ab", "cd", "stop", "END"]
+PIECES = [
+    "a",
+    "b",
+    " ",
+    "  ",
+    ",",
+    ".",
+    "\n",
+    "the",
+    " cat",
+    "é",
+    "ß",
+    "Ω",
+    "世",
+    "界",
+    "日本語",
+    "🎉",
+    "👍🏽",
+    "😀",
+    "ก",
+    "👨‍👩‍👧",
+    "ab",
+    "cd",
+    "stop",
+    "END",
+]
 texts = st.lists(st.sampled_from(PIECES), max_size=25).map("".join)
 
 
@@ -50,8 +75,11 @@ def stream(out: OutputText, ids: list[int]) -> tuple[list[str], str | None, int]
 
 
 @settings(max_examples=150, deadline=None)
-@given(ids=st.lists(st.integers(0, VOCAB - 1), max_size=30), prompt=st.lists(st.integers(0, VOCAB - 1), max_size=8),
-       skip=st.booleans())
+@given(
+    ids=st.lists(st.integers(0, VOCAB - 1), max_size=30),
+    prompt=st.lists(st.integers(0, VOCAB - 1), max_size=8),
+    skip=st.booleans(),
+)
 def test_chunks_concatenate_to_the_full_decode_for_any_ids(ids: list[int], prompt: list[int], skip: bool) -> None:
     out = OutputText(TOKENIZER, SamplingParams(skip_special_tokens=skip), prompt, frozenset())
     emitted = ""
@@ -62,7 +90,7 @@ def test_chunks_concatenate_to_the_full_decode_for_any_ids(ids: list[int], promp
         so_far = decode(ids[:n], skip)
         # what is emitted is final, and only an unfinished character at the end is held back
         assert so_far.startswith(emitted)
-        held = so_far[len(emitted):]
+        held = so_far[len(emitted) :]
         assert held == "" or held.endswith("\ufffd"), (so_far, emitted)
     emitted += out.finish()
     assert emitted == decode(ids, skip)
@@ -144,12 +172,15 @@ def test_held_back_tail_is_released_by_finish() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(text=texts, picks=st.lists(st.tuples(st.integers(0, 80), st.integers(1, 6)), max_size=3),
-       extra=st.lists(st.sampled_from(["zz", "🎉x", "stopEND", "界a", "\n\n"]), max_size=2))
+@given(
+    text=texts,
+    picks=st.lists(st.tuples(st.integers(0, 80), st.integers(1, 6)), max_size=3),
+    extra=st.lists(st.sampled_from(["zz", "🎉x", "stopEND", "界a", "\n\n"]), max_size=2),
+)
 def test_stop_strings_match_the_reference_cut(text: str, picks: list[tuple[int, int]], extra: list[str]) -> None:
     ids = encode(text)
     full = decode(ids)
-    stops = tuple({full[i:i + n] for i, n in picks if i < len(full)} | set(extra))
+    stops = tuple({full[i : i + n] for i, n in picks if i < len(full)} | set(extra))
     found = [i for i in (full.find(s) for s in stops) if i >= 0]
     expected = full[: min(found)] if found else full
     out = OutputText(TOKENIZER, SamplingParams(stop=stops), [], EOS)

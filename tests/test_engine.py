@@ -21,10 +21,18 @@ from minisgl_decl.engine.loader import LoadedModel, load_engine_model
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "smollm2-135m-instruct"
 NEW = 32
-SYSTEM = ("You are a careful assistant for a small museum of maritime history. Answer briefly and politely, "
-          "in plain English, and never invent facts about the exhibits, the opening hours or the tickets.")
-QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "Why do ships float?",
-             "Name three famous sailors.", "How is a knot tied?", "What does a lighthouse do?"]
+SYSTEM = (
+    "You are a careful assistant for a small museum of maritime history. Answer briefly and politely, "
+    "in plain English, and never invent facts about the exhibits, the opening hours or the tickets."
+)
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Why do ships float?",
+    "Name three famous sailors.",
+    "How is a knot tied?",
+    "What does a lighthouse do?",
+]
 GREEDY = SamplingParams(max_tokens=NEW, temperature=0)
 
 
@@ -46,8 +54,14 @@ def loaded(demo: Path) -> LoadedModel:
 def prompts(loaded: LoadedModel) -> list[list[int]]:
     """Chat prompts sharing a long system prefix (so the prefix cache has something to find)."""
     tok = loaded.tokenizer
-    texts = [tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                                     add_generation_prompt=True, tokenize=False) for q in QUESTIONS]
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for q in QUESTIONS
+    ]
     return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
@@ -61,9 +75,10 @@ def expected(demo: Path, prompts: list[list[int]], loaded: LoadedModel) -> list[
     out = []
     for p in prompts:
         with torch.inference_mode():
-            ids = hf.generate(torch.tensor([p]), max_new_tokens=NEW, do_sample=False, eos_token_id=eos,
-                              pad_token_id=eos[0])
-        out.append(ids[0, len(p):].tolist())
+            ids = hf.generate(
+                torch.tensor([p]), max_new_tokens=NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0]
+            )
+        out.append(ids[0, len(p) :].tolist())
     return out
 
 
@@ -78,8 +93,9 @@ def shared_prefix(prompts: list[list[int]]) -> int:
     return n
 
 
-def test_one_by_one_matches_transformers(loaded: LoadedModel, prompts: list[list[int]],
-                                         expected: list[list[int]]) -> None:
+def test_one_by_one_matches_transformers(
+    loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]]
+) -> None:
     llm = engine(loaded, prefix_cache=False, max_kv_tokens=2048)
     for p, want in zip(prompts[:4], expected[:4], strict=True):
         (out,) = llm.generate([p], GREEDY)
@@ -90,15 +106,15 @@ def test_one_by_one_matches_transformers(loaded: LoadedModel, prompts: list[list
         assert out.cached_tokens == 0
 
 
-def test_batched_matches_transformers(loaded: LoadedModel, prompts: list[list[int]],
-                                      expected: list[list[int]]) -> None:
+def test_batched_matches_transformers(loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]]) -> None:
     llm = engine(loaded, prefix_cache=False, max_kv_tokens=2048)
     outs = llm.generate(prompts[:4], GREEDY)
     assert [list(o.token_ids) for o in outs] == expected[:4]
 
 
-def test_tiny_chunked_prefill_matches_transformers(loaded: LoadedModel, prompts: list[list[int]],
-                                                   expected: list[list[int]]) -> None:
+def test_tiny_chunked_prefill_matches_transformers(
+    loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]]
+) -> None:
     llm = engine(loaded, chunked_prefill_size=8, max_kv_tokens=2048)
     core = llm.core
     for i, p in enumerate(prompts[:4]):
@@ -113,8 +129,9 @@ def test_tiny_chunked_prefill_matches_transformers(loaded: LoadedModel, prompts:
     assert steps >= sum(len(p) for p in prompts[:4]) // 8  # prefill really ran in chunks of 8
 
 
-def test_prefix_cache_hits_and_output_is_unchanged(loaded: LoadedModel, prompts: list[list[int]],
-                                                   expected: list[list[int]]) -> None:
+def test_prefix_cache_hits_and_output_is_unchanged(
+    loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]]
+) -> None:
     llm = engine(loaded, max_kv_tokens=2048)
     common = shared_prefix(prompts[:4])
     assert common > 40
@@ -129,8 +146,9 @@ def test_prefix_cache_hits_and_output_is_unchanged(loaded: LoadedModel, prompts:
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])
-def test_pool_far_too_small_still_gives_the_right_text(loaded: LoadedModel, prompts: list[list[int]],
-                                                       expected: list[list[int]], prefix_cache: bool) -> None:
+def test_pool_far_too_small_still_gives_the_right_text(
+    loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]], prefix_cache: bool
+) -> None:
     longest = max(len(p) for p in prompts) + NEW
     llm = engine(loaded, max_kv_tokens=longest + 40, chunked_prefill_size=64, prefix_cache=prefix_cache)
     core = llm.core
@@ -167,8 +185,9 @@ def test_rejected_at_submit_with_the_parameter_named(loaded: LoadedModel, prompt
     assert llm.stats().kv_used == 0 and llm.stats().waiting == 0
 
 
-def test_abort_frees_the_kv_and_leaves_others_alone(loaded: LoadedModel, prompts: list[list[int]],
-                                                    expected: list[list[int]]) -> None:
+def test_abort_frees_the_kv_and_leaves_others_alone(
+    loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]]
+) -> None:
     llm = engine(loaded, max_kv_tokens=2048)
     core = llm.core
     for i in range(3):
@@ -190,8 +209,9 @@ def test_abort_frees_the_kv_and_leaves_others_alone(loaded: LoadedModel, prompts
     assert core.runner.pool.available == core.runner.pool.size
 
 
-def test_async_client_streams_and_cancels(loaded: LoadedModel, prompts: list[list[int]],
-                                          expected: list[list[int]]) -> None:
+def test_async_client_streams_and_cancels(
+    loaded: LoadedModel, prompts: list[list[int]], expected: list[list[int]]
+) -> None:
     client = start_engine(EngineConfig(model=DEMO, max_kv_tokens=2048), loaded=loaded)
 
     async def full(i: int) -> tuple[str, list[int], RequestOutput]:

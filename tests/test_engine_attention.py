@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
+from minisgl_kernels import reference
 
 
-def naive(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, window: int | None,
-          softcap: float | None) -> torch.Tensor:
+def naive(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, window: int | None, softcap: float | None
+) -> torch.Tensor:
     """One request: q [n, Hq, D] at the last n positions of keys/values [L, Hkv, D]; float64."""
     n, hq, _ = q.shape
     length, hkv = keys.shape[0], keys.shape[1]

@@ -74,8 +74,11 @@ def test_unlock_without_lock_is_an_error() -> None:
 
 
 ops = st.lists(
-    st.tuples(st.sampled_from(["insert", "match", "lock", "unlock", "evict"]),
-              st.lists(st.integers(0, 3), min_size=1, max_size=6), st.integers(0, 6)),
+    st.tuples(
+        st.sampled_from(["insert", "match", "lock", "unlock", "evict"]),
+        st.lists(st.integers(0, 3), min_size=1, max_size=6),
+        st.integers(0, 6),
+    ),
     max_size=40,
 )
 

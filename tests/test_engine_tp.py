@@ -30,8 +30,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
         pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
     out = tmp_path_factory.mktemp("tiny-llama")
-    overrides = {"vocab_size": 49152, "num_hidden_layers": 2, "max_position_embeddings": 512,
-                 "bos_token_id": 1, "eos_token_id": 2}
+    overrides = {
+        "vocab_size": 49152,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     build_reference(load_spec(ROOT / "specs" / "llama.yaml"), overrides, seed=3, directory=out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEMO / name, out / name)
@@ -39,9 +44,27 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def generate_ids(model: Path, tp: int) -> list[str]:
-    cmd = [sys.executable, "-m", "minisgl_decl.cli.main", "generate", *PROMPTS, "--model", str(model), "--raw",
-           "--tp", str(tp), "--max-tokens", "32", "--show-ids", "--device", "cpu", "--max-kv-tokens", "1024",
-           "--chunked-prefill-size", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "minisgl_decl.cli.main",
+        "generate",
+        *PROMPTS,
+        "--model",
+        str(model),
+        "--raw",
+        "--tp",
+        str(tp),
+        "--max-tokens",
+        "32",
+        "--show-ids",
+        "--device",
+        "cpu",
+        "--max-kv-tokens",
+        "1024",
+        "--chunked-prefill-size",
+        "4",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr

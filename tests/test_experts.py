@@ -37,8 +37,10 @@ def test_plan_stacks_every_expert_and_shards_its_ffn(moe_ckpt: Path) -> None:
         assert sorted(by_expert) == list(range(e))
         for idx, reads in by_expert.items():
             keys = [r.key for r in reads]
-            assert keys == [f"model.layers.1.mlp.experts.{idx}.gate_proj.weight",
-                            f"model.layers.1.mlp.experts.{idx}.up_proj.weight"]
+            assert keys == [
+                f"model.layers.1.mlp.experts.{idx}.gate_proj.weight",
+                f"model.layers.1.mlp.experts.{idx}.up_proj.weight",
+            ]
             half = ffn // 2
             assert [r.src[0] for r in reads] == [(rank.rank * half, rank.rank * half + half)] * 2
             assert [r.dst[1] for r in reads] == [(0, half), (half, ffn)]

@@ -124,12 +124,15 @@ def test_if_expressions_are_validated(tmp_path: Path) -> None:
     problems = check_loaded(load_spec(path))
     assert any("`n2.if`: undefined config name `extar`" in p.message for p in problems)
     with pytest.raises(SpecError) as exc:
-        load_spec_text(BASE.replace("BODY", "      - x = n1(x)").replace('if: "extra and i == 1"', "if: [1]"),
-                       str(tmp_path / "u.yaml"))
+        load_spec_text(
+            BASE.replace("BODY", "      - x = n1(x)").replace('if: "extra and i == 1"', "if: [1]"),
+            str(tmp_path / "u.yaml"),
+        )
     assert "`if:` is an expression" in str(exc.value)
 
 
 # --- layout ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("split", "order"), [((4, 3, 5), (1, 0, 2)), ((2, 3, 2), (0, 2, 1)), ((6, 2), (1, 0))])
 def test_source_index_is_torch_permute(split: tuple[int, ...], order: tuple[int, ...]) -> None:
@@ -155,7 +158,7 @@ def test_per_head_fused_qkv_reads_only_this_ranks_rows(tp: int, tmp_path: Path) 
             assert r.src[1] == (0, 128)  # whole rows, no column slicing
             for k in range(r.src[0][1] - r.src[0][0]):
                 got[r.dst[0][0] + k] = r.src[0][0] + k
-        mine = regrouped[:, rank.rank * local:(rank.rank + 1) * local].reshape(-1).tolist()
+        mine = regrouped[:, rank.rank * local : (rank.rank + 1) * local].reshape(-1).tolist()
         assert [got[k] for k in range(len(mine))] == mine  # local row k <- source row, q | k | v of my heads
         assert sum(r.numel for r in param.reads) == len(mine) * 128  # nothing else read
         if tp > 1:  # one strided block per (q|k|v, head): my heads are not contiguous in the source
@@ -166,13 +169,19 @@ def test_layout_mistakes_are_checkpoint_errors(tmp_path: Path) -> None:
     text = (SPECS / "gpt_neox.yaml").read_text()
     model = build_reference(load_spec(SPECS / "gpt_neox.yaml"), directory=tmp_path / "m")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("split: [heads, 3, head_dim], order: [1, 0, 2]",
-                                "split: [heads, 4, head_dim], order: [1, 0, 0]", 1))
+    bad.write_text(
+        text.replace(
+            "split: [heads, 3, head_dim], order: [1, 0, 2]", "split: [heads, 4, head_dim], order: [1, 0, 0]", 1
+        )
+    )
     with pytest.raises(CheckpointError) as exc:
         compile_spec(load_spec(bad), model)
     assert "layout order [1, 0, 0] is not a permutation" in str(exc.value)
-    bad.write_text(text.replace("split: [heads, 3, head_dim], order: [1, 0, 2]",
-                                "split: [heads, 4, head_dim], order: [1, 0, 2]", 1))
+    bad.write_text(
+        text.replace(
+            "split: [heads, 3, head_dim], order: [1, 0, 2]", "split: [heads, 4, head_dim], order: [1, 0, 2]", 1
+        )
+    )
     with pytest.raises(CheckpointError) as exc:
         compile_spec(load_spec(bad), model)
     assert "layout split [8, 4, 16] covers 512 along dim 0, the tensor has 384" in str(exc.value)

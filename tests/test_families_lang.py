@@ -55,8 +55,10 @@ weights:
 def test_extends_merges_mappings_replaces_lists_and_deletes_with_null(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text(PARENT)
     child = tmp_path / "child.yaml"
-    child.write_text("extends: base\nname: child\nconfig:\n  extra: null\n  eps: {from: eps2, default: 0.5}\n"
-                     "model:\n  modules:\n    norm: {rmsnorm: {eps: 1.0e-3}}\nweights:\n  ignore: [c]\n")
+    child.write_text(
+        "extends: base\nname: child\nconfig:\n  extra: null\n  eps: {from: eps2, default: 0.5}\n"
+        "model:\n  modules:\n    norm: {rmsnorm: {eps: 1.0e-3}}\nweights:\n  ignore: [c]\n"
+    )
     spec = load_spec(child).spec
     assert spec.name == "child" and spec.extends == "base"
     assert "extra" not in spec.config  # deleted by null
@@ -67,16 +69,19 @@ def test_extends_merges_mappings_replaces_lists_and_deletes_with_null(tmp_path: 
 
 
 def test_errors_point_at_the_file_that_set_the_value(tmp_path: Path) -> None:
-    (tmp_path / "base.yaml").write_text(PARENT.replace("n1: {rmsnorm: {dim: hidden, eps: eps}}",
-                                                       "n1: {rmsnrom: {dim: hidden, eps: eps}}"))
+    (tmp_path / "base.yaml").write_text(
+        PARENT.replace("n1: {rmsnorm: {dim: hidden, eps: eps}}", "n1: {rmsnrom: {dim: hidden, eps: eps}}")
+    )
     child = tmp_path / "child.yaml"
     child.write_text("extends: base\nname: child\nmodel:\n  modules:\n    norm: {rmsnorm: {bogus: 1}}\n")
     problems = validate_file(child)
     where = {(p.location.file, p.location.line, p.location.column): p.message for p in problems}
     parent_pos = _line_col(tmp_path / "base.yaml", "n1: {rmsnrom", "rmsnrom")
     child_pos = _line_col(child, "bogus", "bogus")
-    assert any(f.endswith("base.yaml") and (ln, c) == parent_pos and "unknown layer `rmsnrom`" in m
-               for (f, ln, c), m in where.items()), where
+    assert any(
+        f.endswith("base.yaml") and (ln, c) == parent_pos and "unknown layer `rmsnrom`" in m
+        for (f, ln, c), m in where.items()
+    ), where
     assert any(f == str(child) and (ln, c) == child_pos and "bogus" in m for (f, ln, c), m in where.items()), where
 
 
@@ -96,11 +101,22 @@ def test_extends_cycles_and_missing_parents_are_located(tmp_path: Path) -> None:
     assert exc.value.problems[0].location.line == 2
 
 
-@pytest.mark.parametrize(("name", "parent"), [
-    ("qwen2", "llama"), ("qwen3", "llama"), ("mistral", "llama"), ("granite", "llama"), ("phi3", "llama"),
-    ("gemma", "llama"), ("smollm3", "llama"), ("olmo2", "llama"), ("qwen2_moe", "qwen2"), ("olmoe", "qwen3_moe"),
-    ("mixtral", "mistral"),
-])
+@pytest.mark.parametrize(
+    ("name", "parent"),
+    [
+        ("qwen2", "llama"),
+        ("qwen3", "llama"),
+        ("mistral", "llama"),
+        ("granite", "llama"),
+        ("phi3", "llama"),
+        ("gemma", "llama"),
+        ("smollm3", "llama"),
+        ("olmo2", "llama"),
+        ("qwen2_moe", "qwen2"),
+        ("olmoe", "qwen3_moe"),
+        ("mixtral", "mistral"),
+    ],
+)
 def test_specs_written_with_extends_resolve_to_complete_specs(name: str, parent: str) -> None:
     spec = load_spec(SPECS / f"{name}.yaml").spec
     assert spec.extends == parent and spec.name == name
@@ -112,13 +128,14 @@ def test_specs_written_with_extends_resolve_to_complete_specs(name: str, parent:
 
 # --- find_spec and requires ------------------------------------------------------------------
 
+
 def _pair(tmp_path: Path, req_a: str, req_b: str, vocab_a: int = 211) -> None:
     text = (SPECS / "llama.yaml").read_text()
     for name, req in (("one", req_a), ("two", req_b)):
         body = text.replace("name: llama", f"name: {name}")
         if name == "one":
             body = body.replace("vocab_size: 211", f"vocab_size: {vocab_a}")
-        body = body.replace("\nweights:", f"\nrequires:\n  - \"{req}\"\n\nweights:")
+        body = body.replace("\nweights:", f'\nrequires:\n  - "{req}"\n\nweights:')
         (tmp_path / f"{name}.yaml").write_text(body)
 
 
@@ -147,8 +164,13 @@ def test_overlapping_specs_are_reported(tmp_path: Path) -> None:
     specs = [load_spec(tmp_path / "one.yaml"), load_spec(tmp_path / "two.yaml")]
     (found,) = overlapping_specs(specs)
     assert "could both serve LlamaForCausalLM" in found[2]
-    p = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 1 and "could both serve" in p.stdout and "1 overlapping pair(s)" in p.stdout
     _pair(tmp_path, "vocab > 1000", "vocab <= 1000", vocab_a=5000)  # disjoint: no report
     assert overlapping_specs([load_spec(tmp_path / "one.yaml"), load_spec(tmp_path / "two.yaml")]) == []
@@ -161,6 +183,7 @@ def test_shipped_specs_do_not_overlap() -> None:
 
 # --- longrope --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("max_pos", [256, 1024])  # == original: short factors; > original: long factors
 def test_longrope_frequencies_match_transformers(max_pos: int) -> None:
     from transformers import Phi3Config
@@ -170,11 +193,19 @@ def test_longrope_frequencies_match_transformers(max_pos: int) -> None:
 
     short = [1.0, 1.3, 1.9, 2.6, 3.1, 4.2, 5.0, 6.0]
     long = [1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0]
-    hf = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "hidden_size": 64, "intermediate_size": 64,
-          "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 50, "max_position_embeddings": max_pos,
-          "original_max_position_embeddings": 256, "pad_token_id": 0,
-          "rope_parameters": {"rope_type": "longrope", "rope_theta": 5000.0, "short_factor": short,
-                              "long_factor": long}}
+    hf = {
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "hidden_size": 64,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "vocab_size": 50,
+        "max_position_embeddings": max_pos,
+        "original_max_position_embeddings": 256,
+        "pad_token_id": 0,
+        "rope_parameters": {"rope_type": "longrope", "rope_theta": 5000.0, "short_factor": short, "long_factor": long},
+    }
     rope = resolve_config(load_spec(SPECS / "phi3.yaml"), hf)["rope"]
     inv_freq, scaling, dim = rope_frequencies(rope, 16)
     cfg = Phi3Config(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type")})
@@ -187,8 +218,14 @@ def test_longrope_frequencies_match_transformers(max_pos: int) -> None:
 
 
 def test_longrope_needs_its_factors() -> None:
-    hf = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-          "vocab_size": 50, "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 8}}
+    hf = {
+        "hidden_size": 64,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "vocab_size": 50,
+        "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 8},
+    }
     with pytest.raises(SpecError) as exc:
         resolve_config(load_spec(SPECS / "phi3.yaml"), hf)
     assert "rope type `longrope` needs `long_factor`" in str(exc.value)

@@ -29,9 +29,45 @@ FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCh
 BOMBS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- YAML ---------------------------------------------------------------------------------------
-yaml_tokens = st.sampled_from(["a", "b", ":", " ", "\n", "  ", "- ", "&x ", "*x", "&y ", "*y", "[", "]", "{", "}",
-                               ",", "? ", "!!binary ", "!!python/name:os.system ", "'", '"', "\\x1b", "\t", "#",
-                               "1e400", ".inf", ".nan", "<<: *x", "---", "%YAML 1.1", "\0", "\ufeff", "é", "|", ">"])
+yaml_tokens = st.sampled_from(
+    [
+        "a",
+        "b",
+        ":",
+        " ",
+        "\n",
+        "  ",
+        "- ",
+        "&x ",
+        "*x",
+        "&y ",
+        "*y",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "? ",
+        "!!binary ",
+        "!!python/name:os.system ",
+        "'",
+        '"',
+        "\\x1b",
+        "\t",
+        "#",
+        "1e400",
+        ".inf",
+        ".nan",
+        "<<: *x",
+        "---",
+        "%YAML 1.1",
+        "\0",
+        "\ufeff",
+        "é",
+        "|",
+        ">",
+    ]
+)
 
 
 @FUZZ
@@ -64,8 +100,12 @@ def test_spliced_specs_give_located_errors(_name: str, splices: list[tuple[int, 
 
 
 # --- expressions --------------------------------------------------------------------------------
-atoms = st.one_of(st.integers(-10**6, 10**6).map(str), st.sampled_from(
-    ["hidden", "heads", "xs", "'s'", "1e400", "10**30", "True", "None", "range(10**6)", "[0]*10**5", "i"]))
+atoms = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.sampled_from(
+        ["hidden", "heads", "xs", "'s'", "1e400", "10**30", "True", "None", "range(10**6)", "[0]*10**5", "i"]
+    ),
+)
 
 
 def _combine(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -73,9 +113,12 @@ def _combine(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.tuples(children, st.sampled_from(ops), children).map(lambda t: f"({t[0]}{t[1]}{t[2]})"),
         st.tuples(st.sampled_from(["-", "not ", "+"]), children).map(lambda t: f"{t[0]}{t[1]}"),
-        st.tuples(st.sampled_from(["min", "max", "abs", "int", "float", "len", "str", "sum", "round", "range",
-                                   "sqrt", "bool"]), st.lists(children, min_size=1, max_size=2)).map(
-            lambda t: f"{t[0]}({', '.join(t[1])})"),
+        st.tuples(
+            st.sampled_from(
+                ["min", "max", "abs", "int", "float", "len", "str", "sum", "round", "range", "sqrt", "bool"]
+            ),
+            st.lists(children, min_size=1, max_size=2),
+        ).map(lambda t: f"{t[0]}({', '.join(t[1])})"),
         st.tuples(children, children).map(lambda t: f"[{t[0]} for i in {t[1]}]"),
         st.tuples(children, children, children).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
         st.tuples(children, children).map(lambda t: f"{t[0]}[{t[1]}]"),
@@ -101,8 +144,9 @@ def test_expressions_evaluate_or_raise_expr_error(source: str) -> None:
 # --- safetensors headers ------------------------------------------------------------------------
 dims = st.lists(st.one_of(st.integers(-2, 5), st.just(2**62), st.just("2"), st.booleans()), max_size=3)
 offsets = st.lists(st.one_of(st.integers(-16, 80), st.just(10**20), st.floats(0, 10)), min_size=0, max_size=3)
-entry = st.fixed_dictionaries({"dtype": st.sampled_from([*DTYPE_BYTES, "C64", 4]), "shape": dims,
-                               "data_offsets": offsets})
+entry = st.fixed_dictionaries(
+    {"dtype": st.sampled_from([*DTYPE_BYTES, "C64", 4]), "shape": dims, "data_offsets": offsets}
+)
 headers = st.dictionaries(st.sampled_from(["a", "b", "c", "__metadata__", "\x1b"]), entry, max_size=4)
 
 

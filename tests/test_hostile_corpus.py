@@ -62,8 +62,10 @@ def _in_process(case: Case) -> tuple[str, str]:
 
 
 def _report(failures: list[tuple[Case, str, str]]) -> str:
-    return "\n\n".join(f"{c.name} [{c.group}] -> {kind}; expected exit {c.codes} and {c.expect!r}; argv "
-                       f"{c.argv}\n{text[-1500:]}" for c, kind, text in failures)
+    return "\n\n".join(
+        f"{c.name} [{c.group}] -> {kind}; expected exit {c.codes} and {c.expect!r}; argv {c.argv}\n{text[-1500:]}"
+        for c, kind, text in failures
+    )
 
 
 def test_cheap_cases_fail_clearly_in_process(cases: list[Case]) -> None:

@@ -46,8 +46,9 @@ def _index(d: Path, shard: str, good: Path) -> None:
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: shard for k in keys}}))
 
 
-@pytest.mark.parametrize("shard", ["../other/model.safetensors", "/etc/passwd", "/proc/self/environ",
-                                   "sub/../../x.safetensors"])
+@pytest.mark.parametrize(
+    "shard", ["../other/model.safetensors", "/etc/passwd", "/proc/self/environ", "sub/../../x.safetensors"]
+)
 def test_index_shard_outside_directory_is_refused(good: Path, tmp_path: Path, shard: str) -> None:
     other = tmp_path / "other"
     other.mkdir()
@@ -95,24 +96,30 @@ def _raw_case(good: Path, tmp_path: Path, offsets: list[list[int]]) -> str:
     return str(exc.value)
 
 
-@pytest.mark.parametrize(("offsets", "needle"), [
-    ([[-8, 0], [0, 8]], "need 0 <= begin <= end"),
-    ([[0, 8], [4, 12]], "overlap"),
-    ([[8, 16], [8, 16]], "overlap"),
-    ([[0, 8], [16, 24]], "ends at byte 24"),
-    ([[8, 16], [0, 8], [16, 16]], "needs 8 bytes"),  # zero-size entry with a non-empty shape
-    ([[0, 8]], "trailing bytes"),
-    ([[8, 16]], "gap before tensor `t0`"),
-])
-def test_header_layout_is_validated_before_reading(good: Path, tmp_path: Path, offsets: list[list[int]],
-                                                   needle: str) -> None:
+@pytest.mark.parametrize(
+    ("offsets", "needle"),
+    [
+        ([[-8, 0], [0, 8]], "need 0 <= begin <= end"),
+        ([[0, 8], [4, 12]], "overlap"),
+        ([[8, 16], [8, 16]], "overlap"),
+        ([[0, 8], [16, 24]], "ends at byte 24"),
+        ([[8, 16], [0, 8], [16, 16]], "needs 8 bytes"),  # zero-size entry with a non-empty shape
+        ([[0, 8]], "trailing bytes"),
+        ([[8, 16]], "gap before tensor `t0`"),
+    ],
+)
+def test_header_layout_is_validated_before_reading(
+    good: Path, tmp_path: Path, offsets: list[list[int]], needle: str
+) -> None:
     assert needle in _raw_case(good, tmp_path, offsets)
 
 
 def test_out_of_order_but_tiling_offsets_are_fine(good: Path, tmp_path: Path) -> None:
     d = _copy_config(good, tmp_path / "ckpt")
-    header = {"b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
-              "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    header = {
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    }
     _write_raw(d / "model.safetensors", header, bytes(16))
     idx = scan_checkpoint(d)
     assert idx.tensors["a"].offset < idx.tensors["b"].offset
@@ -128,8 +135,9 @@ def test_nan_anywhere_fails_check_and_says_where() -> None:
     assert not ok and math.isnan(worst)
 
 
-def test_check_fails_on_nan_logits_on_both_sides(good: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_fails_on_nan_logits_on_both_sides(
+    good: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "nan"
     d.mkdir()
     for f in good.iterdir():
@@ -152,8 +160,10 @@ def test_decode_nan_is_not_reported_as_zero() -> None:
 
     class Runner:
         def extend(self, batch: dict, all_logits: bool = False) -> list[torch.Tensor]:
-            return [torch.zeros(len(t) if all_logits else 1, 5).squeeze(0) if not all_logits else torch.zeros(len(t), 5)
-                    for t in batch.values()]
+            return [
+                torch.zeros(len(t) if all_logits else 1, 5).squeeze(0) if not all_logits else torch.zeros(len(t), 5)
+                for t in batch.values()
+            ]
 
         def decode(self, batch: dict) -> list[torch.Tensor]:
             calls["n"] += 1
@@ -180,11 +190,14 @@ def _llama_with(old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-@pytest.mark.parametrize(("old", "new", "needle"), [
-    ("- h = attn(attn_norm(x))", "- h = attn(attn(attn_norm(x)))", "`attn` owns a KV cache"),
-    ("- h = mlp(mlp_norm(x))", "- h = mlp(attn(x))", "`attn` owns a KV cache"),
-    ("- x = layers(x)", "- x = layers(layers(x))", "`layers` runs every layer's KV cache"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "needle"),
+    [
+        ("- h = attn(attn_norm(x))", "- h = attn(attn(attn_norm(x)))", "`attn` owns a KV cache"),
+        ("- h = mlp(mlp_norm(x))", "- h = mlp(attn(x))", "`attn` owns a KV cache"),
+        ("- x = layers(x)", "- x = layers(layers(x))", "`layers` runs every layer's KV cache"),
+    ],
+)
 def test_kv_module_called_twice_is_rejected_with_a_location(old: str, new: str, needle: str) -> None:
     text = _llama_with(old, new)
     problems = check_loaded(load_spec_text(text, "s.yaml"))
@@ -193,17 +206,20 @@ def test_kv_module_called_twice_is_rejected_with_a_location(old: str, new: str, 
     assert hits and hits[0].location.line == line, problems
 
 
-@pytest.mark.parametrize(("old", "new", "needle"), [
-    ("- x = x + h\n      - h = mlp", "- x = x + h / 0\n      - h = mlp", "division by zero"),
-    ("- x = x + h\n      - h = mlp", "- x = 3\n      - h = mlp", "assigns a constant"),
-    ("- x = x + h\n      - h = mlp", "- x = 'abc'\n      - h = mlp", "assigns a constant"),
-    ("- x = x + h\n      - h = mlp", "- x = x * 'abc'\n      - h = mlp", "not a number"),
-    ("- h = attn(attn_norm(x))", "- h = attn(attn_norm(x), x)", "exactly one tensor argument, got 2"),
-    ("- h = attn(attn_norm(x))", "- h = attn()", "exactly one tensor argument, got 0"),
-    ("- h = attn(attn_norm(x))", "- h = attn(3)", "takes a tensor, got the constant"),
-    ("- x = layers(x)", "- x = layers(x, x)", "exactly one tensor argument"),
-    ("- x = layers(x)", "- x = layers(hidden)", "takes a tensor"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "needle"),
+    [
+        ("- x = x + h\n      - h = mlp", "- x = x + h / 0\n      - h = mlp", "division by zero"),
+        ("- x = x + h\n      - h = mlp", "- x = 3\n      - h = mlp", "assigns a constant"),
+        ("- x = x + h\n      - h = mlp", "- x = 'abc'\n      - h = mlp", "assigns a constant"),
+        ("- x = x + h\n      - h = mlp", "- x = x * 'abc'\n      - h = mlp", "not a number"),
+        ("- h = attn(attn_norm(x))", "- h = attn(attn_norm(x), x)", "exactly one tensor argument, got 2"),
+        ("- h = attn(attn_norm(x))", "- h = attn()", "exactly one tensor argument, got 0"),
+        ("- h = attn(attn_norm(x))", "- h = attn(3)", "takes a tensor, got the constant"),
+        ("- x = layers(x)", "- x = layers(x, x)", "exactly one tensor argument"),
+        ("- x = layers(x)", "- x = layers(hidden)", "takes a tensor"),
+    ],
+)
 def test_bad_statements_are_located(old: str, new: str, needle: str) -> None:
     text = _llama_with(old, new)
     problems = check_loaded(load_spec_text(text, "s.yaml"))

@@ -47,8 +47,9 @@ def test_every_shipped_spec_is_valid(validator: jsonschema.Draft202012Validator,
 
 
 def test_cli_prints_the_same_schema() -> None:
-    out = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "schema"], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "schema"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert json.loads(out.stdout) == json.loads(json.dumps(spec_json_schema()))
 
 
@@ -63,8 +64,10 @@ def test_unknown_argument_in_bad_corpus(validator: jsonschema.Draft202012Validat
 
 
 def test_unknown_top_key_and_config_entry_kind(validator: jsonschema.Draft202012Validator) -> None:
-    assert any("'serve' was unexpected" in e for e in _errors(validator, yaml.safe_load((BAD / "unknown_key.yaml")
-                                                                                       .read_text())))
+    assert any(
+        "'serve' was unexpected" in e
+        for e in _errors(validator, yaml.safe_load((BAD / "unknown_key.yaml").read_text()))
+    )
     assert _errors(validator, yaml.safe_load((BAD / "config_entry_kind.yaml").read_text()))
 
 
@@ -76,12 +79,15 @@ def test_the_issue_example_rmsnrom_with_bogus(validator: jsonschema.Draft202012V
     assert any("'bogus' was unexpected" in e for e in _errors(validator, doc))
 
 
-@pytest.mark.parametrize(("layer", "arg", "value"), [
-    ("attn_norm", "eps", [1e-5]),      # a list where a number goes
-    ("attn_norm", "dim", True),        # a bool where an integer goes
-    ("attn_norm", "dim", 0),           # not positive
-    ("attn_norm", "cast_before_weight", 1.5),
-])
+@pytest.mark.parametrize(
+    ("layer", "arg", "value"),
+    [
+        ("attn_norm", "eps", [1e-5]),  # a list where a number goes
+        ("attn_norm", "dim", True),  # a bool where an integer goes
+        ("attn_norm", "dim", 0),  # not positive
+        ("attn_norm", "cast_before_weight", 1.5),
+    ],
+)
 def test_wrong_literal_type(validator: jsonschema.Draft202012Validator, layer: str, arg: str, value: Any) -> None:
     doc = _llama()
     doc["model"]["layers"]["modules"][layer]["rmsnorm"][arg] = value
@@ -111,8 +117,12 @@ def test_required_argument_missing_in_a_full_spec_only(validator: jsonschema.Dra
     doc = _llama()
     del doc["model"]["layers"]["modules"]["attn_norm"]["rmsnorm"]["dim"]
     assert any("'dim' is a required property" in e for e in _errors(validator, doc))
-    override = {"spec_version": 1, "extends": "llama", "name": "x",
-                "model": {"layers": {"modules": {"attn_norm": {"rmsnorm": {"eps": 1e-5}}, "mlp": None}}}}
+    override = {
+        "spec_version": 1,
+        "extends": "llama",
+        "name": "x",
+        "model": {"layers": {"modules": {"attn_norm": {"rmsnorm": {"eps": 1e-5}}, "mlp": None}}},
+    }
     assert _errors(validator, override) == []
     override["model"]["layers"]["modules"]["attn_norm"] = {"rmsnorm": {"bogus": 1}}
     assert any("'bogus' was unexpected" in e for e in _errors(validator, override))
@@ -146,8 +156,13 @@ def test_writing_a_spec_worked_example_is_the_shipped_spec() -> None:
 # what a schema can know (names, keys, literal types) vs what needs the catalogue build or the
 # expression parser (validate catches those; the schema lets them through)
 SCHEMA_KNOWS = ["bad_arg.yaml", "config_entry_kind.yaml", "unknown_key.yaml", "unknown_layer.yaml"]
-NEEDS_VALIDATE = ["bad_statement.yaml", "expr_syntax.yaml", "rule_no_param.yaml", "undefined_config_name.yaml",
-                  "unsafe_expr.yaml"]
+NEEDS_VALIDATE = [
+    "bad_statement.yaml",
+    "expr_syntax.yaml",
+    "rule_no_param.yaml",
+    "undefined_config_name.yaml",
+    "unsafe_expr.yaml",
+]
 
 
 def test_bad_corpus_split(validator: jsonschema.Draft202012Validator) -> None:

@@ -29,8 +29,11 @@ from minisgl_decl.spec.load import load_spec
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("llama")
     # kv_heads=1 (replicated at tp 2/4), prime vocab (padded), biases (1-d sharded params)
-    build_reference(load_spec(SPECS / "llama.yaml"), {"num_key_value_heads": 1, "vocab_size": 97,
-                                                       "attention_bias": True, "mlp_bias": True}, directory=d)
+    build_reference(
+        load_spec(SPECS / "llama.yaml"),
+        {"num_key_value_heads": 1, "vocab_size": 97, "attention_bias": True, "mlp_bias": True},
+        directory=d,
+    )
     return d
 
 
@@ -111,8 +114,9 @@ def test_transpose_add_scalar_and_bf16_source(tmp_path: Path, monkeypatch: pytes
 
     params = (
         # a[1:4, :] stored, transposed into columns 2:5 of a [5, 7] local tensor, +1
-        ParamPlan("t", (5, 7), (5, 7), "replicated", (read("a", ((1, 4), (0, 5)), ((0, 5), (2, 5)), True),),
-                  1.0, "test:1"),
+        ParamPlan(
+            "t", (5, 7), (5, 7), "replicated", (read("a", ((1, 4), (0, 5)), ((0, 5), (2, 5)), True),), 1.0, "test:1"
+        ),
         ParamPlan("h", (4, 2), (4, 3), "column", (read("h", ((0, 4), (1, 3)), ((0, 4), (0, 2))),), None, "test:2"),
         ParamPlan("s", (), (), "replicated", (read("s", (), ()),), None, "test:3"),
     )

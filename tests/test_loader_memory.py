@@ -43,16 +43,29 @@ print(json.dumps({"growth": after - before, "largest": largest, "params": n,
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Llama, hidden 2048, ffn 5632, 5 layers, vocab 8000, F32, two shards: ~1.0 GiB, largest tensor 62.5 MiB
-    return make_checkpoint(tmp_path_factory.mktemp("big"), hidden=2048, ffn=5632, layers=5, vocab=8000, heads=16,
-                           kv_heads=4, shard_bytes=600 << 20)
+    return make_checkpoint(
+        tmp_path_factory.mktemp("big"),
+        hidden=2048,
+        ffn=5632,
+        layers=5,
+        vocab=8000,
+        heads=16,
+        kv_heads=4,
+        shard_bytes=600 << 20,
+    )
 
 
 @pytest.mark.parametrize(("tp", "rank"), [(1, 0), (2, 1)], ids=["tp1", "tp2-rank1"])
 def test_peak_rss_growth_is_about_one_tensor(big: Path, tp: int, rank: int) -> None:
     size = sum(p.stat().st_size for p in big.glob("*.safetensors"))
     assert size > 1_000_000_000
-    p = subprocess.run([sys.executable, "-c", MEASURE, str(big), str(tp), str(rank)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(big), str(tp), str(rank)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
     assert m["params"] == 3 + 9 * 5 - 5 * 3  # embed, norm, lm_head + 6 per layer (qkv, gate_up fused)

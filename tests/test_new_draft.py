@@ -21,8 +21,9 @@ TOLERANCE = 1e-4
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", *argv], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])

@@ -20,8 +20,17 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("llama", {}),  # llama3 rope scaling, head_dim 32 != 96/6, GQA 6:2, untied
     ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
     ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.5, "rope_theta": 5000.0}}),
-    ("llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
-                                   "original_max_position_embeddings": 64}}),
+    (
+        "llama",
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "rope_theta": 10000.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+    ),
     ("llama", {"attention_bias": True, "mlp_bias": True, "head_dim": None, "hidden_act": "gelu_pytorch_tanh"}),
     ("qwen2", {}),  # qkv bias, kv_heads=1, tied, sliding window on layers >= 1
     ("qwen2", {"tie_word_embeddings": False, "num_key_value_heads": 5, "use_sliding_window": False}),
@@ -38,9 +47,18 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("mixtral", {}),  # 4 experts top-2 + sliding window
     # families from issue 10 (tests/test_families*.py hold their language tests):
     ("phi3", {}),  # fused qkv_proj / gate_up_proj, partial rotary 0.75, default rope
-    ("phi3", {"rope_parameters": {  # longrope, short factors (max_position == original), attention factor 4.0
-        "rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0,
-        "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.2], "long_factor": [1.5, 2.0, 3.0, 5.0, 8.0, 13.0]}}),
+    (
+        "phi3",
+        {
+            "rope_parameters": {  # longrope, short factors (max_position == original), attention factor 4.0
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "short_factor": [1.0, 1.3, 1.9, 2.6, 3.1, 4.2],
+                "long_factor": [1.5, 2.0, 3.0, 5.0, 8.0, 13.0],
+            }
+        },
+    ),
     ("phi3", {"sliding_window": 5, "partial_rotary_factor": 1.0}),
     ("gemma", {}),  # (1 + w) fp32 norms, sqrt(hidden) embed scale, GeGLU, head_dim 24 != 96/4, tied
     ("starcoder2", {}),  # LayerNorm with bias, biases on attention and plain MLP, window 7, tied

@@ -57,6 +57,7 @@ def _edit(good: Path, tmp: Path, change: Callable[[dict[str, torch.Tensor]], Non
 @pytest.fixture
 def no_alloc(monkeypatch: pytest.MonkeyPatch) -> None:
     """Allocating a parameter or reading tensor data before the check passed is a bug."""
+
     def trap(*_a: object, **_k: object) -> None:
         raise AssertionError("allocated or read tensor data before the checkpoint was checked")
 
@@ -98,16 +99,31 @@ def _dtype(t: dict[str, torch.Tensor]) -> None:
 
 CASES: list[tuple[str, Callable[[dict[str, torch.Tensor]], None], list[str]]] = [
     ("missing", _missing, [f"missing tensor `{K}`", _rule_line(QKV), "expected shape [64, 128]", "found no such"]),
-    ("extra", _extra, ["unexpected tensor `model.layers.0.self_attn.rotary_emb.cos_cached`", "llama.yaml:",
-                       "weights.ignore", "found neither"]),
+    (
+        "extra",
+        _extra,
+        [
+            "unexpected tensor `model.layers.0.self_attn.rotary_emb.cos_cached`",
+            "llama.yaml:",
+            "weights.ignore",
+            "found neither",
+        ],
+    ),
     ("shape", _shape, [f"wrong shape for `{K}`", _rule_line(QKV), "expected [64, 128]", "found [33, 128]"]),
     ("dtype", _dtype, [f"wrong dtype for `{Q}`", _rule_line(QKV), "expected a floating type", "found I32"]),
 ]
 
 
 @pytest.mark.parametrize(("what", "change", "needles"), CASES, ids=[c[0] for c in CASES])
-def test_broken_tensor(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_alloc: None,
-                       what: str, change: Callable[[dict[str, torch.Tensor]], None], needles: list[str]) -> None:
+def test_broken_tensor(
+    good: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_alloc: None,
+    what: str,
+    change: Callable[[dict[str, torch.Tensor]], None],
+    needles: list[str],
+) -> None:
     d = _edit(good, tmp_path, change)
     with pytest.raises(CheckpointError) as exc:
         compile_spec(load_spec(LLAMA), d, 2)
@@ -145,18 +161,24 @@ def _sharded(good: Path, tmp: Path) -> Path:
     return d
 
 
-def test_index_names_a_missing_shard(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                     no_alloc: None) -> None:
+def test_index_names_a_missing_shard(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_alloc: None
+) -> None:
     d = _sharded(good, tmp_path)
     assert compile_spec(load_spec(LLAMA), d, 2).plan is not None  # the sharded copy itself is fine
     (d / "model-00002-of-00002.safetensors").unlink()
-    _cli_fails(["compile", LLAMA, "--model", str(d)], capsys, "model.safetensors.index.json names shard "
-               "`model-00002-of-00002.safetensors`", "found no such file")
+    _cli_fails(
+        ["compile", LLAMA, "--model", str(d)],
+        capsys,
+        "model.safetensors.index.json names shard `model-00002-of-00002.safetensors`",
+        "found no such file",
+    )
 
 
 @pytest.mark.parametrize("how", ["truncated", "corrupt header", "header length"])
-def test_truncated_or_corrupt_file(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                   no_alloc: None, how: str) -> None:
+def test_truncated_or_corrupt_file(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_alloc: None, how: str
+) -> None:
     d = tmp_path / "ckpt"
     shutil.copytree(good, d)
     f = d / "model.safetensors"
@@ -184,8 +206,13 @@ def test_tp_not_compatible_with_heads(good: Path, capsys: pytest.CaptureFixture[
 def test_tied_embeddings_follow_the_checkpoint(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # untied config, checkpoint without lm_head.weight: an error that says why
     d = _edit(good, tmp_path, lambda t: t.pop("lm_head.weight"))
-    _cli_fails(["compile", LLAMA, "--model", str(d)], capsys, "missing tensor `lm_head.weight`",
-               "tied_if: 'tied' is false", _rule_line("lm_head.weight"))
+    _cli_fails(
+        ["compile", LLAMA, "--model", str(d)],
+        capsys,
+        "missing tensor `lm_head.weight`",
+        "tied_if: 'tied' is false",
+        _rule_line("lm_head.weight"),
+    )
     # tied config, checkpoint still holding lm_head.weight: the embedding is used, with a warning
     cfg = json.loads((good / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))

@@ -54,10 +54,17 @@ def test_fused_tensor_that_does_not_split_evenly(tmp_path: Path, capsys: pytest.
     assert len(exc.value.problems) == 1
     assert main(["compile", str(spec_file), "--model", str(fused), "--tp", "2"]) == 1
     err = capsys.readouterr().err
-    line = next(n for n, s in enumerate(spec_file.read_text().splitlines(), 1)
-                if s.strip().startswith("layers.{i}.attn.qkv.weight:"))
-    for needle in ("fused tensor `model.layers.1.self_attn.qkv_proj.weight`", "does not split evenly",
-                   "expected 384 along dim 0 = q heads (8 x 32) | kv heads (2 x 32) | kv heads (2 x 32)",
-                   "found 385", f"llama_fused.yaml:{line}"):
+    line = next(
+        n
+        for n, s in enumerate(spec_file.read_text().splitlines(), 1)
+        if s.strip().startswith("layers.{i}.attn.qkv.weight:")
+    )
+    for needle in (
+        "fused tensor `model.layers.1.self_attn.qkv_proj.weight`",
+        "does not split evenly",
+        "expected 384 along dim 0 = q heads (8 x 32) | kv heads (2 x 32) | kv heads (2 x 32)",
+        "found 385",
+        f"llama_fused.yaml:{line}",
+    ):
         assert needle in err, err
     assert "Traceback" not in err

@@ -53,8 +53,10 @@ def _qkv(heads: int, kv: int, hd: int = 2):  # type: ignore[no-untyped-def]
     return merged_column("qkv", ((heads + 2 * kv) * hd, 4), qkv_segments(args), "qkv"), args
 
 
-@pytest.mark.parametrize(("heads", "kv", "tp"), [(8, 2, 1), (8, 2, 2), (8, 2, 4), (8, 2, 8), (8, 1, 4),
-                                                 (8, 8, 4), (4, 4, 2), (6, 3, 3), (8, 4, 8)])
+@pytest.mark.parametrize(
+    ("heads", "kv", "tp"),
+    [(8, 2, 1), (8, 2, 2), (8, 2, 4), (8, 2, 8), (8, 1, 4), (8, 8, 4), (4, 4, 2), (6, 3, 3), (8, 4, 8)],
+)
 def test_qkv_gqa_each_rank_gets_its_q_heads_and_their_kv_head(heads: int, kv: int, tp: int) -> None:
     """Rank r's q heads must sit with the kv heads they attend to (HF: q head h uses kv head h // group)."""
     hd = 2
@@ -67,8 +69,11 @@ def test_qkv_gqa_each_rank_gets_its_q_heads_and_their_kv_head(heads: int, kv: in
     kv_seen: list[int] = []
     for idx in owned:
         assert len(idx) == (q_local + 2 * kv_local) * hd
-        q_rows, k_rows, v_rows = idx[: q_local * hd], idx[q_local * hd : (q_local + kv_local) * hd], idx[
-            (q_local + kv_local) * hd :]
+        q_rows, k_rows, v_rows = (
+            idx[: q_local * hd],
+            idx[q_local * hd : (q_local + kv_local) * hd],
+            idx[(q_local + kv_local) * hd :],
+        )
         q_heads = sorted({i // hd for i in q_rows})
         k_heads = sorted({(i - heads * hd) // hd for i in k_rows})
         v_heads = sorted({(i - (heads + kv) * hd) // hd for i in v_rows})
@@ -83,11 +88,14 @@ def test_qkv_gqa_each_rank_gets_its_q_heads_and_their_kv_head(heads: int, kv: in
         assert sorted(kv_seen) == list(range(kv))
 
 
-@pytest.mark.parametrize(("heads", "kv", "tp", "needle"), [
-    (6, 2, 4, "tp=4 does not divide q heads (6)"),
-    (6, 3, 2, "tp=2 does not divide kv heads (3)"),
-    (12, 4, 6, "tp=6 is not a multiple of kv heads (4)"),
-])
+@pytest.mark.parametrize(
+    ("heads", "kv", "tp", "needle"),
+    [
+        (6, 2, 4, "tp=4 does not divide q heads (6)"),
+        (6, 3, 2, "tp=2 does not divide kv heads (3)"),
+        (12, 4, 6, "tp=6 is not a multiple of kv heads (4)"),
+    ],
+)
 def test_tp_incompatible_with_heads_is_a_clear_error(heads: int, kv: int, tp: int, needle: str) -> None:
     decl, _ = _qkv(heads, kv)
     with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):

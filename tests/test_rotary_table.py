@@ -26,8 +26,9 @@ def test_rotary_matches_hf_rotate_half_including_positions_past_the_table() -> N
     pos = torch.tensor([0, 4, 15, 16, 40])  # the last two are past the 16-row table
     freqs = pos.float()[:, None] * mod.inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    rot_q, rot_k = apply_rotary_pos_emb(q[..., :16].transpose(0, 1), k[..., :16].transpose(0, 1),
-                                        emb.cos(), emb.sin(), unsqueeze_dim=0)
+    rot_q, rot_k = apply_rotary_pos_emb(
+        q[..., :16].transpose(0, 1), k[..., :16].transpose(0, 1), emb.cos(), emb.sin(), unsqueeze_dim=0
+    )
     gq, gk = q.clone(), k.clone()
     mod(gq, gk, pos)
     torch.testing.assert_close(gq[..., :16], rot_q.transpose(0, 1), atol=2e-6, rtol=1e-6)

@@ -91,8 +91,13 @@ def test_greedy_rows_exact_in_a_mixed_batch() -> None:
 def test_logprobs_are_log_softmax_of_raw_logits_with_sorted_alternatives() -> None:
     vocab = 50
     sampler = Sampler(vocab, CPU)
-    sampler.add(1, SamplingParams(temperature=0.8, logprobs=True, top_logprobs=5, repetition_penalty=1.7,
-                                  logit_bias={3: 4.0}, seed=5), [3, 4])
+    sampler.add(
+        1,
+        SamplingParams(
+            temperature=0.8, logprobs=True, top_logprobs=5, repetition_penalty=1.7, logit_bias={3: 4.0}, seed=5
+        ),
+        [3, 4],
+    )
     sampler.add(2, SamplingParams(temperature=0.0), [])
     sampler.add(3, SamplingParams(temperature=0.0, logprobs=True), [])
     logits = _logits(3, vocab, seed=9)
@@ -125,12 +130,14 @@ def test_logprobs_are_log_softmax_of_raw_logits_with_sorted_alternatives() -> No
     prompt=st.lists(st.integers(0, 7), max_size=6),
     bias=st.dictionaries(st.integers(0, 7), st.floats(-3, 3), max_size=3),
 )
-def test_penalties_and_bias_match_reference(seed: int, rep: float, freq: float, pres: float, prompt: list[int],
-                                            bias: dict[int, float]) -> None:
+def test_penalties_and_bias_match_reference(
+    seed: int, rep: float, freq: float, pres: float, prompt: list[int], bias: dict[int, float]
+) -> None:
     """Greedy over penalised logits, step after step, equals the argmax of the reference logits."""
     vocab = 8
-    params = SamplingParams(temperature=0.0, repetition_penalty=rep, frequency_penalty=freq,
-                            presence_penalty=pres, logit_bias=bias)
+    params = SamplingParams(
+        temperature=0.0, repetition_penalty=rep, frequency_penalty=freq, presence_penalty=pres, logit_bias=bias
+    )
     sampler = Sampler(vocab, CPU)
     sampler.add(0, SamplingParams(temperature=0.0), [])  # a neighbour without penalties
     sampler.add(1, params, prompt)
@@ -198,8 +205,9 @@ def test_logit_bias_outside_vocabulary_is_a_request_error() -> None:
     min_p=st.sampled_from([0.0, 0.05, 0.3, 0.9]),
     scale=st.sampled_from([0.1, 2.0, 8.0]),
 )
-def test_filters_never_sample_outside_the_allowed_set(seed: int, temperature: float, top_k: int, top_p: float,
-                                                      min_p: float, scale: float) -> None:
+def test_filters_never_sample_outside_the_allowed_set(
+    seed: int, temperature: float, top_k: int, top_p: float, min_p: float, scale: float
+) -> None:
     vocab, draws = 12, 64
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     row = _logits(1, vocab, seed=seed, scale=scale)
@@ -212,8 +220,12 @@ def test_filters_never_sample_outside_the_allowed_set(seed: int, temperature: fl
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), top_p=st.floats(0.01, 0.999), levels=st.sampled_from([0, 3, 20]),
-       scale=st.sampled_from([0.3, 3.0, 30.0]))
+@given(
+    seed=st.integers(0, 10_000),
+    top_p=st.floats(0.01, 0.999),
+    levels=st.sampled_from([0, 3, 20]),
+    scale=st.sampled_from([0.3, 3.0, 30.0]),
+)
 def test_top_p_radix_select_keeps_exactly_the_nucleus(seed: int, top_p: float, levels: int, scale: float) -> None:
     """Keep token i iff the mass of strictly more likely tokens is below top_p (ties kept together)."""
     logits = _logits(3, 60, seed=seed, scale=scale)
@@ -311,8 +323,15 @@ def test_one_host_transfer_per_sample_call(monkeypatch: pytest.MonkeyPatch) -> N
     all_features = [
         SamplingParams(temperature=0.0),
         SamplingParams(temperature=0.8, top_k=20, top_p=0.8, min_p=0.05, seed=3),
-        SamplingParams(temperature=1.2, repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2,
-                       logit_bias={5: 2.0}, logprobs=True, top_logprobs=4),
+        SamplingParams(
+            temperature=1.2,
+            repetition_penalty=1.3,
+            frequency_penalty=0.5,
+            presence_penalty=0.2,
+            logit_bias={5: 2.0},
+            logprobs=True,
+            top_logprobs=4,
+        ),
         SamplingParams(temperature=0.5, seed=9, logprobs=True),
         SamplingParams(temperature=0.7),
     ]
@@ -322,8 +341,9 @@ def test_one_host_transfer_per_sample_call(monkeypatch: pytest.MonkeyPatch) -> N
     for name in _SYNCING:
         original = getattr(torch.Tensor, name)
 
-        def counting(self: torch.Tensor, *args: object, _name: str = name, _orig: object = original,
-                     **kwargs: object) -> object:
+        def counting(
+            self: torch.Tensor, *args: object, _name: str = name, _orig: object = original, **kwargs: object
+        ) -> object:
             calls.append(_name)
             return _orig(self, *args, **kwargs)  # type: ignore[operator]
 
@@ -342,8 +362,21 @@ def test_one_device_to_host_copy_per_step_on_cuda() -> None:
     device = torch.device("cuda")
     sampler = Sampler(32000, device)
     sampler.add(0, SamplingParams(temperature=0.0), [1])
-    sampler.add(1, SamplingParams(temperature=0.8, top_k=20, top_p=0.8, min_p=0.05, seed=3, logprobs=True,
-                                  top_logprobs=3, repetition_penalty=1.2, logit_bias={5: 1.0}), [1, 2])
+    sampler.add(
+        1,
+        SamplingParams(
+            temperature=0.8,
+            top_k=20,
+            top_p=0.8,
+            min_p=0.05,
+            seed=3,
+            logprobs=True,
+            top_logprobs=3,
+            repetition_penalty=1.2,
+            logit_bias={5: 1.0},
+        ),
+        [1, 2],
+    )
     sampler.add(2, SamplingParams(temperature=0.9), [])
     logits = torch.randn(3, 32000, device=device)
     sampler.sample(logits, [0, 1, 2])  # warm-up

@@ -23,12 +23,28 @@ from server_proc import ServerProcess, demo_model
 
 KEY = "test-key-123"
 MAX_MODEL_LEN = 512
-PROMPTS = ["The capital of France is", "Water boils at", "One, two, three,", "The opposite of hot is",
-           "My favourite colour is", "In 1492, Columbus", "The largest planet is", "Bread is made from",
-           "A haiku about rain:", "Cats and dogs are", "The sun rises in the", "To make tea, first",
-           "Python is a programming", "The moon orbits the", "Snow is usually", "A square has four"]
-LONG = ("The history of the printing press begins in the fifteenth century, when movable type changed how "
-        "books were made and how knowledge travelled across Europe. ") * 8
+PROMPTS = [
+    "The capital of France is",
+    "Water boils at",
+    "One, two, three,",
+    "The opposite of hot is",
+    "My favourite colour is",
+    "In 1492, Columbus",
+    "The largest planet is",
+    "Bread is made from",
+    "A haiku about rain:",
+    "Cats and dogs are",
+    "The sun rises in the",
+    "To make tea, first",
+    "Python is a programming",
+    "The moon orbits the",
+    "Snow is usually",
+    "A square has four",
+]
+LONG = (
+    "The history of the printing press begins in the fifteenth century, when movable type changed how "
+    "books were made and how knowledge travelled across Europe. "
+) * 8
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +52,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     demo = demo_model()
     cache = tmp_path_factory.mktemp("cache")
     (cache / "smollm2-135m-instruct").symlink_to(demo.resolve(), target_is_directory=True)
-    proc = ServerProcess(["--api-key", KEY, "--max-model-len", str(MAX_MODEL_LEN), "--max-kv-tokens", "4096"],
-                         env={"MINISGL_DECL_CACHE": str(cache)})
+    proc = ServerProcess(
+        ["--api-key", KEY, "--max-model-len", str(MAX_MODEL_LEN), "--max-kv-tokens", "4096"],
+        env={"MINISGL_DECL_CACHE": str(cache)},
+    )
     yield proc
     proc.stop()
 
@@ -78,14 +96,19 @@ def test_banner_models_health(server: ServerProcess, client: openai.OpenAI) -> N
 
 
 def test_completion_and_chat(client: openai.OpenAI) -> None:
-    r = client.completions.create(model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=6,
-                                  temperature=0)
+    r = client.completions.create(
+        model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=6, temperature=0
+    )
     assert r.object == "text_completion" and len(r.choices) == 1
     assert r.choices[0].finish_reason == "length" and r.choices[0].text.strip()
     assert r.usage is not None and r.usage.completion_tokens == 6
     assert r.usage.prompt_tokens == 5  # The / capital / of / France / is: no BOS for this tokenizer
-    c = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8, temperature=0,
-                                       messages=[{"role": "user", "content": "What is the capital of France?"}])
+    c = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        max_tokens=8,
+        temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
     assert c.object == "chat.completion" and c.choices[0].message.role == "assistant"
     assert "Paris" in (c.choices[0].message.content or ""), c.choices[0].message.content
     assert c.usage is not None and c.usage.prompt_tokens > 10  # the chat template was applied
@@ -110,24 +133,37 @@ def test_token_id_prompts_and_prompt_lists(client: openai.OpenAI) -> None:
 
 def test_stream_equals_non_stream(client: openai.OpenAI) -> None:
     full = _greedy(client, "Once upon a time", 12)
-    chunks = list(client.completions.create(model="smollm2-135m-instruct", prompt="Once upon a time", max_tokens=12,
-                                            temperature=0, stream=True))
+    chunks = list(
+        client.completions.create(
+            model="smollm2-135m-instruct", prompt="Once upon a time", max_tokens=12, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full
     assert chunks[-1].choices[0].finish_reason == "length"
     messages = [{"role": "user", "content": "Name three fruits."}]
-    chat = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=12,
-                                          temperature=0)
-    streamed = list(client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=12,
-                                                   temperature=0, stream=True))
+    chat = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=messages, max_tokens=12, temperature=0
+    )
+    streamed = list(
+        client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=messages, max_tokens=12, temperature=0, stream=True
+        )
+    )
     assert streamed[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == chat.choices[0].message.content
 
 
 def test_stream_ends_with_done_and_usage(server: ServerProcess) -> None:
-    body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 5, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=300,
-                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+    body = {
+        "prompt": "Count: 1, 2, 3,",
+        "max_tokens": 5,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=body, timeout=300, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -139,16 +175,29 @@ def test_stream_ends_with_done_and_usage(server: ServerProcess) -> None:
 
 
 def test_n_choices(client: openai.OpenAI) -> None:
-    greedy = client.completions.create(model="smollm2-135m-instruct", prompt="The sky is", max_tokens=8,
-                                       temperature=0, n=2)
+    greedy = client.completions.create(
+        model="smollm2-135m-instruct", prompt="The sky is", max_tokens=8, temperature=0, n=2
+    )
     assert [c.index for c in greedy.choices] == [0, 1]
     assert greedy.choices[0].text == greedy.choices[1].text == _greedy(client, "The sky is")
     assert greedy.usage is not None and greedy.usage.completion_tokens == 16
-    sampled = client.chat.completions.create(model="smollm2-135m-instruct", n=2, max_tokens=8, temperature=1.0,
-                                             seed=7, messages=[{"role": "user", "content": "Tell me a word."}])
+    sampled = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        n=2,
+        max_tokens=8,
+        temperature=1.0,
+        seed=7,
+        messages=[{"role": "user", "content": "Tell me a word."}],
+    )
     assert sorted(c.index for c in sampled.choices) == [0, 1]
-    again = client.chat.completions.create(model="smollm2-135m-instruct", n=2, max_tokens=8, temperature=1.0,
-                                           seed=7, messages=[{"role": "user", "content": "Tell me a word."}])
+    again = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        n=2,
+        max_tokens=8,
+        temperature=1.0,
+        seed=7,
+        messages=[{"role": "user", "content": "Tell me a word."}],
+    )
     assert [c.message.content for c in again.choices] == [c.message.content for c in sampled.choices]
 
 
@@ -159,8 +208,14 @@ def test_stop_strings(client: openai.OpenAI) -> None:
     stop = words[2]
     cut = full[: full.index(stop)]
     for stream in (False, True):
-        r = client.completions.create(model="smollm2-135m-instruct", prompt="One, two, three,", max_tokens=16,
-                                      temperature=0, stop=[stop, "never-appears-xyz"], stream=stream)
+        r = client.completions.create(
+            model="smollm2-135m-instruct",
+            prompt="One, two, three,",
+            max_tokens=16,
+            temperature=0,
+            stop=[stop, "never-appears-xyz"],
+            stream=stream,
+        )
         if stream:
             chunks = list(r)
             text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -173,8 +228,14 @@ def test_stop_strings(client: openai.OpenAI) -> None:
 
 def test_seed_reproducible(client: openai.OpenAI) -> None:
     def sample(seed: int) -> str:
-        r = client.completions.create(model="smollm2-135m-instruct", prompt="My favourite animal is", max_tokens=12,
-                                      temperature=1.2, top_p=0.95, seed=seed)
+        r = client.completions.create(
+            model="smollm2-135m-instruct",
+            prompt="My favourite animal is",
+            max_tokens=12,
+            temperature=1.2,
+            top_p=0.95,
+            seed=seed,
+        )
         return r.choices[0].text
 
     first = sample(1234)
@@ -183,8 +244,9 @@ def test_seed_reproducible(client: openai.OpenAI) -> None:
 
 
 def test_logprobs(client: openai.OpenAI) -> None:
-    r = client.completions.create(model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=4,
-                                  temperature=0, logprobs=3)
+    r = client.completions.create(
+        model="smollm2-135m-instruct", prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=3
+    )
     lp = r.choices[0].logprobs
     assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
@@ -193,8 +255,14 @@ def test_logprobs(client: openai.OpenAI) -> None:
         assert value <= 0 and 1 <= len(top) <= 3
         assert max(top.values()) == pytest.approx(value, abs=1e-4)  # greedy: the chosen token is the most likely
         assert top[chosen] == pytest.approx(value, abs=1e-4)
-    c = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=4, temperature=0, logprobs=True,
-                                       top_logprobs=2, messages=[{"role": "user", "content": "Hi!"}])
+    c = client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        messages=[{"role": "user", "content": "Hi!"}],
+    )
     content = c.choices[0].logprobs.content if c.choices[0].logprobs else None
     assert content is not None and len(content) == 4
     assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in content)
@@ -219,8 +287,9 @@ def test_concurrent_streams_equal_one_by_one(server: ServerProcess, client: open
         aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=300)
 
         async def one(p: str) -> str:
-            stream = await aclient.completions.create(model="smollm2-135m-instruct", prompt=p, max_tokens=6,
-                                                      temperature=0, stream=True)
+            stream = await aclient.completions.create(
+                model="smollm2-135m-instruct", prompt=p, max_tokens=6, temperature=0, stream=True
+            )
             return "".join([c.choices[0].text async for c in stream if c.choices])
 
         try:
@@ -233,8 +302,12 @@ def test_concurrent_streams_equal_one_by_one(server: ServerProcess, client: open
 
 def _busy(server: ServerProcess) -> float:
     m = _metrics(server)
-    return (m[("minisgl_kv_tokens_used", ())] - m[("minisgl_kv_tokens_evictable", ())]
-            + m[("minisgl_requests_running", ())] + m[("minisgl_requests_waiting", ())])
+    return (
+        m[("minisgl_kv_tokens_used", ())]
+        - m[("minisgl_kv_tokens_evictable", ())]
+        + m[("minisgl_requests_running", ())]
+        + m[("minisgl_requests_waiting", ())]
+    )
 
 
 def test_disconnect_aborts_and_frees_kv(server: ServerProcess, client: openai.OpenAI) -> None:
@@ -244,16 +317,18 @@ def test_disconnect_aborts_and_frees_kv(server: ServerProcess, client: openai.Op
     results: dict[int, str] = {}
 
     def run(i: int) -> None:
-        stream = client.completions.create(model="smollm2-135m-instruct", prompt=others[i], max_tokens=16,
-                                           temperature=0, stream=True)
+        stream = client.completions.create(
+            model="smollm2-135m-instruct", prompt=others[i], max_tokens=16, temperature=0, stream=True
+        )
         results[i] = "".join(c.choices[0].text for c in stream if c.choices)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(others))]
     for t in threads:
         t.start()
     body = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 400, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=300,
-                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=body, timeout=300, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
         chunks = []
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -277,8 +352,12 @@ def test_disconnect_while_waiting_for_a_non_streamed_reply(server: ServerProcess
     aborted_before = _metrics(server).get(("minisgl_requests_aborted_total", ()), 0.0)
     body = {"prompt": "Once upon a time, in a land far away,", "max_tokens": 400, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(300, read=2.0),
-                   headers={"Authorization": f"Bearer {KEY}"})
+        httpx.post(
+            f"{server.url}/v1/completions",
+            json=body,
+            timeout=httpx.Timeout(300, read=2.0),
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
     deadline = time.monotonic() + 60
     while _busy(server) != 0 and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -320,12 +399,24 @@ BAD_CHAT: list[tuple[str, Any, int, str | None]] = [
     ("unknown role", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
     ("content wrong type", {"messages": [{"role": "user", "content": 42}]}, 400, "messages[0].content"),
     ("messages wrong type", {"messages": "hello"}, 400, "messages"),
-    ("max_completion_tokens 0", {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0},
-     400, "max_completion_tokens"),
-    ("top_logprobs without logprobs", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
-     400, "top_logprobs"),
-    ("chat prompt longer than context", {"messages": [{"role": "user", "content": "word " * MAX_MODEL_LEN}]},
-     400, "messages"),
+    (
+        "max_completion_tokens 0",
+        {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0},
+        400,
+        "max_completion_tokens",
+    ),
+    (
+        "top_logprobs without logprobs",
+        {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+        400,
+        "top_logprobs",
+    ),
+    (
+        "chat prompt longer than context",
+        {"messages": [{"role": "user", "content": "word " * MAX_MODEL_LEN}]},
+        400,
+        "messages",
+    ),
 ]
 
 
@@ -350,8 +441,12 @@ def test_bad_chat_input(server: ServerProcess, what: str, body: Any, status: int
 
 
 def test_body_without_json_content_type(server: ServerProcess) -> None:
-    r = httpx.post(f"{server.url}/v1/completions", content=b'{"prompt": "hi"}', timeout=60,
-                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"})
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        content=b'{"prompt": "hi"}',
+        timeout=60,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"},
+    )
     _assert_openai_error(r, 400, None)
     assert "Content-Type: application/json" in r.json()["error"]["message"]
 
@@ -402,8 +497,9 @@ def test_zz_sigterm_finishes_in_flight_and_exits_0(server: ServerProcess, client
     started = threading.Event()
 
     def run() -> None:
-        stream = client.completions.create(model="smollm2-135m-instruct", prompt="The largest planet is",
-                                           max_tokens=10, temperature=0, stream=True)
+        stream = client.completions.create(
+            model="smollm2-135m-instruct", prompt="The largest planet is", max_tokens=10, temperature=0, stream=True
+        )
         parts, reasons = [], []
         for c in stream:
             started.set()
@@ -422,4 +518,3 @@ def test_zz_sigterm_finishes_in_flight_and_exits_0(server: ServerProcess, client
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
     assert "Traceback" not in server.output(), server.output()
-

@@ -36,14 +36,20 @@ def test_bad_serve_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path)
 
 def test_hub_id_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "serve", "--model", "no-such-org/no-such-model"],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "serve", "--model", "no-such-org/no-such-model"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr
     assert "Hugging Face hub did not provide it" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_prepare_reuses_a_prepared_directory_and_refuses_a_foreign_one(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_reuses_a_prepared_directory_and_refuses_a_foreign_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     demo = demo_model()
     assert is_prepared(demo) and prepare(demo) == demo  # no download: nothing to do
     foreign = tmp_path / "not-a-model"
@@ -74,17 +80,25 @@ def test_pydantic_locations_become_params() -> None:
     assert _param(("body", "stop", "list[str]", 0)) == "stop"
     assert _param(("body", "logit_bias", "50256")) == "logit_bias.50256"
     assert _param(("body",)) is None
-    err = validation_error([{"type": "json_invalid", "loc": ("body", 3), "msg": "JSON decode error",
-                             "ctx": {"error": "Expecting value"}}])
+    err = validation_error(
+        [{"type": "json_invalid", "loc": ("body", 3), "msg": "JSON decode error", "ctx": {"error": "Expecting value"}}]
+    )
     assert err.status == 400 and err.param is None and err.code == "invalid_json"
 
 
 def test_engine_invalid_request_is_a_400_with_its_param() -> None:
-    err = from_invalid_request(InvalidRequest("prompt + max_tokens needs 9000 KV slots; the pool has 4096",
-                                              "max_tokens"))
+    err = from_invalid_request(
+        InvalidRequest("prompt + max_tokens needs 9000 KV slots; the pool has 4096", "max_tokens")
+    )
     assert err.status == 400
-    assert err.body() == {"error": {"message": "prompt + max_tokens needs 9000 KV slots; the pool has 4096",
-                                    "type": "invalid_request_error", "param": "max_tokens", "code": "invalid_value"}}
+    assert err.body() == {
+        "error": {
+            "message": "prompt + max_tokens needs 9000 KV slots; the pool has 4096",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "invalid_value",
+        }
+    }
 
 
 def test_query_hint() -> None:

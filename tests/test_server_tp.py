@@ -26,9 +26,18 @@ def _tiny_llama(out: Path) -> Path:
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(demo_model()))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float()
     model.save_pretrained(out, safe_serialization=True)
@@ -39,11 +48,21 @@ def _tiny_llama(out: Path) -> Path:
 
 def _greedy_texts(server: ServerProcess) -> tuple[list[str], str]:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
-    texts = [client.completions.create(model=server.model, prompt=p, max_tokens=12, temperature=0,
-                                       extra_body={"ignore_eos": True}).choices[0].text for p in PROMPTS]
-    chat = client.chat.completions.create(model=server.model, max_tokens=12, temperature=0,
-                                          extra_body={"ignore_eos": True},
-                                          messages=[{"role": "user", "content": "What is the capital of France?"}])
+    texts = [
+        client.completions.create(
+            model=server.model, prompt=p, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+        for p in PROMPTS
+    ]
+    chat = client.chat.completions.create(
+        model=server.model,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
     return texts, chat.choices[0].message.content or ""
 
 

@@ -17,15 +17,36 @@ from minisgl_decl.validate import check_loaded
 BASE = yaml.safe_load((SPECS / "qwen3.yaml").read_text())
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from(["hidden", "heads // 0", "x.y", "__import__('os')", "[i for i in range(layers)]", "'silu'",
-                     "rmsnorm", "attention", "h = attn(x)", "{i}", "", "layers.{i}.attn.qkv.weight", "1e9999",
-                     "hidden ** 99999", "range(10**9)"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "hidden",
+            "heads // 0",
+            "x.y",
+            "__import__('os')",
+            "[i for i in range(layers)]",
+            "'silu'",
+            "rmsnorm",
+            "attention",
+            "h = attn(x)",
+            "{i}",
+            "",
+            "layers.{i}.attn.qkv.weight",
+            "1e9999",
+            "hidden ** 99999",
+            "range(10**9)",
+        ]
+    ),
     st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:

@@ -28,8 +28,10 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
         {"spec": str(SPECS / "llama.yaml"), "overrides": {"num_key_value_heads": 1}},  # kv=1: replicated
         {"spec": str(SPECS / "llama.yaml"), "overrides": {"num_key_value_heads": 4}},  # kv=4: split at tp 2/4
         # unusual sizes: prime vocab (padded shards), ffn not a power of two, tied embeddings
-        {"spec": str(SPECS / "qwen3.yaml"), "overrides": {"vocab_size": 97 if tp == 2 else 101,
-                                                          "intermediate_size": 60, "tie_word_embeddings": True}},
+        {
+            "spec": str(SPECS / "qwen3.yaml"),
+            "overrides": {"vocab_size": 97 if tp == 2 else 101, "intermediate_size": 60, "tie_word_embeddings": True},
+        },
         {"spec": str(spec_file), "model": str(fused_dir), "reference": str(original)},  # fused qkv / gate_up
         # routed experts: every expert's ffn sharded like a dense MLP, router replicated
         {"spec": str(SPECS / "qwen3_moe.yaml")},
@@ -41,8 +43,20 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
     return cases
 
 
-FAMILIES_TP2 = ("phi3", "gemma", "starcoder2", "phi", "smollm3", "stablelm", "qwen2_moe", "olmo2", "gpt_neox",
-                "cohere", "gpt2", "olmoe")
+FAMILIES_TP2 = (
+    "phi3",
+    "gemma",
+    "starcoder2",
+    "phi",
+    "smollm3",
+    "stablelm",
+    "qwen2_moe",
+    "olmo2",
+    "gpt_neox",
+    "cohere",
+    "gpt2",
+    "olmoe",
+)
 FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     # parallel residual; kv=1 < tp: the per-head k norm row and full-width k stats on replicated heads
     ("stablelm", {"use_parallel_residual": True, "num_key_value_heads": 1}),
@@ -78,8 +92,13 @@ def test_every_case_matches_transformers(group: tuple[int, list[dict[str, Any]]]
 
 
 def test_cli_check_tp2_prints_the_tp1_report() -> None:
-    p = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "check", "specs/qwen3.yaml", "--tp", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "check", "specs/qwen3.yaml", "--tp", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("check qwen3: tiny random Qwen3ForCausalLM") and "tp=2" in lines[0]

@@ -23,8 +23,10 @@ GOLDEN: dict[str, list[tuple[str, str, str]]] = {
     "undefined_config_name.yaml": [("ffn: ffn_size", "ffn_size", "undefined config name `ffn_size`")],
     "expr_syntax.yaml": [("hidden // * heads", "* heads", "expression syntax error")],
     "rule_no_param.yaml": [("attn.out.weight", "layers.{i}.attn.out.weight", "produces no parameter")],
-    "unknown_key.yaml": [("serve:", "serve:", "unknown key `serve`; did you mean `serves`?"),
-                         ("spec_version", "spec_version", "missing required key `serves`")],
+    "unknown_key.yaml": [
+        ("serve:", "serve:", "unknown key `serve`; did you mean `serves`?"),
+        ("spec_version", "spec_version", "missing required key `serves`"),
+    ],
     "bad_statement.yaml": [("h = mlp(mlpnorm(x))", "mlpnorm", "unknown module `mlpnorm`")],
     "unsafe_expr.yaml": [("__import__", "__import__", "is not allowed")],
     "bad_arg.yaml": [("activation: act", "activation", "`gated_mlp` has no argument `activation`")],
@@ -68,19 +70,24 @@ def test_all_shipped_specs_validate() -> None:
 
 
 def test_validate_cli_reports_all_errors_and_exit_status(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(SPECS)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(SPECS)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     n = len(list(SPECS.glob("*.yaml")))
     assert n >= 6 and f"{n} spec(s) checked, {n} valid, 0 error(s)" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(BAD)],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(BAD)], capture_output=True, text=True
+    )
     assert bad.returncode == 1
     assert "Traceback" not in bad.stdout + bad.stderr
     for name in GOLDEN:  # every file's errors are printed, not just the first file's
         assert f"{BAD / name}:" in bad.stdout
-    missing = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(tmp_path / "nope")],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "validate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -90,13 +97,18 @@ def test_duplicate_keys_and_cycles_are_located() -> None:
     from minisgl_decl.validate import check_loaded
 
     text = (SPECS / "llama.yaml").read_text()
-    dup = text.replace("  layers:    {from: num_hidden_layers, type: int}\n",
-                       "  layers:    {from: num_hidden_layers, type: int}\n  layers: {value: 2}\n", 1)
+    dup = text.replace(
+        "  layers:    {from: num_hidden_layers, type: int}\n",
+        "  layers:    {from: num_hidden_layers, type: int}\n  layers: {value: 2}\n",
+        1,
+    )
     with pytest.raises(SpecError) as exc:
         load_spec_text(dup, "dup.yaml")
     assert "duplicate key `layers`" in str(exc.value)
-    cyc = text.replace("head_dim:  {from: head_dim, default: hidden // heads, type: int}",
-                       "head_dim:  {expr: hidden // heads + ffn2}\n  ffn2: {expr: head_dim * 2}")
+    cyc = text.replace(
+        "head_dim:  {from: head_dim, default: hidden // heads, type: int}",
+        "head_dim:  {expr: hidden // heads + ffn2}\n  ffn2: {expr: head_dim * 2}",
+    )
     problems = check_loaded(load_spec_text(cyc, "cyc.yaml"))
     assert any("depend on each other" in p.message for p in problems)
     line = cyc.splitlines().index("  ffn2: {expr: head_dim * 2}") + 1

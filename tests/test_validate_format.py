@@ -16,8 +16,13 @@ BAD = ROOT / "tests" / "specs" / "bad"
 
 
 def _validate(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", "validate", *argv], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minisgl_decl.cli.main", "validate", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_json_lists_each_error_with_its_location() -> None:

@@ -42,9 +42,16 @@ class RequestResult:
 
 
 def request_body(model: str, req: BenchRequest) -> dict[str, Any]:
-    return {"model": model, "prompt": list(req.prompt_ids), "max_tokens": req.output_len, "temperature": 0.0,
-            "ignore_eos": True, "min_tokens": req.output_len, "stream": True,
-            "stream_options": {"include_usage": True}}
+    return {
+        "model": model,
+        "prompt": list(req.prompt_ids),
+        "max_tokens": req.output_len,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "min_tokens": req.output_len,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchRequest) -> RequestResult:
@@ -59,7 +66,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
             async for line in resp.aiter_lines():
                 if not line.startswith("data: "):
                     continue
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
                 now = time.perf_counter()
                 if data == "[DONE]":
                     res.e2e = now - start
@@ -88,17 +95,21 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
     return res
 
 
-async def run_load(url: str, model: str, requests: list[BenchRequest], offsets: list[float],
-                   concurrency: int, transport: httpx.AsyncBaseTransport | None = None
-                   ) -> tuple[list[RequestResult], float]:
+async def run_load(
+    url: str,
+    model: str,
+    requests: list[BenchRequest],
+    offsets: list[float],
+    concurrency: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[list[RequestResult], float]:
     """Send `requests[i]` at `offsets[i]` seconds (at most `concurrency` in flight); results and wall time.
 
     `transport` replaces the network (tests pass an `httpx.MockTransport`).
     """
     limit = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT_S), limits=limits,
-                                 transport=transport) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT_S), limits=limits, transport=transport) as client:
         start = time.perf_counter()
 
         async def scheduled(req: BenchRequest, at: float) -> RequestResult:

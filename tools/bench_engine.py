@@ -47,8 +47,13 @@ def hf_one(hf: torch.nn.Module, p: list[int], new: int) -> float:
     """Seconds for transformers `generate` on one prompt, exactly `new` tokens."""
     with torch.inference_mode():
         t = time.perf_counter()
-        out = hf.generate(torch.tensor([p]), max_new_tokens=new, min_new_tokens=new,  # type: ignore[operator]
-                          do_sample=False, pad_token_id=0)
+        out = hf.generate(
+            torch.tensor([p]),
+            max_new_tokens=new,
+            min_new_tokens=new,  # type: ignore[operator]
+            do_sample=False,
+            pad_token_id=0,
+        )
         seconds = time.perf_counter() - t
     assert out.shape[1] == len(p) + new
     return seconds
@@ -71,8 +76,7 @@ def sweep_chunk(args: argparse.Namespace, vocab: int) -> None:
     loaded = None
     print("chunk  prefill tok/s  longest step (ms)  decode-only step (ms)")
     for chunk in args.chunks:
-        llm = LLM(EngineConfig(model=args.model, chunked_prefill_size=chunk, prefix_cache=False),
-                  loaded=loaded)
+        llm = LLM(EngineConfig(model=args.model, chunked_prefill_size=chunk, prefix_cache=False), loaded=loaded)
         loaded = llm.loaded
         core = llm.core
         for i, p in enumerate(short):
@@ -90,8 +94,7 @@ def sweep_chunk(args: argparse.Namespace, vocab: int) -> None:
             core.step()
             steps.append(time.perf_counter() - t)
         total = time.perf_counter() - t0
-        print(f"{chunk:5d}  {len(long) / total:13.0f}  {max(steps) * 1e3:17.0f}  {decode_only * 1e3:21.0f}",
-              flush=True)
+        print(f"{chunk:5d}  {len(long) / total:13.0f}  {max(steps) * 1e3:17.0f}  {decode_only * 1e3:21.0f}", flush=True)
 
 
 def main() -> None:
@@ -111,9 +114,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import transformers
 
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     vocab = 49152
     if args.sweep_chunk:
         sweep_chunk(args, vocab)
@@ -134,8 +139,11 @@ def main() -> None:
     print(f"input {args.input_len}, output {args.output_len} tokens, greedy, float32")
     print(f"transformers generate, batch 1:      {base:7.1f} tok/s  (again after the concurrent run: {after:.1f})")
     print(f"engine, batch 1:                     {one:7.1f} tok/s  ({one / base:.2f}x)")
-    print(f"engine, {args.concurrency:2d} concurrent:               {many:7.1f} tok/s  "
-          f"({many / base:.2f}x; {many / after:.2f}x of the second baseline)")
+    print(
+        f"engine, {args.concurrency:2d} concurrent:               {many:7.1f} tok/s  "
+        f"({many / base:.2f}x; {many / after:.2f}x of the second baseline)"
+    )
+
 
 if __name__ == "__main__":
     main()

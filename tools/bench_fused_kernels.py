@@ -30,8 +30,8 @@ import triton
 from gpu_copy_bandwidth import copy_tbps
 from torch.nn import functional as F
 
-import kernels
-from kernels import reference
+import minisgl_kernels as kernels
+from minisgl_kernels import reference
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -110,8 +110,9 @@ def fmt(x: float) -> str:
 # --- rope ------------------------------------------------------------------------------
 
 
-def old_rope(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, inv: torch.Tensor, scaling: float,
-             rotary_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def old_rope(
+    q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, inv: torch.Tensor, scaling: float, rotary_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The catalogue's rope before the fused kernel (kept here as the baseline): cos/sin
     recomputed from inv_freq on every call, rotate-half in torch ops of the model dtype."""
 
@@ -137,6 +138,7 @@ def bench_rope(name: str, hq: int, hkv: int, d: int, tokens: int) -> None:
 
     def old(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return old_rope(q, k, pos, inv, scaling, rotary_dim)
+
     table = kernels.rope_table(inv, scaling, 8192)
     gen = torch.Generator(device=DEV).manual_seed(tokens)
     qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device=DEV, dtype=BF16, generator=gen)
@@ -172,12 +174,27 @@ def bench_rope(name: str, hq: int, hkv: int, d: int, tokens: int) -> None:
         kernels.apply_rope(q, k, pos, table, inv, scaling=scaling)
         kernels.store_kv(k, v, kc, vc, slots)
 
-    t = {n: (graph_us(f), eager_us(f)) for n, f in
-         (("today", today), ("fused", fused), ("in-kernel cos/sin", fused_no_table), ("rope + store_kv", split))}
+    t = {
+        n: (graph_us(f), eager_us(f))
+        for n, f in (
+            ("today", today),
+            ("fused", fused),
+            ("in-kernel cos/sin", fused_no_table),
+            ("rope + store_kv", split),
+        )
+    }
     base_g, base_e = t["today"]
     for n, (g, e) in t.items():
-        row("rope+store", f"{name} T={tokens}", n, fmt(g), fmt(e), f"{base_g / g:.2f}x", f"{base_e / e:.2f}x",
-            f"err {errs[0]:.1e} / in-kernel {errs[1]:.1e} / today {err_old:.1e}" if n == "fused" else "")
+        row(
+            "rope+store",
+            f"{name} T={tokens}",
+            n,
+            fmt(g),
+            fmt(e),
+            f"{base_g / g:.2f}x",
+            f"{base_e / e:.2f}x",
+            f"err {errs[0]:.1e} / in-kernel {errs[1]:.1e} / today {err_old:.1e}" if n == "fused" else "",
+        )
 
 
 # --- act and mul -----------------------------------------------------------------------
@@ -194,13 +211,24 @@ def bench_act(tokens: int, ffn: int) -> None:
         gate, up = x.split(ffn, dim=-1)
         return F.silu(gate) * up
 
-    t = {n: (graph_us(f), eager_us(f)) for n, f in
-         (("today", today), ("fused", lambda: kernels.act_and_mul(x, "silu", out=out)))}
+    t = {
+        n: (graph_us(f), eager_us(f))
+        for n, f in (("today", today), ("fused", lambda: kernels.act_and_mul(x, "silu", out=out)))
+    }
     bytes_moved = x.numel() * 2 + out.numel() * 2
     for n, (g, e) in t.items():
-        row("silu*up", f"T={tokens} ffn={ffn}", n, fmt(g), fmt(e), f"{t['today'][0] / g:.2f}x",
-            f"{t['today'][1] / e:.2f}x", f"{bytes_moved / g / 1e6:.2f} TB/s; err {err:.1e}; bit-equal {exact}"
-            if n == "fused" else f"{bytes_moved / g / 1e6:.2f} TB/s")
+        row(
+            "silu*up",
+            f"T={tokens} ffn={ffn}",
+            n,
+            fmt(g),
+            fmt(e),
+            f"{t['today'][0] / g:.2f}x",
+            f"{t['today'][1] / e:.2f}x",
+            f"{bytes_moved / g / 1e6:.2f} TB/s; err {err:.1e}; bit-equal {exact}"
+            if n == "fused"
+            else f"{bytes_moved / g / 1e6:.2f} TB/s",
+        )
 
 
 # --- MoE -------------------------------------------------------------------------------
@@ -236,8 +264,16 @@ def bench_moe(shape: MoEShape, tokens: int, copy: float) -> None:
     label = f"{shape.name} T={tokens}"
     note = f"{used} experts, {weight_bytes / 1e6:.0f} MB weights; bound {bound:.1f} us at copy BW"
     row("moe", label, "loop (today)", "-", fmt(loop_e), "-", "1.00x", f"{flops / loop_e / 1e6:.1f} TFLOP/s")
-    row("moe", label, "fused", fmt(fused_g), fmt(fused_e), "-", f"{loop_e / fused_e:.2f}x",
-        f"err {err:.1e}; graph {weight_bytes / fused_g / 1e6:.2f} TB/s, {flops / fused_g / 1e6:.1f} TFLOP/s; {note}")
+    row(
+        "moe",
+        label,
+        "fused",
+        fmt(fused_g),
+        fmt(fused_e),
+        "-",
+        f"{loop_e / fused_e:.2f}x",
+        f"err {err:.1e}; graph {weight_bytes / fused_g / 1e6:.2f} TB/s, {flops / fused_g / 1e6:.1f} TFLOP/s; {note}",
+    )
 
 
 def main() -> None:
@@ -245,25 +281,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     opts = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    header = (f"{props.name} ({props.multi_processor_count} SMs), {datetime.date.today()}, torch {torch.__version__}, "
-              f"triton {triton.__version__}")
+    header = (
+        f"{props.name} ({props.multi_processor_count} SMs), {datetime.date.today()}, torch {torch.__version__}, "
+        f"triton {triton.__version__}"
+    )
     print(header, flush=True)
     copy = copy_tbps()
     print(f"copy bandwidth: {copy:.2f} TB/s", flush=True)
     for name, hq, hkv, d in (("llama3-8b", 32, 8, 128), ("qwen3-0.6b", 16, 8, 128)):
-        for tokens in ((1, 64) if opts.quick else (1, 64, 4096)):
+        for tokens in (1, 64) if opts.quick else (1, 64, 4096):
             bench_rope(name, hq, hkv, d, tokens)
     for tokens in (1, 64, 4096):
         bench_act(tokens, 14336)
     shapes = [MoEShape("qwen3-30b-a3b", 128, 8, 2048, 768), MoEShape("mixtral-8x7b", 8, 2, 4096, 14336)]
     for shape in shapes:
-        for tokens in ((1, 64) if opts.quick else (1, 16, 64, 512, 4096)):
+        for tokens in (1, 64) if opts.quick else (1, 16, 64, 512, 4096):
             bench_moe(shape, tokens, copy)
         del shape.gate_up, shape.down
         torch.cuda.empty_cache()
-    lines = [header, f"copy bandwidth {copy:.2f} TB/s", "",
-             "| op | shape | variant | graph us | eager us | graph speed-up | eager speed-up | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        f"copy bandwidth {copy:.2f} TB/s",
+        "",
+        "| op | shape | variant | graph us | eager us | graph speed-up | eager speed-up | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in ROWS]
     text = "\n".join(lines)
     print("\n" + text)

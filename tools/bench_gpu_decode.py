@@ -46,27 +46,66 @@ ROWS: list[list[str]] = []
 NOTES: list[str] = []
 
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "qwen3-0.6b": ("qwen3", {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024,
-        "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-        "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "tie_word_embeddings": True,
-    }),
-    "llama3-8b": ("llama", {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "vocab_size": 128256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "tie_word_embeddings": False,
-    }),
+    "qwen3-0.6b": (
+        "qwen3",
+        {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            "hidden_size": 1024,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "max_position_embeddings": 40960,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "llama3-8b": (
+        "llama",
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "vocab_size": 128256,
+            "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+            "tie_word_embeddings": False,
+        },
+    ),
     # Qwen3-30B-A3B with 12 of its 48 layers (fits twice on one card: ours + transformers)
-    "qwen3-30b-a3b-12l": ("qwen3_moe", {
-        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
-        "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
-        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_hidden_layers": 12,
-        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
-        "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "tie_word_embeddings": False,
-    }),
+    "qwen3-30b-a3b-12l": (
+        "qwen3_moe",
+        {
+            "architectures": ["Qwen3MoeForCausalLM"],
+            "model_type": "qwen3_moe",
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "moe_intermediate_size": 768,
+            "num_experts": 128,
+            "num_experts_per_tok": 8,
+            "norm_topk_prob": True,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "num_hidden_layers": 12,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "max_position_embeddings": 40960,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": False,
+        },
+    ),
 }
 
 
@@ -100,8 +139,9 @@ def ours_decode(model: Any, vocab: int, batch: int, prompt: int, new: int, graph
     """Decode tok/s of `batch` requests (prompt tokens each, `new` greedy tokens); returns the runner."""
     from minisgl_decl.runtime.runner import ModelRunner
 
-    runner = ModelRunner(model, batch * (prompt + new) + 64, dtype=BF16, device=DEV, max_rows=batch,
-                         max_len=prompt + new + 32)
+    runner = ModelRunner(
+        model, batch * (prompt + new) + 64, dtype=BF16, device=DEV, max_rows=batch, max_len=prompt + new + 32
+    )
     if graphs:
         runner.capture_cuda_graphs([batch])
     gen = torch.Generator().manual_seed(batch)
@@ -132,8 +172,15 @@ def hf_decode(hf: Any, vocab: int, batch: int, prompt: int, new: int) -> float:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.no_grad():
-            hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                        pad_token_id=0, eos_token_id=None)
+            hf.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
@@ -168,9 +215,11 @@ def profile_steps(runner: Any, vocab: int, steps: int = 16) -> str:
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     total = sum(e.self_device_time_total for e in kernels) / steps
     top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]
-    lines = [f"profile (graphs on, batch 1, {steps} steps under the profiler): wall {wall:.0f} us/step, "
-             f"GPU kernels {total:.0f} us/step ({100 * total / wall:.0f}% busy); host time of one decode call "
-             f"(without the profiler, up to the launch) {sorted(enqueue)[steps // 2]:.0f} us"]
+    lines = [
+        f"profile (graphs on, batch 1, {steps} steps under the profiler): wall {wall:.0f} us/step, "
+        f"GPU kernels {total:.0f} us/step ({100 * total / wall:.0f}% busy); host time of one decode call "
+        f"(without the profiler, up to the launch) {sorted(enqueue)[steps // 2]:.0f} us"
+    ]
     lines += [f"  {e.self_device_time_total / steps:8.1f} us/step  {e.count // steps:4d}x  {e.key[:90]}" for e in top]
     return "\n".join(lines)
 
@@ -187,8 +236,10 @@ def bench_shape(name: str, copy: float, concurrent: int, profile: bool) -> None:
     # experts (expert-stacked, 3-D) only top_k of E
     experts = sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 3)
     active = weight_bytes - experts + experts * cfg.get("num_experts_per_tok", 1) / cfg.get("num_experts", 1)
-    NOTES.append(f"{name}: checkpoint written and loaded in {time.perf_counter() - t0:.0f} s; "
-                 f"{weight_bytes / 1e9:.2f} GB of weights, {active / 1e9:.2f} GB read per batch-1 step")
+    NOTES.append(
+        f"{name}: checkpoint written and loaded in {time.perf_counter() - t0:.0f} s; "
+        f"{weight_bytes / 1e9:.2f} GB of weights, {active / 1e9:.2f} GB read per batch-1 step"
+    )
     bound = copy * 1e12 / active
     prompt, new = 128, 256
     on, runner = ours_decode(model, vocab, 1, prompt, new, graphs=True)
@@ -229,15 +280,22 @@ def main() -> None:
 
     quiet_transformers()
     props = torch.cuda.get_device_properties(0)
-    header = (f"{props.name} ({props.multi_processor_count} SMs), {datetime.date.today()}, torch {torch.__version__}, "
-              f"triton {triton.__version__}, transformers {transformers.__version__}")
+    header = (
+        f"{props.name} ({props.multi_processor_count} SMs), {datetime.date.today()}, torch {torch.__version__}, "
+        f"triton {triton.__version__}, transformers {transformers.__version__}"
+    )
     print(header, flush=True)
     copy = copy_tbps()
     print(f"copy bandwidth: {copy:.2f} TB/s", flush=True)
     for name in opts.shapes.split(","):
         bench_shape(name, copy, opts.concurrent, not opts.no_profile)
-    lines = [header, f"copy bandwidth {copy:.2f} TB/s (1 GiB bf16 copy, read + write)", "",
-             "| shape | batch | engine | decode tok/s | of bound | vs transformers |", "|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        f"copy bandwidth {copy:.2f} TB/s (1 GiB bf16 copy, read + write)",
+        "",
+        "| shape | batch | engine | decode tok/s | of bound | vs transformers |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in ROWS]
     lines += ["", *NOTES]
     text = "\n".join(lines)

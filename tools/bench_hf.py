@@ -51,12 +51,20 @@ def _generate(model: torch.nn.Module, reqs: list[BenchRequest], pad_id: int, dev
     ids = torch.full((len(reqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(reqs), width), dtype=torch.long)
     for i, r in enumerate(reqs):
-        ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-        mask[i, width - len(r.prompt_ids):] = 1
+        ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+        mask[i, width - len(r.prompt_ids) :] = 1
     n = max(r.output_len for r in reqs)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,  # type: ignore[operator]
-                         min_new_tokens=n, do_sample=False, pad_token_id=pad_id, temperature=None, top_p=None,
-                         top_k=None)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=n,  # type: ignore[operator]
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=pad_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
     if out.shape[1] != width + n:
         raise RuntimeError(f"transformers generated {out.shape[1] - width} tokens, asked for {n}")
 
@@ -66,8 +74,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_baseline(model_dir: Path, dtype: torch.dtype, device: str, requests: list[BenchRequest],
-                 batch_size: int) -> list[BaselineResult]:
+def run_baseline(
+    model_dir: Path, dtype: torch.dtype, device: str, requests: list[BenchRequest], batch_size: int
+) -> list[BaselineResult]:
     model, pad_id = _load(model_dir, dtype, device)
     total = sum(r.output_len for r in requests)
     results = []
@@ -82,8 +91,9 @@ def run_baseline(model_dir: Path, dtype: torch.dtype, device: str, requests: lis
         if batch_size > 1:
             t0 = time.perf_counter()
             for i in range(0, len(requests), batch_size):
-                _generate(model, requests[i:i + batch_size], pad_id, device)
+                _generate(model, requests[i : i + batch_size], pad_id, device)
             _sync(device)
-            results.append(BaselineResult(f"transformers batched {batch_size}", len(requests), total,
-                                          time.perf_counter() - t0))
+            results.append(
+                BaselineResult(f"transformers batched {batch_size}", len(requests), total, time.perf_counter() - t0)
+            )
     return results

@@ -55,8 +55,14 @@ def main() -> None:
     torch.set_num_threads(1)
     spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "llama.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = {"num_hidden_layers": a.layers, "hidden_size": 64, "intermediate_size": 128,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+        overrides = {
+            "num_hidden_layers": a.layers,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+        }
         build_reference(spec, overrides, directory=tmp)
         model = load_model(compile_spec(spec, tmp))
     runner = ModelRunner(model, 4096)
@@ -68,8 +74,7 @@ def main() -> None:
     tokens, batch = captured[0]
     with torch.inference_mode():
         assert torch.equal(model(tokens, batch), interpret(model, tokens, batch))
-        runs = {"generated module": model.forward,
-                "interpreter (baseline)": lambda t, b: interpret(model, t, b)}
+        runs = {"generated module": model.forward, "interpreter (baseline)": lambda t, b: interpret(model, t, b)}
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(a.reps):  # interleaved, so drift on a shared machine hits both alike
             for name, fn in runs.items():

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import kernels
-from kernels import attention_launch, norm_launch, reference
+import minisgl_kernels as kernels
+from minisgl_kernels import attention_launch, norm_launch, reference
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -88,13 +88,12 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
         raise SystemExit(f"correctness check failed: {name}")
 
 
-def row(
-    kernel: str, shape: str, unit: str, work: float, ours: float, others: dict[str, float], note: str
-) -> None:
+def row(kernel: str, shape: str, unit: str, work: float, ours: float, others: dict[str, float], note: str) -> None:
     """work: bytes (unit TB/s) or FLOPs (unit TFLOP/s); times in us."""
 
     def rate(us: float) -> str:
         return f"{work / us / 1e6:.2f}" if us == us else "-"
+
     cols = [kernel, shape, unit, f"{ours:.1f}", rate(ours)]
     for key in ("torch eager", "SDPA flash", "copy ceiling"):
         us = others.get(key, float("nan"))
@@ -116,9 +115,14 @@ def copy_ceiling() -> float:
 def bench_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
     w = torch.randn(h, device=DEV, dtype=BF16)
     nbytes = m * h * 2
-    nxt = rotating(lambda: (torch.randn(m, h, device=DEV, dtype=BF16),
-                            torch.randn(m, h, device=DEV, dtype=BF16),
-                            torch.empty(m, h, device=DEV, dtype=BF16)), 3 * nbytes)
+    nxt = rotating(
+        lambda: (
+            torch.randn(m, h, device=DEV, dtype=BF16),
+            torch.randn(m, h, device=DEV, dtype=BF16),
+            torch.empty(m, h, device=DEV, dtype=BF16),
+        ),
+        3 * nbytes,
+    )
     x, r, _ = nxt()
     if fused:
         y, s = kernels.add_rmsnorm(x, r, w, 1e-6)
@@ -141,27 +145,54 @@ def bench_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
 
     copy_us = bench(same_size_copy)
     pct = work / ours / 1e6 / ceiling * 100
-    row(name, f"M={m} H={h} bf16", "TB/s", work, ours, {"torch eager": eager, "copy ceiling": copy_us},
-        f"{pct:.0f}% of large copy, {copy_us / ours * 100:.0f}% of same-size copy")
+    row(
+        name,
+        f"M={m} H={h} bf16",
+        "TB/s",
+        work,
+        ours,
+        {"torch eager": eager, "copy ceiling": copy_us},
+        f"{pct:.0f}% of large copy, {copy_us / ours * 100:.0f}% of same-size copy",
+    )
 
 
 def sweep_norm(m: int, h: int) -> None:
     """Warps/rows-per-program variants of the RMSNorm kernel (printed, not tabled)."""
-    from kernels.norm_jit import rmsnorm_kernel
+    from minisgl_kernels.norm_jit import rmsnorm_kernel
 
     w = torch.randn(h, device=DEV, dtype=BF16)
     nxt = rotating(lambda: (torch.randn(m, h, device=DEV, dtype=BF16),), m * h * 2)
     out = torch.empty(m, h, device=DEV, dtype=BF16)
     for block_m, warps in ((1, 4), (1, 8), (1, 16), (2, 8), (4, 16)):
+
         def run(block_m: int = block_m, warps: int = warps) -> None:
             x = nxt()[0]
             rmsnorm_kernel[(triton.cdiv(m, block_m),)](
-                x, x, w, out, out, h, h, h, h, m, h, 1e-6, 0.0, BLOCK_M=block_m,
-                BLOCK_N=triton.next_power_of_2(h), HAS_RESIDUAL=False, CAST_BEFORE_WEIGHT=True,
-                num_warps=warps)
+                x,
+                x,
+                w,
+                out,
+                out,
+                h,
+                h,
+                h,
+                h,
+                m,
+                h,
+                1e-6,
+                0.0,
+                BLOCK_M=block_m,
+                BLOCK_N=triton.next_power_of_2(h),
+                HAS_RESIDUAL=False,
+                CAST_BEFORE_WEIGHT=True,
+                num_warps=warps,
+            )
+
         us = bench(run)
-        print(f"sweep rmsnorm M={m} H={h} rows/program={block_m} warps={warps}: {us:.1f} us, "
-              f"{2 * m * h * 2 / us / 1e6:.2f} TB/s")
+        print(
+            f"sweep rmsnorm M={m} H={h} rows/program={block_m} warps={warps}: {us:.1f} us, "
+            f"{2 * m * h * 2 / us / 1e6:.2f} TB/s"
+        )
 
 
 def bench_prefill(b: int, hq: int, hkv: int, n: int, d: int, eager: bool = False) -> None:
@@ -187,8 +218,15 @@ def bench_prefill(b: int, hq: int, hkv: int, n: int, d: int, eager: bool = False
                 lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
             )
     cfg = attention_launch._extend_tuned.best_config
-    row("prefill causal", f"B={b} Hq={hq} Hkv={hkv} N={n} D={d}", "TFLOP/s", flops, ours,
-        others, f"{others['SDPA flash'] / ours:.2f}x SDPA; cfg {cfg}")
+    row(
+        "prefill causal",
+        f"B={b} Hq={hq} Hkv={hkv} N={n} D={d}",
+        "TFLOP/s",
+        flops,
+        ours,
+        others,
+        f"{others['SDPA flash'] / ours:.2f}x SDPA; cfg {cfg}",
+    )
 
 
 def bench_extend_prefix(b: int, hq: int, hkv: int, prefix: int, new: int, d: int) -> None:
@@ -201,12 +239,23 @@ def bench_extend_prefix(b: int, hq: int, hkv: int, prefix: int, new: int, d: int
     pi = torch.arange(0, b * prefix + 1, prefix, device=DEV, dtype=torch.int32)
     args = (q, k, v, cu, kc, vc, pi, slots)
     got = kernels.extend_attention(*args, scale=scale, max_seqlen_q=new)
-    check("extend+prefix", got[: new * 1], reference.extend_attention(
-        q[:new], k[:new], v[:new], cu[:2], kc, vc, pi[:2], slots, scale=scale), 1e-2)
+    check(
+        "extend+prefix",
+        got[: new * 1],
+        reference.extend_attention(q[:new], k[:new], v[:new], cu[:2], kc, vc, pi[:2], slots, scale=scale),
+        1e-2,
+    )
     ours = bench(lambda: kernels.extend_attention(*args, scale=scale, max_seqlen_q=new))
     flops = 4.0 * b * hq * d * new * (prefix + new / 2)
-    row("extend (paged prefix)", f"B={b} prefix={prefix} new={new} Hq={hq} Hkv={hkv}", "TFLOP/s",
-        flops, ours, {}, "prefix read through shuffled slots")
+    row(
+        "extend (paged prefix)",
+        f"B={b} prefix={prefix} new={new} Hq={hq} Hkv={hkv}",
+        "TFLOP/s",
+        flops,
+        ours,
+        {},
+        "prefix read through shuffled slots",
+    )
 
 
 def bench_decode(b: int, ctx: int, hq: int, hkv: int, d: int, shuffled: bool) -> None:
@@ -241,9 +290,15 @@ def bench_decode(b: int, ctx: int, hq: int, hkv: int, d: int, shuffled: bool) ->
     others = {"torch eager": bench(lambda: eager(nxt())), "SDPA flash": bench(lambda: flash(nxt()))}
     splits = attention_launch.default_num_splits(b, hkv, torch.device(DEV))
     cfg = decode_config(splits)
-    row("decode paged", f"B={b} ctx={ctx} Hq={hq} Hkv={hkv} D={d} {'shuffled' if shuffled else 'contig'}",
-        "TB/s (KV)", kv_bytes, ours, others,
-        f"{others['SDPA flash'] / ours:.2f}x SDPA; splits {splits}; cfg {cfg}")
+    row(
+        "decode paged",
+        f"B={b} ctx={ctx} Hq={hq} Hkv={hkv} D={d} {'shuffled' if shuffled else 'contig'}",
+        "TB/s (KV)",
+        kv_bytes,
+        ours,
+        others,
+        f"{others['SDPA flash'] / ours:.2f}x SDPA; splits {splits}; cfg {cfg}",
+    )
 
 
 def decode_config(splits: int) -> object:
@@ -294,32 +349,50 @@ NORM_VARIANTS: list[tuple[str, dict[str, int | bool]]] = [
     ("one program per row (old, again)", OLD_NORM),
 ]
 CONFIRM_NORM: list[tuple[str, dict[str, int | bool]]] = [  # --confirm: old vs the new defaults
-    ("old", OLD_NORM), ("new default", {}), ("old, again", OLD_NORM), ("new default, again", {}),
+    ("old", OLD_NORM),
+    ("new default", {}),
+    ("old, again", OLD_NORM),
+    ("new default, again", {}),
 ]
 CMP: list[str] = []
 
 
-def compare_norm(m: int, h: int, fused: bool, ceiling: float,
-                 variants: list[tuple[str, dict[str, int | bool]]]) -> None:
+def compare_norm(
+    m: int, h: int, fused: bool, ceiling: float, variants: list[tuple[str, dict[str, int | bool]]]
+) -> None:
     """Old and candidate RMSNorm grids in one run, timed as bench_norm times kernels.rmsnorm."""
     w = torch.randn(h, device=DEV, dtype=BF16)
     nbytes = m * h * 2
-    nxt = rotating(lambda: (torch.randn(m, h, device=DEV, dtype=BF16),
-                            torch.randn(m, h, device=DEV, dtype=BF16)), 2 * nbytes)
+    nxt = rotating(
+        lambda: (torch.randn(m, h, device=DEV, dtype=BF16), torch.randn(m, h, device=DEV, dtype=BF16)), 2 * nbytes
+    )
     work = (4 if fused else 2) * nbytes
     for label, kw in variants:
+
         def call(x: torch.Tensor, r: torch.Tensor, kw: dict = kw) -> torch.Tensor:
             y, s = torch.empty_like(x), (torch.empty_like(x) if fused else None)
-            norm_launch.rmsnorm_triton(x, w, 1e-6, offset=0.0, cast_before_weight=True, out=y,
-                                       residual=r if fused else None, residual_out=s, **kw)
+            norm_launch.rmsnorm_triton(
+                x,
+                w,
+                1e-6,
+                offset=0.0,
+                cast_before_weight=True,
+                out=y,
+                residual=r if fused else None,
+                residual_out=s,
+                **kw,
+            )
             return y
+
         x, r = nxt()
-        want = (reference.add_rmsnorm(x, r, w, 1e-6)[0] if fused else reference.rmsnorm(x, w, 1e-6))
+        want = reference.add_rmsnorm(x, r, w, 1e-6)[0] if fused else reference.rmsnorm(x, w, 1e-6)
         check(f"{label} {m}", call(x, r), want, 5e-3)
         us = bench(lambda call=call: call(*nxt()))
         tbs = work / us / 1e6
-        CMP.append(f"| {'add+RMSNorm' if fused else 'RMSNorm'} M={m} | {label} | {us:.1f} | {tbs:.2f} | "
-                   f"{tbs / ceiling * 100:.1f}% |")
+        CMP.append(
+            f"| {'add+RMSNorm' if fused else 'RMSNorm'} M={m} | {label} | {us:.1f} | {tbs:.2f} | "
+            f"{tbs / ceiling * 100:.1f}% |"
+        )
         print(CMP[-1])
 
 
@@ -340,8 +413,9 @@ def compare_decode(b: int, ctx: int, shuffled: bool) -> None:
 
     def ours(s: tuple, fused: bool) -> torch.Tensor:
         out = torch.empty_like(s[0])
-        attention_launch.decode_attention_triton(s[0], s[1], s[2], ip, s[3], scale=scale, window=None,
-                                                 softcap=None, num_splits=None, out=out, fused=fused)
+        attention_launch.decode_attention_triton(
+            s[0], s[1], s[2], ip, s[3], scale=scale, window=None, softcap=None, num_splits=None, out=out, fused=fused
+        )
         return out
 
     def flash(s: tuple) -> torch.Tensor:
@@ -361,9 +435,11 @@ def compare_decode(b: int, ctx: int, shuffled: bool) -> None:
     cfgs = [getattr(t, "best_config", None) for t in (attention_launch._decode_tuned, attention_launch._fused_tuned)]
     print(f"decode B={b} ctx={ctx}: configs old {cfgs[0]}, fused {cfgs[1]}")
     for label, ts in times.items():
-        CMP.append(f"| decode B={b} ctx={ctx} {'shuffled' if shuffled else 'contig'} ({splits} splits) | "
-                   f"{label} | {min(ts):.1f} ({max(ts):.1f}) | {kv_bytes / min(ts) / 1e6:.2f} | "
-                   f"{sdpa / min(ts):.3f}x SDPA ({sdpa:.1f} us) |")
+        CMP.append(
+            f"| decode B={b} ctx={ctx} {'shuffled' if shuffled else 'contig'} ({splits} splits) | "
+            f"{label} | {min(ts):.1f} ({max(ts):.1f}) | {kv_bytes / min(ts) / 1e6:.2f} | "
+            f"{sdpa / min(ts):.3f}x SDPA ({sdpa:.1f} us) |"
+        )
         print(CMP[-1])
 
 
@@ -371,16 +447,24 @@ def compare(confirm: bool) -> None:
     """Side by side, same run: RMSNorm grids and two-launch vs fused decode (--compare);
     --confirm: the adopted defaults against the old code, at 1 to 64 decode splits."""
     props = torch.cuda.get_device_properties(0)
-    head = (f"card: {props.name} ({props.multi_processor_count} SMs); date {datetime.date.today()}; "
-            f"torch {torch.__version__}; triton {triton.__version__}")
+    head = (
+        f"card: {props.name} ({props.multi_processor_count} SMs); date {datetime.date.today()}; "
+        f"torch {torch.__version__}; triton {triton.__version__}"
+    )
     print(head)
     ceiling = copy_ceiling()
     keep = {(128, 1, 4, 2), (128, 0, 4, 2), (64, 1, 4, 3), (64, 1, 4, 2)}  # earlier winners: less compiling
-    subset = [c for c in attention_launch._DECODE_CONFIGS
-              if (c.kwargs["BLOCK_N"], c.kwargs["PREFETCH_SLOTS"], c.num_warps, c.num_stages) in keep]
+    subset = [
+        c
+        for c in attention_launch._DECODE_CONFIGS
+        if (c.kwargs["BLOCK_N"], c.kwargs["PREFETCH_SLOTS"], c.num_warps, c.num_stages) in keep
+    ]
     attention_launch._decode_tuned.configs = attention_launch._fused_tuned.configs = subset
-    decode = ((32, 4096, True), (16, 8192, True), (10, 8192, True), (1, 32768, True)) if confirm else (
-        (32, 4096, True), (32, 4096, False), (1, 32768, True), (128, 1024, True))
+    decode = (
+        ((32, 4096, True), (16, 8192, True), (10, 8192, True), (1, 32768, True))
+        if confirm
+        else ((32, 4096, True), (32, 4096, False), (1, 32768, True), (128, 1024, True))
+    )
     for b, ctx, shuffled in decode:
         compare_decode(b, ctx, shuffled)
         torch.cuda.empty_cache()
@@ -388,8 +472,14 @@ def compare(confirm: bool) -> None:
         for fused in (False,) if confirm else (False, True):
             compare_norm(m, 4096, fused, ceiling, CONFIRM_NORM if confirm else NORM_VARIANTS)
             torch.cuda.empty_cache()
-    lines = [head, f"copy ceiling {ceiling:.2f} TB/s", "",
-             "| kernel | variant | us (decode: best (worst) of 2) | TB/s | vs |", "|---|---|---|---|---|", *CMP]
+    lines = [
+        head,
+        f"copy ceiling {ceiling:.2f} TB/s",
+        "",
+        "| kernel | variant | us (decode: best (worst) of 2) | TB/s | vs |",
+        "|---|---|---|---|---|",
+        *CMP,
+    ]
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "compare.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -398,8 +488,10 @@ def compare(confirm: bool) -> None:
 
 def main() -> None:
     props = torch.cuda.get_device_properties(0)
-    head = (f"card: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB); "
-            f"date {datetime.date.today()}; torch {torch.__version__}; triton {triton.__version__}")
+    head = (
+        f"card: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB); "
+        f"date {datetime.date.today()}; torch {torch.__version__}; triton {triton.__version__}"
+    )
     print(head)
     ceiling = copy_ceiling()
     sweep_norm(4096, 4096)
@@ -418,9 +510,13 @@ def main() -> None:
         for shuffled in (True, False):
             bench_decode(b, ctx, 32, 4, 128, shuffled)
             torch.cuda.empty_cache()
-    lines = [head, f"copy ceiling {ceiling:.2f} TB/s (bytes read + written)", "",
-             "| kernel | shape | unit | ours (us) | ours | torch eager | SDPA flash | same-size copy | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        head,
+        f"copy ceiling {ceiling:.2f} TB/s (bytes read + written)",
+        "",
+        "| kernel | shape | unit | ours (us) | ours | torch eager | SDPA flash | same-size copy | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in ROWS]
     text = "\n".join(lines)
     if os.environ.get("OUT"):

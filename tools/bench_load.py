@@ -92,8 +92,13 @@ MODES = [
 def _measure(mode: str, d: Path, repeat: int, device: str) -> dict[str, float]:
     runs = []
     for _ in range(repeat):
-        p = subprocess.run([sys.executable, "-c", MEASURE, mode, str(d), str(ROOT / "specs/llama.yaml"), device],
-                           cwd=ROOT, capture_output=True, text=True, check=True)
+        p = subprocess.run(
+            [sys.executable, "-c", MEASURE, mode, str(d), str(ROOT / "specs/llama.yaml"), device],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(p.stdout))
     best = min(runs, key=lambda r: r["seconds"])
     return {**best, "growth": max(r["growth"] for r in runs)}
@@ -139,10 +144,14 @@ def main() -> None:
 
     base = results["raw_clone"]["bytes"] / results["raw_clone"]["seconds"]
     print(f"target device: {a.device}" + (f" ({torch.cuda.get_device_name()})" if a.device != "cpu" else ""))
-    print(f"checkpoint: Llama F32 {sizes}, {total / 2**30:.2f} GiB in {len(files)} shards, "
-          f"largest tensor {largest / 2**20:.1f} MiB")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, safetensors {safetensors.__version__}, "
-          f"{platform.machine()}, {platform.system()} {platform.release()}")
+    print(
+        f"checkpoint: Llama F32 {sizes}, {total / 2**30:.2f} GiB in {len(files)} shards, "
+        f"largest tensor {largest / 2**20:.1f} MiB"
+    )
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, safetensors {safetensors.__version__}, "
+        f"{platform.machine()}, {platform.system()} {platform.release()}"
+    )
     print()
     print("| reader | GiB/s | vs baseline | peak RSS growth | growth / largest tensor | growth / checkpoint |")
     print("|---|---|---|---|---|---|")
@@ -151,8 +160,10 @@ def main() -> None:
             continue
         r = results[m]
         rate = r["bytes"] / r["seconds"]
-        print(f"| {label} | {rate / 2**30:.2f} | {rate / base:.0%} | {r['growth'] / 2**20:.0f} MiB | "
-              f"{r['growth'] / largest:.2f} | {r['growth'] / total:.2f} |")
+        print(
+            f"| {label} | {rate / 2**30:.2f} | {rate / base:.0%} | {r['growth'] / 2**20:.0f} MiB | "
+            f"{r['growth'] / largest:.2f} | {r['growth'] / total:.2f} |"
+        )
 
 
 if __name__ == "__main__":

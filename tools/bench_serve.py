@@ -56,10 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000 (loopback only)")
-    where.add_argument("--start-server", nargs=argparse.REMAINDER, metavar="SERVE_ARGS",
-                       help="start `minisgl-decl serve SERVE_ARGS` on a free 127.0.0.1 port (must come last)")
-    p.add_argument("--model-dir", type=Path, default=None,
-                   help="model directory for the tokenizer and the baseline (default: serve's --model)")
+    where.add_argument(
+        "--start-server",
+        nargs=argparse.REMAINDER,
+        metavar="SERVE_ARGS",
+        help="start `minisgl-decl serve SERVE_ARGS` on a free 127.0.0.1 port (must come last)",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model directory for the tokenizer and the baseline (default: serve's --model)",
+    )
     p.add_argument("--num-requests", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=None, help="most requests in flight (default: all)")
     p.add_argument("--request-rate", type=float, default=math.inf, help="Poisson arrivals per second (default inf)")
@@ -68,10 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="untimed requests sent first (default 1)")
     p.add_argument("--baseline", choices=["none", "transformers"], default="none")
-    p.add_argument("--baseline-batch", type=int, default=None, help="batch size of the batched baseline "
-                   "(default: the concurrency, at most --num-requests)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the started server "
-                   "(OMP_NUM_THREADS) and the baseline (torch.set_num_threads); default: torch's own choice")
+    p.add_argument(
+        "--baseline-batch",
+        type=int,
+        default=None,
+        help="batch size of the batched baseline (default: the concurrency, at most --num-requests)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the started server "
+        "(OMP_NUM_THREADS) and the baseline (torch.set_num_threads); default: torch's own choice",
+    )
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     return p
 
@@ -117,8 +134,7 @@ def serve_namespace(serve_args: list[str]) -> argparse.Namespace:
     """`serve`'s own parser on SERVE_ARGS (their model, device and dtype drive the baseline)."""
     from minisgl_decl.cli.main import build_parser as cli_parser
 
-    if any(a == "--port" or a.startswith("--port=") or a == "--host" or a.startswith("--host=")
-           for a in serve_args):
+    if any(a == "--port" or a.startswith("--port=") or a == "--host" or a.startswith("--host=") for a in serve_args):
         raise BenchArgError("--start-server picks --host 127.0.0.1 and a free --port itself; drop them")
     try:
         return cli_parser().parse_args(["serve", *serve_args])
@@ -139,10 +155,23 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bench_serve-", suffix=".log", delete=False)  # noqa: SIM115
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        cmd = [sys.executable, "-m", "minisgl_decl.cli.main", "serve", *serve_args, "--host", "127.0.0.1",
-               "--port", str(self.port)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+            **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "minisgl_decl.cli.main",
+            "serve",
+            *serve_args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         self.command = " ".join(cmd[1:])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -194,8 +223,11 @@ def server_metrics(results: list[RequestResult], wall: float) -> dict[str, Any]:
     out_tokens = sum(r.completion_tokens for r in ok)
     ms = 1000.0
     return {
-        "completed": len(ok), "failed": len(results) - len(ok), "wall_s": wall,
-        "request_throughput": len(ok) / wall, "output_tok_s": out_tokens / wall,
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
+        "wall_s": wall,
+        "request_throughput": len(ok) / wall,
+        "output_tok_s": out_tokens / wall,
         "total_tok_s": (out_tokens + sum(r.prompt_len for r in ok)) / wall,
         "ttft_ms": summary([r.ttft * ms for r in ok]),
         "tpot_ms": summary([r.tpot * ms for r in ok if r.tpot is not None]),
@@ -227,13 +259,18 @@ def render(meta: dict[str, Any], m: dict[str, Any], baselines: list[dict[str, An
     for err in m["errors"]:
         lines.append(f"error: {err}")
     if baselines:
-        lines += ["", "| run | output tok/s | req/s | wall (s) | server / this |", "|---|---|---|---|---|",
-                  f"| minisgl-decl serve (concurrency {meta['concurrency']}) | {m['output_tok_s']:.2f} | "
-                  f"{m['request_throughput']:.3f} | {m['wall_s']:.2f} | 1.00x |"]
+        lines += [
+            "",
+            "| run | output tok/s | req/s | wall (s) | server / this |",
+            "|---|---|---|---|---|",
+            f"| minisgl-decl serve (concurrency {meta['concurrency']}) | {m['output_tok_s']:.2f} | "
+            f"{m['request_throughput']:.3f} | {m['wall_s']:.2f} | 1.00x |",
+        ]
         for b in baselines:
             ratio = m["output_tok_s"] / b["output_tok_s"] if b["output_tok_s"] else math.nan
-            lines.append(f"| {b['name']} | {b['output_tok_s']:.2f} | {b['req_s']:.3f} | {b['seconds']:.2f} | "
-                         f"{ratio:.2f}x |")
+            lines.append(
+                f"| {b['name']} | {b['output_tok_s']:.2f} | {b['req_s']:.3f} | {b['seconds']:.2f} | {ratio:.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -242,14 +279,21 @@ def _baseline(args: argparse.Namespace, requests: list[Any]) -> list[dict[str, A
     from bench_hf import run_baseline
 
     serve = getattr(args, "serve", None)
-    device = (serve.device if serve is not None and serve.device else
-              ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = serve.device if serve is not None and serve.device else ("cuda" if torch.cuda.is_available() else "cpu")
     name = (serve.dtype if serve is not None else None) or ("float32" if device == "cpu" else "bfloat16")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = run_baseline(args.model_dir, getattr(torch, name), device, requests, args.baseline_batch)
-    return [{"name": f"{b.name} ({device}, {name})", "output_tok_s": b.output_tok_s, "req_s": b.req_s,
-             "seconds": b.seconds, "output_tokens": b.output_tokens} for b in out]
+    return [
+        {
+            "name": f"{b.name} ({device}, {name})",
+            "output_tok_s": b.output_tok_s,
+            "req_s": b.req_s,
+            "seconds": b.seconds,
+            "output_tokens": b.output_tokens,
+        }
+        for b in out
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,17 +331,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: serve exited with {code} after SIGTERM; its output:\n{server.output()}", file=sys.stderr)
     metrics = server_metrics(results, wall)
     baselines = _baseline(args, requests) if args.baseline == "transformers" else []
-    meta = {"machine": machine(), "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(),
-            "server": server.command if server is not None else args.url, "num_requests": args.num_requests,
-            "input_len": str(args.input_dist), "output_len": str(args.output_dist), "concurrency": args.concurrency,
-            "request_rate": args.request_rate, "threads": threads,
-            "seed": args.seed, "argv": sys.argv[1:] if argv is None else argv}
+    meta = {
+        "machine": machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "versions": versions(),
+        "server": server.command if server is not None else args.url,
+        "num_requests": args.num_requests,
+        "input_len": str(args.input_dist),
+        "output_len": str(args.output_dist),
+        "concurrency": args.concurrency,
+        "request_rate": args.request_rate,
+        "threads": threads,
+        "seed": args.seed,
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
     print(render(meta, metrics, baselines))
     if args.json is not None:
-        per_request = [{"prompt_len": r.prompt_len, "output_len": r.output_len, "ok": r.ok, "error": r.error,
-                        "ttft_s": r.ttft, "e2e_s": r.e2e, "itl_s": r.itl} for r in results]
-        args.json.write_text(json.dumps({"meta": meta, "server": metrics, "baselines": baselines,
-                                         "requests": per_request}, indent=1, allow_nan=True))
+        per_request = [
+            {
+                "prompt_len": r.prompt_len,
+                "output_len": r.output_len,
+                "ok": r.ok,
+                "error": r.error,
+                "ttft_s": r.ttft,
+                "e2e_s": r.e2e,
+                "itl_s": r.itl,
+            }
+            for r in results
+        ]
+        args.json.write_text(
+            json.dumps(
+                {"meta": meta, "server": metrics, "baselines": baselines, "requests": per_request},
+                indent=1,
+                allow_nan=True,
+            )
+        )
     return 0 if metrics["failed"] == 0 else 1
 
 

@@ -64,8 +64,9 @@ def ordinary_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def make_workload(tokenizer: Any, num_requests: int, input_len: LengthDist, output_len: LengthDist,
-                  seed: int) -> list[BenchRequest]:
+def make_workload(
+    tokenizer: Any, num_requests: int, input_len: LengthDist, output_len: LengthDist, seed: int
+) -> list[BenchRequest]:
     """The same `seed` (and tokenizer) gives the same prompts and lengths."""
     rng = random.Random(seed)
     pool = ordinary_token_ids(tokenizer)

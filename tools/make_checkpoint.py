@@ -69,8 +69,19 @@ def write_safetensors(path: Path, tensors: Shapes, dtype: str, seed: int) -> Non
             del t
 
 
-def make_checkpoint(out: str | Path, *, hidden: int, ffn: int, layers: int, vocab: int, heads: int,
-                    kv_heads: int, dtype: str = "F32", shard_bytes: int = 1 << 30, seed: int = 0) -> Path:
+def make_checkpoint(
+    out: str | Path,
+    *,
+    hidden: int,
+    ffn: int,
+    layers: int,
+    vocab: int,
+    heads: int,
+    kv_heads: int,
+    dtype: str = "F32",
+    shard_bytes: int = 1 << 30,
+    seed: int = 0,
+) -> Path:
     """A Llama checkpoint in `out`, split into shards of about `shard_bytes` with an index.json."""
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
@@ -91,10 +102,18 @@ def make_checkpoint(out: str | Path, *, hidden: int, ffn: int, layers: int, voca
         weight_map.update({k: name for k, _ in shard})
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "vocab_size": vocab, "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "rope_theta": 10000.0,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "rope_theta": 10000.0,
         "torch_dtype": {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype],
     }
     (d / "config.json").write_text(json.dumps(config, indent=1))

@@ -56,8 +56,10 @@ def main() -> int:
         core.step()
     prof.disable()
     wall = (time.perf_counter() - t0) / steps
-    print(f"batch {args.batch}, threads {torch.get_num_threads()}: {wall * 1000:.1f} ms per decode step "
-          f"({args.batch / wall:.1f} output tok/s), {steps} steps under cProfile")
+    print(
+        f"batch {args.batch}, threads {torch.get_num_threads()}: {wall * 1000:.1f} ms per decode step "
+        f"({args.batch / wall:.1f} output tok/s), {steps} steps under cProfile"
+    )
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
     print(out.getvalue())

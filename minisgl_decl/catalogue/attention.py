@@ -6,7 +6,7 @@ import torch
 from pydantic import PositiveInt, model_validator
 from torch import nn
 
-import kernels
+import minisgl_kernels as kernels
 
 from ..config.rope import RopeConfig
 from .context import ForwardBatch
@@ -72,8 +72,13 @@ class AttentionModule(nn.Module):
         self.rotary = Rotary(args.rope, args.head_dim) if args.rope is not None else None
         qkv = shard.decl("qkv.weight").rank_pieces(shard.tp.size, shard.tp.rank)
         first_q, first_kv = qkv[0][0] // args.head_dim, (qkv[1][0] - args.heads * args.head_dim) // args.head_dim
-        norm = (args.qk_norm_type, args.qk_norm_scope, args.qk_norm_eps, args.qk_norm_offset,
-                args.qk_norm_cast_before_weight)
+        norm = (
+            args.qk_norm_type,
+            args.qk_norm_scope,
+            args.qk_norm_eps,
+            args.qk_norm_offset,
+            args.qk_norm_cast_before_weight,
+        )
         self.norm_q = QKNorm(*norm, first_q, self.q_local, shard.tp.size)
         self.norm_k = QKNorm(*norm, first_kv, self.kv_local, shard.tp.size)
         self.cache_index = -1  # set by the graph builder
@@ -86,37 +91,72 @@ class AttentionModule(nn.Module):
         v = v.reshape(t, self.kv_local, self.head_dim)
         has_norm = self.q_norm is not None and self.k_norm is not None
         # plain per-head RMSNorm (one shared weight, no bias) rides inside the fused rope launch
-        fuse_norm = (has_norm and self.rotary is not None and self.q_norm_bias is None
-                     and self.norm_q.kind == "rmsnorm" and self.norm_q.scope == "head")
+        fuse_norm = (
+            has_norm
+            and self.rotary is not None
+            and self.q_norm_bias is None
+            and self.norm_q.kind == "rmsnorm"
+            and self.norm_q.scope == "head"
+        )
         if has_norm and not fuse_norm:
             q = self.norm_q(q, self.q_norm, self.q_norm_bias, ctx)
             k = self.norm_k(k, self.k_norm, self.k_norm_bias, ctx)
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
         if self.rotary is not None:  # q/k norm, rope in place on q and k, and the KV store: one launch
             n = self.norm_q
-            norms = {"q_norm": self.q_norm, "k_norm": self.k_norm, "norm_eps": n.eps, "norm_offset": n.offset,
-                     "norm_cast_before_weight": n.cast_before_weight} if fuse_norm else None
-            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots,
-                        norms=norms)
+            norms = (
+                {
+                    "q_norm": self.q_norm,
+                    "k_norm": self.k_norm,
+                    "norm_eps": n.eps,
+                    "norm_offset": n.offset,
+                    "norm_cast_before_weight": n.cast_before_weight,
+                }
+                if fuse_norm
+                else None
+            )
+            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots, norms=norms)
         else:
             kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
         if ctx.is_decode and ctx.kv_slots is None:  # slots read from the request table (CUDA graphs)
             assert ctx.req_to_token is not None and ctx.req_rows is not None and ctx.seq_lens is not None
             o = kernels.decode_attention_paged(
-                q, k_cache, v_cache, ctx.req_to_token, ctx.req_rows, ctx.seq_lens,
-                scale=self.scale, window=self.window, softcap=self.softcap,
+                q,
+                k_cache,
+                v_cache,
+                ctx.req_to_token,
+                ctx.req_rows,
+                ctx.seq_lens,
+                scale=self.scale,
+                window=self.window,
+                softcap=self.softcap,
             )
         elif ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
             o = kernels.decode_attention(
-                q, k_cache, v_cache, ctx.kv_indptr, ctx.kv_slots,
-                scale=self.scale, window=self.window, softcap=self.softcap,
+                q,
+                k_cache,
+                v_cache,
+                ctx.kv_indptr,
+                ctx.kv_slots,
+                scale=self.scale,
+                window=self.window,
+                softcap=self.softcap,
             )
         else:
             o = kernels.extend_attention(
-                q.contiguous(), k.contiguous(), v.contiguous(), ctx.cu_seqlens_q, k_cache, v_cache,
-                ctx.prefix_indptr, ctx.prefix_slots,
-                scale=self.scale, window=self.window, softcap=self.softcap, max_seqlen_q=ctx.max_seqlen_q,
+                q.contiguous(),
+                k.contiguous(),
+                v.contiguous(),
+                ctx.cu_seqlens_q,
+                k_cache,
+                v_cache,
+                ctx.prefix_indptr,
+                ctx.prefix_slots,
+                scale=self.scale,
+                window=self.window,
+                softcap=self.softcap,
+                max_seqlen_q=ctx.max_seqlen_q,
             )
         return self.o(o.reshape(t, self.split[0]), ctx.comm)
 
@@ -135,8 +175,9 @@ class Attention(LayerKind):
             merged_column("qkv.bias", (qkv_rows,), segs, "qkv").when(args.qkv_bias),
             row("o.weight", (args.hidden, args.heads * args.head_dim), args.heads, args.head_dim),
             replicated("o.bias", (args.hidden,)).when(args.o_bias),
-            *qk_norm_params(args.qk_norm, args.qk_norm_scope, args.qk_norm_bias, args.heads, args.kv_heads,
-                            args.head_dim),
+            *qk_norm_params(
+                args.qk_norm, args.qk_norm_scope, args.qk_norm_bias, args.heads, args.kv_heads, args.head_dim
+            ),
         ]
 
     def module(self, args: AttentionArgs, shard: Shard) -> nn.Module:

@@ -82,8 +82,10 @@ class LMHead(LayerKind):
     Args = LMHeadArgs
 
     def params(self, args: LMHeadArgs) -> list[ParamDecl]:
-        return [vocab("weight", (args.vocab, args.dim), args.vocab),
-                vocab("bias", (args.vocab,), args.vocab).when(args.bias)]
+        return [
+            vocab("weight", (args.vocab, args.dim), args.vocab),
+            vocab("bias", (args.vocab,), args.vocab).when(args.bias),
+        ]
 
     def module(self, args: LMHeadArgs, shard: Shard) -> nn.Module:
         return VocabLMHead(args)

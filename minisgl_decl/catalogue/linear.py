@@ -47,8 +47,10 @@ class Linear(LayerKind):
     def params(self, args: LinearArgs) -> list[ParamDecl]:
         shape = (args.out_dim, args.in_dim)
         if args.parallel == "column":
-            return [column("weight", shape, args.out_dim, 1),
-                    column("bias", (args.out_dim,), args.out_dim, 1).when(args.bias)]
+            return [
+                column("weight", shape, args.out_dim, 1),
+                column("bias", (args.out_dim,), args.out_dim, 1).when(args.bias),
+            ]
         weight = row("weight", shape, args.in_dim, 1) if args.parallel == "row" else replicated("weight", shape)
         return [weight, replicated("bias", (args.out_dim,)).when(args.bias)]
 

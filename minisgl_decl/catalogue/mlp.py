@@ -9,7 +9,7 @@ from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
-import kernels
+import minisgl_kernels as kernels
 
 from ..errors import UserError
 from .context import ForwardBatch

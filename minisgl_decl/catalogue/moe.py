@@ -12,7 +12,7 @@ from pydantic import PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-import kernels
+import minisgl_kernels as kernels
 
 from .context import ForwardBatch
 from .mlp import activation, kernel_activation

@@ -7,7 +7,7 @@ from pydantic import PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
-import kernels
+import minisgl_kernels as kernels
 
 from .context import ForwardBatch
 from .params import ParamDecl, replicated
@@ -32,9 +32,7 @@ class RMSNorm(nn.Module):
         self.cast_before_weight = args.cast_before_weight
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch | None = None) -> torch.Tensor:
-        return kernels.rmsnorm(
-            x, self.weight, self.eps, offset=self.offset, cast_before_weight=self.cast_before_weight
-        )
+        return kernels.rmsnorm(x, self.weight, self.eps, offset=self.offset, cast_before_weight=self.cast_before_weight)
 
     def forward_add(
         self, x: torch.Tensor, residual: torch.Tensor, ctx: ForwardBatch | None = None

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
-import kernels
+import minisgl_kernels as kernels
 
 from .context import ForwardBatch
 from .params import ParamDecl, Segment, merged_column, replicated
@@ -39,8 +39,10 @@ def qk_norm_params(
     for name, n, mode in (("q_norm", heads, "split"), ("k_norm", kv_heads, "replicate")):
         if scope == "full":
             seg = (Segment(f"{name[0]} heads", n, head_dim, mode),)  # type: ignore[arg-type]
-            w, b = merged_column(name, (n * head_dim,), seg, "column"), merged_column(
-                f"{name}_bias", (n * head_dim,), seg, "column")
+            w, b = (
+                merged_column(name, (n * head_dim,), seg, "column"),
+                merged_column(f"{name}_bias", (n * head_dim,), seg, "column"),
+            )
         elif scope == "per_head":
             w, b = replicated(name, (n, head_dim)), replicated(f"{name}_bias", (n, head_dim))
         else:
@@ -52,8 +54,17 @@ def qk_norm_params(
 class QKNorm:
     """Applies one of q/k's norms to x [T, local heads, head_dim]."""
 
-    def __init__(self, kind: QKNormType, scope: QKNormScope, eps: float, offset: float, cast_before_weight: bool,
-                 first_head: int, local_heads: int, tp: int) -> None:
+    def __init__(
+        self,
+        kind: QKNormType,
+        scope: QKNormScope,
+        eps: float,
+        offset: float,
+        cast_before_weight: bool,
+        first_head: int,
+        local_heads: int,
+        tp: int,
+    ) -> None:
         self.kind, self.scope, self.eps = kind, scope, eps
         self.offset, self.cast_before_weight = offset, cast_before_weight
         self.rows = slice(first_head, first_head + local_heads)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-import kernels
+import minisgl_kernels as kernels
 
 from ..config.rope import RopeConfig
 from ..errors import UserError
@@ -95,8 +95,10 @@ def _longrope(rope: RopeConfig, base_freq: torch.Tensor, dim: int) -> tuple[torc
     longer = rope.max_position is not None and rope.max_position > orig
     factors = rope.long_factor if longer else rope.short_factor
     if len(factors) != dim // 2:
-        raise UserError(f"longrope: {'long' if longer else 'short'}_factor has {len(factors)} entries; "
-                        f"the rotary dim {dim} needs {dim // 2}")
+        raise UserError(
+            f"longrope: {'long' if longer else 'short'}_factor has {len(factors)} entries; "
+            f"the rotary dim {dim} needs {dim // 2}"
+        )
     factor = rope.factor if rope.factor is not None else (rope.max_position or orig) / orig
     if rope.attention_factor is not None:
         scaling = float(rope.attention_factor)
@@ -161,6 +163,15 @@ class Rotary(torch.nn.Module):
         the rotated k and v at `slots`; `norms` (q_norm, k_norm, norm_eps, ... of
         `kernels.apply_rope`) first RMS-normalises each head. One launch on CUDA."""
         kernels.apply_rope(
-            q, k, positions, self.cos_sin, self.inv_freq, scaling=self.scaling,
-            v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **(norms or {}),
+            q,
+            k,
+            positions,
+            self.cos_sin,
+            self.inv_freq,
+            scaling=self.scaling,
+            v=v,
+            k_cache=k_cache,
+            v_cache=v_cache,
+            slots=slots,
+            **(norms or {}),
         )

@@ -27,14 +27,27 @@ def register(sub: Any) -> None:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="max |Δlogit| (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
-    p.add_argument("--device", default="cpu",
-                   help="cpu, or cuda: both models there, ours on the Triton kernels (with --tp: NCCL, one GPU a rank)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: both models there, ours on the Triton kernels (with --tp: NCCL, one GPU a rank)",
+    )
     p.set_defaults(run=run)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
-    argv = ["check", args.spec, "--tolerance", repr(args.tolerance), "--seed", str(args.seed),
-            "--tp", str(args.tp), "--device", args.device]
+    argv = [
+        "check",
+        args.spec,
+        "--tolerance",
+        repr(args.tolerance),
+        "--seed",
+        str(args.seed),
+        "--tp",
+        str(args.tp),
+        "--device",
+        args.device,
+    ]
     return [*argv, "--model", args.model] if args.model else argv
 
 
@@ -48,8 +61,10 @@ def _report(results: list[CheckResult], tolerance: float) -> int:
         print(f"  {r.name:<48} max|Δlogit| = {r.max_abs_diff:.3e}" + (f"  ({r.nonfinite})" if r.nonfinite else ""))
     ok, worst = verdict(results, tolerance)
     why = next((r.nonfinite for r in results if r.nonfinite), None)
-    print(f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}" + (f": non-finite logits: {why}" if why else ""),
-          flush=True)
+    print(
+        f"{'PASS' if ok else 'FAIL'} max_abs_diff={worst:.3e}" + (f": non-finite logits: {why}" if why else ""),
+        flush=True,
+    )
     return 0 if ok else 1
 
 

@@ -28,8 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     p.add_argument("-o", "--out", metavar="OUT", help="write <name>_model.py, <name>_graph.json (and the plan)")
     p.add_argument("--plan-json", metavar="FILE", help="write the per-rank loader plan as JSON (needs --model)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="dtype the plan loads parameters as (default float32; the GPU runtime uses bfloat16)")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="dtype the plan loads parameters as (default float32; the GPU runtime uses bfloat16)",
+    )
     p.set_defaults(run=run)
 
 

@@ -23,8 +23,14 @@ def register(sub: Any) -> None:
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--model", metavar="DIR", required=True, help="HF checkpoint directory")
     p.add_argument("--spec", help="spec .yaml (default: chosen from config.json `architectures`)")
-    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=64,
-                   help="most tokens generated per prompt (default 64)")
+    p.add_argument(
+        "--max-tokens",
+        "--max-new-tokens",
+        dest="max_tokens",
+        type=int,
+        default=64,
+        help="most tokens generated per prompt (default 64)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: off")
@@ -32,10 +38,15 @@ def register(sub: Any) -> None:
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="default: float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--max-kv-tokens", type=int, default=None,
-                   help="KV pool size in tokens (CPU default: from the model size)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
+    p.add_argument(
+        "--max-kv-tokens", type=int, default=None, help="KV pool size in tokens (CPU default: from the model size)"
+    )
     p.add_argument("--chunked-prefill-size", type=int, default=None, help="prefill tokens per step")
     p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
     p.add_argument("--show-ids", action="store_true", help="also print the generated token ids")
@@ -43,11 +54,31 @@ def register(sub: Any) -> None:
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
-    argv = ["generate", *args.prompts, "--model", args.model, "--max-tokens", str(args.max_tokens),
-            "--temperature", repr(args.temperature), "--top-p", repr(args.top_p), "--top-k", str(args.top_k),
-            "--tp", str(args.tp), "--device", args.device]
-    for flag, value in (("--spec", args.spec), ("--seed", args.seed), ("--dtype", args.dtype),
-                        ("--max-kv-tokens", args.max_kv_tokens), ("--chunked-prefill-size", args.chunked_prefill_size)):
+    argv = [
+        "generate",
+        *args.prompts,
+        "--model",
+        args.model,
+        "--max-tokens",
+        str(args.max_tokens),
+        "--temperature",
+        repr(args.temperature),
+        "--top-p",
+        repr(args.top_p),
+        "--top-k",
+        str(args.top_k),
+        "--tp",
+        str(args.tp),
+        "--device",
+        args.device,
+    ]
+    for flag, value in (
+        ("--spec", args.spec),
+        ("--seed", args.seed),
+        ("--dtype", args.dtype),
+        ("--max-kv-tokens", args.max_kv_tokens),
+        ("--chunked-prefill-size", args.chunked_prefill_size),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     for flag, on in (("--raw", args.raw), ("--no-prefix-cache", args.no_prefix_cache), ("--show-ids", args.show_ids)):
@@ -63,11 +94,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tp < 1:
         raise UserError(f"--tp must be at least 1, got {args.tp}")
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            top_k=args.top_k, seed=args.seed)
-    config = EngineConfig(model=Path(args.model), spec=Path(args.spec) if args.spec else None, tp=args.tp,
-                          device=args.device, dtype=args.dtype, max_kv_tokens=args.max_kv_tokens,
-                          chunked_prefill_size=args.chunked_prefill_size, prefix_cache=not args.no_prefix_cache)
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed
+    )
+    config = EngineConfig(
+        model=Path(args.model),
+        spec=Path(args.spec) if args.spec else None,
+        tp=args.tp,
+        device=args.device,
+        dtype=args.dtype,
+        max_kv_tokens=args.max_kv_tokens,
+        chunked_prefill_size=args.chunked_prefill_size,
+        prefix_cache=not args.no_prefix_cache,
+    )
     quiet_transformers()
     env = rank_env()
     if args.tp > 1 and env is None:
@@ -103,8 +142,10 @@ def _generate(args: argparse.Namespace, config: Any, params: Any, comm: Any) -> 
         if args.raw or tok.chat_template is None:
             texts = list(args.prompts)
         else:
-            texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                             tokenize=False) for p in args.prompts]
+            texts = [
+                tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+                for p in args.prompts
+            ]
         ids = [tok(t, add_special_tokens=args.raw)["input_ids"] for t in texts]
         outputs = llm.generate(ids, params)
     finally:

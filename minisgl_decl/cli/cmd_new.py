@@ -13,8 +13,13 @@ from ..spec.find import default_spec_dirs
 
 def register(sub: Any) -> None:
     p = sub.add_parser("new", help="draft a spec for a checkpoint from its config and tensor names")
-    p.add_argument("--from", dest="source", required=True, metavar="DIR|config.json",
-                   help="an HF checkpoint directory (config.json + safetensors) or a config.json")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="DIR|config.json",
+        help="an HF checkpoint directory (config.json + safetensors) or a config.json",
+    )
     p.add_argument("-o", "--output", required=True, metavar="SPEC", help="where to write the draft .yaml")
     p.add_argument("--specs", action="append", metavar="DIR", help="spec directories to match (default: specs/)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")

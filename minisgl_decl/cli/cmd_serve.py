@@ -26,26 +26,45 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.mo
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (default model: SmolLM2-135M-Instruct)")
-    p.add_argument("--model", metavar="DIR|HUB_ID",
-                   help="HF checkpoint directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        metavar="DIR|HUB_ID",
+        help="HF checkpoint directory or hub id (default: the embedded SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--spec", metavar="FILE", help="spec .yaml (default: chosen from config.json `architectures`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights and KV cache (default: float32 on CPU, bfloat16 on CUDA)")
-    p.add_argument("--max-model-len", type=int, default=None,
-                   help="context length, prompt + output (default: the model's max_position_embeddings)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="weights and KV cache (default: float32 on CPU, bfloat16 on CUDA)",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="context length, prompt + output (default: the model's max_position_embeddings)",
+    )
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: from --model)")
-    p.add_argument("--api-key", default=os.environ.get("MINISGL_DECL_API_KEY"),
-                   help="require `Authorization: Bearer KEY` on /v1/* (401 otherwise); "
-                        "default: $MINISGL_DECL_API_KEY (keeps the key out of `ps`)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MINISGL_DECL_API_KEY"),
+        help="require `Authorization: Bearer KEY` on /v1/* (401 otherwise); "
+        "default: $MINISGL_DECL_API_KEY (keeps the key out of `ps`)",
+    )
     p.add_argument("--max-kv-tokens", type=int, default=None, help="KV pool size in tokens (CPU; default from RAM)")
-    p.add_argument("--mem-fraction", type=float, default=0.85,
-                   help="CUDA: fraction of free memory after the weights for the KV pool (default 0.85)")
-    p.add_argument("--chunked-prefill-size", type=int, default=None,
-                   help="prompt tokens per step (default: measured per device)")
+    p.add_argument(
+        "--mem-fraction",
+        type=float,
+        default=0.85,
+        help="CUDA: fraction of free memory after the weights for the KV pool (default 0.85)",
+    )
+    p.add_argument(
+        "--chunked-prefill-size", type=int, default=None, help="prompt tokens per step (default: measured per device)"
+    )
     p.add_argument("--max-running", type=int, default=256, help="most requests decoding at once (default 256)")
     p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
     p.add_argument("--no-cuda-graph", action="store_true", help="CUDA: run decode without CUDA graphs")
@@ -58,13 +77,19 @@ def _check_args(args: argparse.Namespace) -> None:
     problems = [
         (args.tp < 1, f"--tp must be at least 1, got {args.tp}"),
         (not 0 <= args.port <= 65535, f"--port must be in 0..65535, got {args.port}"),
-        (args.max_model_len is not None and args.max_model_len < 2,
-         f"--max-model-len must be at least 2, got {args.max_model_len}"),
-        (args.max_kv_tokens is not None and args.max_kv_tokens < 1,
-         f"--max-kv-tokens must be at least 1, got {args.max_kv_tokens}"),
+        (
+            args.max_model_len is not None and args.max_model_len < 2,
+            f"--max-model-len must be at least 2, got {args.max_model_len}",
+        ),
+        (
+            args.max_kv_tokens is not None and args.max_kv_tokens < 1,
+            f"--max-kv-tokens must be at least 1, got {args.max_kv_tokens}",
+        ),
         (not 0 < args.mem_fraction <= 1, f"--mem-fraction must be in (0, 1], got {args.mem_fraction}"),
-        (args.chunked_prefill_size is not None and args.chunked_prefill_size < 1,
-         f"--chunked-prefill-size must be at least 1, got {args.chunked_prefill_size}"),
+        (
+            args.chunked_prefill_size is not None and args.chunked_prefill_size < 1,
+            f"--chunked-prefill-size must be at least 1, got {args.chunked_prefill_size}",
+        ),
         (args.max_running < 1, f"--max-running must be at least 1, got {args.max_running}"),
         (args.api_key is not None and not args.api_key.strip(), "--api-key must not be empty"),
     ]
@@ -94,8 +119,10 @@ def resolve_model(arg: str | None) -> Path:
     try:
         return Path(snapshot_download(arg, allow_patterns=_HUB_FILES))
     except Exception as exc:
-        raise UserError(f"--model {arg}: not a local directory, and the Hugging Face hub did not provide it "
-                        f"({type(exc).__name__}: {exc}); pass a local checkpoint directory") from None
+        raise UserError(
+            f"--model {arg}: not a local directory, and the Hugging Face hub did not provide it "
+            f"({type(exc).__name__}: {exc}); pass a local checkpoint directory"
+        ) from None
 
 
 def _served_name(args: argparse.Namespace, model: Path) -> str:
@@ -117,21 +144,55 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def engine_config(args: argparse.Namespace, model: Path) -> EngineConfig:
-    return EngineConfig(model=model, spec=Path(args.spec) if args.spec else None, tp=args.tp, device=_device(args),
-                        dtype=args.dtype, max_model_len=args.max_model_len, max_kv_tokens=args.max_kv_tokens,
-                        mem_fraction=args.mem_fraction, chunked_prefill_size=args.chunked_prefill_size,
-                        max_running=args.max_running, prefix_cache=not args.no_prefix_cache,
-                        cuda_graph=not args.no_cuda_graph, seed=args.seed)
+    return EngineConfig(
+        model=model,
+        spec=Path(args.spec) if args.spec else None,
+        tp=args.tp,
+        device=_device(args),
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_kv_tokens=args.max_kv_tokens,
+        mem_fraction=args.mem_fraction,
+        chunked_prefill_size=args.chunked_prefill_size,
+        max_running=args.max_running,
+        prefix_cache=not args.no_prefix_cache,
+        cuda_graph=not args.no_cuda_graph,
+        seed=args.seed,
+    )
 
 
 def _rank_argv(args: argparse.Namespace, model: Path, name: str) -> list[str]:
     """The same command for every rank, with the model already resolved to a local directory."""
-    argv = ["serve", "--model", str(model), "--served-model-name", name, "--host", args.host, "--port",
-            str(args.port), "--tp", str(args.tp), "--device", _device(args), "--mem-fraction", repr(args.mem_fraction),
-            "--max-running", str(args.max_running), "--seed", str(args.seed), "--log-level", args.log_level]
-    optional = {"--spec": args.spec, "--dtype": args.dtype, "--max-model-len": args.max_model_len,
-                "--max-kv-tokens": args.max_kv_tokens,
-                "--chunked-prefill-size": args.chunked_prefill_size}
+    argv = [
+        "serve",
+        "--model",
+        str(model),
+        "--served-model-name",
+        name,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--tp",
+        str(args.tp),
+        "--device",
+        _device(args),
+        "--mem-fraction",
+        repr(args.mem_fraction),
+        "--max-running",
+        str(args.max_running),
+        "--seed",
+        str(args.seed),
+        "--log-level",
+        args.log_level,
+    ]
+    optional = {
+        "--spec": args.spec,
+        "--dtype": args.dtype,
+        "--max-model-len": args.max_model_len,
+        "--max-kv-tokens": args.max_kv_tokens,
+        "--chunked-prefill-size": args.chunked_prefill_size,
+    }
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]

@@ -16,8 +16,12 @@ from .report_format import FORMATS, Reporter
 def register(sub: Any) -> None:
     p = sub.add_parser("validate", help="validate spec files or directories of specs")
     p.add_argument("paths", nargs="+", metavar="PATH", help="a spec .yaml file or a directory of them")
-    p.add_argument("--format", choices=FORMATS, default="text",
-                   help="text (default), json (one document), github (workflow ::error annotations)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (default), json (one document), github (workflow ::error annotations)",
+    )
     p.set_defaults(run=run)
 
 

@@ -53,8 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        print("internal error: this is a bug in minisgl-decl, please report it with the traceback above",
-              file=sys.stderr)
+        print(
+            "internal error: this is a bug in minisgl-decl, please report it with the traceback above", file=sys.stderr
+        )
         return 70
 
 

@@ -22,8 +22,9 @@ def _escape_property(s: str) -> str:
 def github_annotation(problem: Problem) -> str:
     """`::error file=F,line=L,col=C::message` (GitHub Actions workflow command)."""
     loc = problem.location
-    return (f"::error file={_escape_property(loc.file)},line={loc.line},col={loc.column}"
-            f"::{_escape_data(problem.message)}")
+    return (
+        f"::error file={_escape_property(loc.file)},line={loc.line},col={loc.column}::{_escape_data(problem.message)}"
+    )
 
 
 def problem_json(problem: Problem) -> dict[str, object]:
@@ -62,9 +63,21 @@ class Reporter:
         total = sum(len(f["errors"]) for f in self.files) + len(self.overlaps)  # type: ignore[arg-type]
         valid = sum(1 for f in self.files if f["ok"])
         if self.format == "json":
-            print(json.dumps({"files": self.files, "overlaps": [problem_json(p) for p in self.overlaps],
-                              "checked": len(self.files), "valid": valid, "errors": total}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "files": self.files,
+                        "overlaps": [problem_json(p) for p in self.overlaps],
+                        "checked": len(self.files),
+                        "valid": valid,
+                        "errors": total,
+                    },
+                    indent=2,
+                )
+            )
         else:
-            print(f"{len(self.files)} spec(s) checked, {valid} valid, {total} error(s)"
-                  + (f" ({len(self.overlaps)} overlapping pair(s))" if self.overlaps else ""))
+            print(
+                f"{len(self.files)} spec(s) checked, {valid} valid, {total} error(s)"
+                + (f" ({len(self.overlaps)} overlapping pair(s))" if self.overlaps else "")
+            )
         return total

@@ -38,8 +38,9 @@ from ..graph.program import LayerOps, Op, last_uses
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 #: names the template itself uses
-_RESERVED = frozenset({"torch", "Any", "ForwardBatch", "block", "forward", "top", "layers", "layer", "residual",
-                       "batch"})
+_RESERVED = frozenset(
+    {"torch", "Any", "ForwardBatch", "block", "forward", "top", "layers", "layer", "residual", "batch"}
+)
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,13 @@ def _fusable_first_use(ops: list[Op], var: str, fusable: set[str]) -> int | None
 def _carries(layer: LayerOps, input_var: str, fusable: set[str]) -> bool:
     """Whether this layer can hand its last residual add to the next layer's first norm."""
     last = layer.ops[-1] if layer.ops else None
-    return (last is not None and last.kind == "add" and last.outputs == (layer.output,)
-            and all(isinstance(v, str) for v in last.inputs)
-            and _fusable_first_use(list(layer.ops), input_var, fusable) is not None)
+    return (
+        last is not None
+        and last.kind == "add"
+        and last.outputs == (layer.output,)
+        and all(isinstance(v, str) for v in last.inputs)
+        and _fusable_first_use(list(layer.ops), input_var, fusable) is not None
+    )
 
 
 def _block(layer: LayerOps, input_var: str, fusable: set[str], carries: bool) -> tuple[list[str], list[str]]:
@@ -140,8 +145,12 @@ def _block(layer: LayerOps, input_var: str, fusable: set[str], carries: bool) ->
     for i, (op, frees) in enumerate(zip(body, last_uses(body), strict=True)):
         if i == entry:
             n, m, x = _ident(op.outputs[0]), mods[op.module or ""], _ident(input_var)
-            lines.out += ["if residual is None:", f"    {n} = {m}({x}, batch)", "else:",
-                          f"    {n}, {x} = {m}.forward_add({x}, residual, batch)"]
+            lines.out += [
+                "if residual is None:",
+                f"    {n} = {m}({x}, batch)",
+                "else:",
+                f"    {n}, {x} = {m}.forward_add({x}, residual, batch)",
+            ]
         else:
             lines.op(op)
         lines.frees(frees, returned)
@@ -169,9 +178,12 @@ def _forward(graph: ModelGraph, fusable: set[str], carries: bool) -> tuple[list[
             if not graph.num_layers:
                 lines.out.append(f"{y} = {x}")
             elif carries:
-                lines.out += [f"{y}, residual = {x}, None", "for block, layer in layers:",
-                              f"    {y}, residual = block(layer, {y}, residual, batch)"]
-                j = _fusable_first_use(ops[i + 1:], y, fusable)
+                lines.out += [
+                    f"{y}, residual = {x}, None",
+                    "for block, layer in layers:",
+                    f"    {y}, residual = block(layer, {y}, residual, batch)",
+                ]
+                j = _fusable_first_use(ops[i + 1 :], y, fusable)
                 if j is None:
                     lines.out.append(f"{y} = {y} + residual")
                 else:
@@ -185,8 +197,9 @@ def _forward(graph: ModelGraph, fusable: set[str], carries: bool) -> tuple[list[
 
 def render_module(graph: ModelGraph, spec_file: str) -> Rendered:
     kinds = {m.path: m for m in graph.modules}
-    fusable_layer = {m.path.split(".", 2)[2] for m in graph.modules
-                     if m.path.startswith(f"{STACK}.") and _fuses(m.layer)}
+    fusable_layer = {
+        m.path.split(".", 2)[2] for m in graph.modules if m.path.startswith(f"{STACK}.") and _fuses(m.layer)
+    }
     fusable_top = {m.path for m in graph.modules if "." not in m.path and _fuses(m.layer)}
     variants = list(dict.fromkeys(graph.block.layers))  # distinct layer programs, first-seen order
     which = tuple(variants.index(layer) for layer in graph.block.layers)
@@ -194,8 +207,14 @@ def render_module(graph: ModelGraph, spec_file: str) -> Rendered:
     blocks = []
     for k, v in enumerate(variants):
         lines, names = _block(v, graph.block.input, fusable_layer, carries)
-        blocks.append({"name": "block" if len(variants) == 1 else f"block_{k}", "lines": lines,
-                       "modules": _comment(", ".join(names)), "names": tuple(names)})
+        blocks.append(
+            {
+                "name": "block" if len(variants) == 1 else f"block_{k}",
+                "lines": lines,
+                "modules": _comment(", ".join(names)),
+                "names": tuple(names),
+            }
+        )
     forward_lines, top = _forward(graph, fusable_top, carries)
     modules = [f"{m}: {kinds[m].layer}({_args(kinds[m].args_json())})" for m in top]
     local = list(dict.fromkeys(n for b in blocks for n in b["names"]))

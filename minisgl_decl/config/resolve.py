@@ -173,8 +173,12 @@ def _unmet_requirements(spec: LoadedSpec, values: dict[str, Any]) -> list[Proble
             continue
         if not ok:
             seen = ", ".join(f"{n}={values.get(n)!r}" for n in sorted(expr.names))
-            problems.append(Problem(spec.where(("requires", k)),
-                                    f"this checkpoint is not supported by the spec: `{source}` is false ({seen})"))
+            problems.append(
+                Problem(
+                    spec.where(("requires", k)),
+                    f"this checkpoint is not supported by the spec: `{source}` is false ({seen})",
+                )
+            )
     return problems
 
 
@@ -194,8 +198,10 @@ def _plain(value: Any) -> Any:
                 raise TypeError("mapping keys must be strings")
             stack.extend(v.values())
         elif v is not None and not isinstance(v, bool | int | float | str):
-            raise TypeError(f"a value of type `{type(v).__name__}` is not allowed here; use numbers, strings, "
-                            "booleans, lists or mappings")
+            raise TypeError(
+                f"a value of type `{type(v).__name__}` is not allowed here; use numbers, strings, "
+                "booleans, lists or mappings"
+            )
     return value
 
 
@@ -222,9 +228,7 @@ def _resolve_value(entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) ->
             if isinstance(entry.default, str):
                 value = parse_expr(entry.default).evaluate(values)
             elif entry.default is None:
-                raise ValueError(
-                    f"the HF config has none of {', '.join(keys)} and the spec gives no `default`"
-                )
+                raise ValueError(f"the HF config has none of {', '.join(keys)} and the spec gives no `default`")
             else:
                 value = entry.default
         return _coerce(value, entry.type)

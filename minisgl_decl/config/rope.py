@@ -72,9 +72,14 @@ def normalise_rope(
     prf = p.get("partial_rotary_factor", partial_rotary_factor)
     orig = p.get("original_max_position_embeddings") or original_max_position or max_position
     factor = p.get("factor")
-    present = {"factor": factor, "low_freq_factor": p.get("low_freq_factor"),
-               "high_freq_factor": p.get("high_freq_factor"), "original_max_position_embeddings": orig,
-               "short_factor": p.get("short_factor"), "long_factor": p.get("long_factor")}
+    present = {
+        "factor": factor,
+        "low_freq_factor": p.get("low_freq_factor"),
+        "high_freq_factor": p.get("high_freq_factor"),
+        "original_max_position_embeddings": orig,
+        "short_factor": p.get("short_factor"),
+        "long_factor": p.get("long_factor"),
+    }
     for key in REQUIRED_KEYS[rope_type]:
         if present[key] is None:
             raise UserError(f"{where}: rope type `{rope_type}` needs `{key}`")

@@ -64,12 +64,21 @@ class SamplingParams:
             (0 < self.top_p <= 1, "top_p", f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= 0 or self.top_k == -1, "top_k", f"top_k must be >= 0 (or -1: off), got {self.top_k}"),
             (0 <= self.min_p <= 1, "min_p", f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0, "repetition_penalty",
-             f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty",
-             f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty",
-             f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (
+                self.repetition_penalty > 0,
+                "repetition_penalty",
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+            ),
+            (
+                -2 <= self.frequency_penalty <= 2,
+                "frequency_penalty",
+                f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}",
+            ),
+            (
+                -2 <= self.presence_penalty <= 2,
+                "presence_penalty",
+                f"presence_penalty must be in [-2, 2], got {self.presence_penalty}",
+            ),
             (0 <= self.top_logprobs <= 20, "top_logprobs", f"top_logprobs must be in [0, 20], got {self.top_logprobs}"),
         ]
         for ok, param, message in checks:

@@ -66,8 +66,9 @@ class AsyncEngine:
                 raise InvalidRequest(f"request id {request_id!r} is already running", "request_id")
         return self._stream(request_id, list(prompt_ids), params)
 
-    async def _stream(self, request_id: str, prompt_ids: list[int], params: SamplingParams
-                      ) -> AsyncIterator[RequestOutput]:
+    async def _stream(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if request_id in self._streams:
@@ -168,8 +169,9 @@ class AsyncEngine:
             self.core.close()
 
 
-def start_engine(config: EngineConfig, comm: GroupComm | None = None, *, loaded: LoadedModel | None = None
-                 ) -> AsyncEngine:
+def start_engine(
+    config: EngineConfig, comm: GroupComm | None = None, *, loaded: LoadedModel | None = None
+) -> AsyncEngine:
     """Load the model (rank 0's shard under TP) and start the engine thread."""
     loaded = loaded if loaded is not None else load_engine_model(config, comm)
     return AsyncEngine(EngineCore(config, loaded, comm))
@@ -188,23 +190,28 @@ def merge(outputs: Sequence[RequestOutput]) -> RequestOutput:
     logprobs: list[TokenLogprob] = []
     for o in outputs:
         logprobs += o.logprobs or ()
-    return replace(last, text="".join(o.text for o in outputs),
-                   token_ids=tuple(t for o in outputs for t in o.token_ids),
-                   logprobs=tuple(logprobs) if any(o.logprobs is not None for o in outputs) else None)
+    return replace(
+        last,
+        text="".join(o.text for o in outputs),
+        token_ids=tuple(t for o in outputs for t in o.token_ids),
+        logprobs=tuple(logprobs) if any(o.logprobs is not None for o in outputs) else None,
+    )
 
 
 class LLM:
     """Offline, synchronous: `LLM(config).generate(prompts, params)` -> one final output per prompt."""
 
-    def __init__(self, config: EngineConfig, comm: GroupComm | None = None, *, loaded: LoadedModel | None = None
-                 ) -> None:
+    def __init__(
+        self, config: EngineConfig, comm: GroupComm | None = None, *, loaded: LoadedModel | None = None
+    ) -> None:
         self.loaded = loaded if loaded is not None else load_engine_model(config, comm)
         self.core = EngineCore(config, self.loaded, comm)
         self.tokenizer = self.loaded.tokenizer
         self.max_model_len = self.core.max_model_len
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
-                 ) -> list[RequestOutput]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
+    ) -> list[RequestOutput]:
         per = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(per) != len(prompts):
             raise InvalidRequest(f"{len(prompts)} prompts but {len(per)} sampling params", "params")

@@ -44,8 +44,15 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
         raise InvalidRequest(f"--chunked-prefill-size must be at least 1, got {chunk}", "chunked_prefill_size")
     if config.max_running < 1:
         raise InvalidRequest(f"--max-running must be at least 1, got {config.max_running}", "max_running")
-    runner = ModelRunner(loaded.model, tokens, dtype=loaded.dtype, device=loaded.device, comm=comm,
-                         max_rows=config.max_running, max_len=min(max_model_len(config, loaded), tokens))
+    runner = ModelRunner(
+        loaded.model,
+        tokens,
+        dtype=loaded.dtype,
+        device=loaded.device,
+        comm=comm,
+        max_rows=config.max_running,
+        max_len=min(max_model_len(config, loaded), tokens),
+    )
     if comm is None or comm.rank == 0:
         announce(loaded, tokens, chunk, max_model_len(config, loaded))
     if config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1):
@@ -79,27 +86,41 @@ class EngineCore:
             raise InvalidRequest(f"prompt token id {bad[0]!r} is outside the vocabulary [0, {vocab})", "prompt")
         bias = [t for t in params.logit_bias if not isinstance(t, int) or not 0 <= t < vocab]
         if bias:
-            raise InvalidRequest(f"logit_bias token id {bias[0]!r} is outside the vocabulary [0, {vocab})",
-                                 "logit_bias")
+            raise InvalidRequest(
+                f"logit_bias token id {bias[0]!r} is outside the vocabulary [0, {vocab})", "logit_bias"
+            )
         n, limit, pool = len(prompt_ids), self.max_model_len, self.runner.pool.size
         if n >= limit:
-            raise InvalidRequest(f"the prompt has {n} tokens; this model's context length is {limit} "
-                                 "(prompt + max_tokens must fit)", "prompt")
+            raise InvalidRequest(
+                f"the prompt has {n} tokens; this model's context length is {limit} (prompt + max_tokens must fit)",
+                "prompt",
+            )
         if n + params.max_tokens > limit:
-            raise InvalidRequest(f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) = "
-                                 f"{n + params.max_tokens} exceeds the context length {limit}; "
-                                 f"lower max_tokens to at most {limit - n}", "max_tokens")
+            raise InvalidRequest(
+                f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) = "
+                f"{n + params.max_tokens} exceeds the context length {limit}; "
+                f"lower max_tokens to at most {limit - n}",
+                "max_tokens",
+            )
         if n + params.max_tokens > pool:
-            raise InvalidRequest(f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) exceeds the KV cache "
-                                 f"({pool} tokens); lower max_tokens to at most {max(pool - n, 0)}", "max_tokens")
+            raise InvalidRequest(
+                f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) exceeds the KV cache "
+                f"({pool} tokens); lower max_tokens to at most {max(pool - n, 0)}",
+                "max_tokens",
+            )
 
     def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> None:
         if request_id in self.requests:
             raise InvalidRequest(f"request id {request_id!r} is already running", "request_id")
         self.check(prompt_ids, params)
         prompt = list(prompt_ids)
-        req = Request(next(self._keys), request_id, prompt, params,
-                      OutputText(self.tokenizer, params, prompt, self.loaded.eos_ids))
+        req = Request(
+            next(self._keys),
+            request_id,
+            prompt,
+            params,
+            OutputText(self.tokenizer, params, prompt, self.loaded.eos_ids),
+        )
         self.sampler.add(req.key, params, prompt)
         self.requests[request_id] = req
         self.sched.waiting.append(req)
@@ -151,8 +172,9 @@ class EngineCore:
             if it.start + n == r.total:
                 logits_at.append(len(tokens) - 1)
                 sample.append(r)
-        step = StepBatch.build(tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, plan.writes,
-                               plan.is_decode)
+        step = StepBatch.build(
+            tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, plan.writes, plan.is_decode
+        )
         return step, sample
 
     def _postprocess(self, req: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
@@ -168,12 +190,22 @@ class EngineCore:
             return self._finish(req, text, logprobs)
         return self._output(req, text, logprobs, False)
 
-    def _output(self, req: Request, text: str, logprobs: tuple[TokenLogprob, ...] | None,
-                finished: bool) -> RequestOutput:
+    def _output(
+        self, req: Request, text: str, logprobs: tuple[TokenLogprob, ...] | None, finished: bool
+    ) -> RequestOutput:
         new = tuple(req.output[req.sent_tokens :])
         req.sent_tokens = len(req.output)
-        return RequestOutput(req.request_id, text, new, logprobs, finished, req.finish_reason if finished else None,
-                             len(req.prompt), len(req.output), req.cached_tokens)
+        return RequestOutput(
+            req.request_id,
+            text,
+            new,
+            logprobs,
+            finished,
+            req.finish_reason if finished else None,
+            len(req.prompt),
+            len(req.output),
+            req.cached_tokens,
+        )
 
     def _finish(self, req: Request, text: str, logprobs: tuple[TokenLogprob, ...] | None = None) -> RequestOutput:
         self.sched.remove(req)
@@ -188,10 +220,15 @@ class EngineCore:
         cache_size = self.cache.size if self.cache is not None else 0
         evictable = self.cache.evictable if self.cache is not None else 0
         return EngineStats(
-            running=len(self.sched.running), waiting=len(self.sched.waiting), kv_total=pool.size,
-            kv_used=pool.size - pool.available, kv_evictable=evictable if cache_size else 0,
-            prompt_tokens=self.prompt_tokens, cached_prompt_tokens=self.sched.cached_tokens,
-            generated_tokens=self.generated_tokens, preemptions=self.sched.preemptions,
+            running=len(self.sched.running),
+            waiting=len(self.sched.waiting),
+            kv_total=pool.size,
+            kv_used=pool.size - pool.available,
+            kv_evictable=evictable if cache_size else 0,
+            prompt_tokens=self.prompt_tokens,
+            cached_prompt_tokens=self.sched.cached_tokens,
+            generated_tokens=self.generated_tokens,
+            preemptions=self.sched.preemptions,
         )
 
     def flush_cache(self) -> int:
@@ -212,4 +249,3 @@ class EngineCore:
         """Keep idle worker ranks' collectives from timing out."""
         if self.comm is not None:
             tp.send_ping(self.comm)
-

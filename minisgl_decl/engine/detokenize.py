@@ -35,21 +35,23 @@ _INCOMPLETE = "\ufffd"
 class Decoder(Protocol):
     """The part of a transformers tokenizer used here."""
 
-    def decode(self, token_ids: list[int], *, skip_special_tokens: bool = ...,
-               clean_up_tokenization_spaces: bool | None = ...) -> str: ...
+    def decode(
+        self, token_ids: list[int], *, skip_special_tokens: bool = ..., clean_up_tokenization_spaces: bool | None = ...
+    ) -> str: ...
 
 
 class OutputText:
     """One request's output text, fed one token at a time."""
 
-    def __init__(self, tokenizer: Decoder, params: SamplingParams, prompt_ids: Sequence[int],
-                 eos_ids: frozenset[int]) -> None:
+    def __init__(
+        self, tokenizer: Decoder, params: SamplingParams, prompt_ids: Sequence[int], eos_ids: frozenset[int]
+    ) -> None:
         self._tokenizer = tokenizer
         self._skip_special = params.skip_special_tokens
         self._stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_ids)
         self._stops = tuple(s for s in params.stop if s)
         self._longest_stop = max((len(s) for s in self._stops), default=0)
-        context = list(prompt_ids[max(0, len(prompt_ids) - CONTEXT_TOKENS):])
+        context = list(prompt_ids[max(0, len(prompt_ids) - CONTEXT_TOKENS) :])
         if context and self._decode(context).endswith(_INCOMPLETE):
             context = []  # the prompt ends inside a character: its output cannot be decoded in context
         self._ids = context
@@ -89,19 +91,18 @@ class OutputText:
         return chunk
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special,
-                                      clean_up_tokenization_spaces=False)
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special, clean_up_tokenization_spaces=False)
 
     def _decode_new(self, final: bool) -> str:
         """Text of the tokens since `read`, or "" while they end inside a character (unless final)."""
         if self._read == len(self._ids):
             return ""
         if self._prefix_text is None:
-            self._prefix_text = self._decode(self._ids[self._prefix:self._read])
-        window = self._decode(self._ids[self._prefix:])
+            self._prefix_text = self._decode(self._ids[self._prefix : self._read])
+        window = self._decode(self._ids[self._prefix :])
         if window.endswith(_INCOMPLETE) and not final:
             return ""
-        new = window[len(self._prefix_text):]
+        new = window[len(self._prefix_text) :]
         self._prefix, self._read, self._prefix_text = self._read, len(self._ids), None
         return new
 
@@ -114,7 +115,7 @@ class OutputText:
             self._done = True
             return self._emit(text[:cut]), "stop"
         keep = 0 if final else self._held_tail(text)
-        self._pending = text[len(text) - keep:] if keep else ""
+        self._pending = text[len(text) - keep :] if keep else ""
         return self._emit(text[: len(text) - keep]), None
 
     def _held_tail(self, text: str) -> int:

@@ -73,8 +73,9 @@ def resolve_dtype(config: EngineConfig, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_engine_model(config: EngineConfig, comm: GroupComm | None = None, *, progress: bool | None = None
-                      ) -> LoadedModel:
+def load_engine_model(
+    config: EngineConfig, comm: GroupComm | None = None, *, progress: bool | None = None
+) -> LoadedModel:
     model_dir = Path(config.model)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a checkpoint directory (no config.json)")
@@ -102,8 +103,18 @@ def load_engine_model(config: EngineConfig, comm: GroupComm | None = None, *, pr
     if max_len < 2:
         raise UserError(f"--max-model-len must be at least 2, got {max_len}")
     vocab = _hf_value(dict(hf), "vocab_size")
-    return LoadedModel(model, compiled, tokenizer, eos_ids_of(model_dir, tokenizer), device, dtype,
-                       int(vocab) if isinstance(vocab, int) else 0, max_len, model_dir.name, weight_bytes)
+    return LoadedModel(
+        model,
+        compiled,
+        tokenizer,
+        eos_ids_of(model_dir, tokenizer),
+        device,
+        dtype,
+        int(vocab) if isinstance(vocab, int) else 0,
+        max_len,
+        model_dir.name,
+        weight_bytes,
+    )
 
 
 def kv_bytes_per_token(loaded: LoadedModel) -> int:
@@ -138,7 +149,11 @@ def kv_pool_tokens(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | 
 
 def announce(loaded: LoadedModel, tokens: int, chunk: int, max_len: int) -> None:
     per_token = kv_bytes_per_token(loaded)
-    print(f"engine: {loaded.model_name} on {loaded.device} ({str(loaded.dtype).removeprefix('torch.')}), "
-          f"tp={loaded.compiled.graph.tp}, weights {loaded.weight_bytes / 2**20:.0f} MiB; "
-          f"KV pool {tokens} tokens x {per_token} B = {tokens * per_token / 2**20:.0f} MiB; "
-          f"max_model_len {max_len}, chunked prefill {chunk} tokens", file=sys.stderr, flush=True)
+    print(
+        f"engine: {loaded.model_name} on {loaded.device} ({str(loaded.dtype).removeprefix('torch.')}), "
+        f"tp={loaded.compiled.graph.tp}, weights {loaded.weight_bytes / 2**20:.0f} MiB; "
+        f"KV pool {tokens} tokens x {per_token} B = {tokens * per_token / 2**20:.0f} MiB; "
+        f"max_model_len {max_len}, chunked prefill {chunk} tokens",
+        file=sys.stderr,
+        flush=True,
+    )

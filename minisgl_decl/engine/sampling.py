@@ -198,9 +198,7 @@ class Sampler:
         self._bias[pslot] = 0.0
         if params.logit_bias:
             ids = torch.tensor(list(params.logit_bias), dtype=torch.int64, device=self.device)
-            self._bias[pslot, ids] = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32).to(
-                self.device
-            )
+            self._bias[pslot, ids] = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32).to(self.device)
         return pslot
 
     def remove(self, key: int) -> None:
@@ -208,8 +206,15 @@ class Sampler:
         self._slots.give(row.slot)
         if row.pslot is not None:
             self._pslots.give(row.pslot)
-        for keys in (self._sampled, self._seeded, self._penalized, self._top_k_keys, self._top_p_keys,
-                     self._min_p_keys, self._logprob_keys):
+        for keys in (
+            self._sampled,
+            self._seeded,
+            self._penalized,
+            self._top_k_keys,
+            self._top_p_keys,
+            self._min_p_keys,
+            self._logprob_keys,
+        ):
             keys.discard(key)
 
     def __contains__(self, key: int) -> bool:

@@ -162,10 +162,16 @@ def _existing(spec: LoadedSpec, present: set[str], where: PathKey, prefix: str) 
         full = f"{prefix}{name}"
         if full not in present:
             where_layer = f"layer {prefix.split('.')[1]}" if prefix else "the model"
-            raise SpecError([Problem(spec.where((*where, name, MODULE_IF)),
-                                     f"module `{name}` does not exist in {where_layer} (its `if:` is false there) "
-                                     "but the dataflow calls it; choose the call with "
-                                     "`... if <condition> else ...` in the statement")])
+            raise SpecError(
+                [
+                    Problem(
+                        spec.where((*where, name, MODULE_IF)),
+                        f"module `{name}` does not exist in {where_layer} (its `if:` is false there) "
+                        "but the dataflow calls it; choose the call with "
+                        "`... if <condition> else ...` in the statement",
+                    )
+                ]
+            )
         return full
 
     return path
@@ -203,12 +209,16 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
 
     names = frozenset(env)
     body = _statements(
-        spec, s.model.layers.body,
-        Scope(frozenset(s.model.layers.modules), names | {LAYER_INDEX}, (BODY_VAR,)), ("model", "layers", "body"),
+        spec,
+        s.model.layers.body,
+        Scope(frozenset(s.model.layers.modules), names | {LAYER_INDEX}, (BODY_VAR,)),
+        ("model", "layers", "body"),
     )
     forward = _statements(
-        spec, s.model.forward,
-        Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})), ("model", "forward"),
+        spec,
+        s.model.forward,
+        Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})),
+        ("model", "forward"),
     )
     fusable = {m.path: get_layer(m.layer).fuses_residual_add for m in numbered}
     present = {m.path for m in numbered}
@@ -255,6 +265,12 @@ def _count(spec: LoadedSpec, env: dict[str, Any]) -> int:
     except ExprError as exc:
         raise SpecError([Problem(spec.where(("model", "layers", "repeat")), exc.message)]) from None
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LAYERS:
-        raise SpecError([Problem(spec.where(("model", "layers", "repeat")),
-                                 f"repeat must be a layer count in 0..{MAX_LAYERS}, got {n!r}")])
+        raise SpecError(
+            [
+                Problem(
+                    spec.where(("model", "layers", "repeat")),
+                    f"repeat must be a layer count in 0..{MAX_LAYERS}, got {n!r}",
+                )
+            ]
+        )
     return n

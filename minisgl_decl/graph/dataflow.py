@@ -107,8 +107,11 @@ def _parse_line(line: str, scope: Scope, known_vars: set[str], index: int = 0) -
         raise ExprError(f"`{target}` is a module or config name; pick another variable name", 0)
     value = _node(assign.value, line, scope, known_vars)
     if isinstance(value, Scalar):
-        raise ExprError(f"`{target} = {value.source}` assigns a constant: a statement must compute a tensor "
-                        "(call a module, or combine tensor variables with + - * /)", assign.value.col_offset)
+        raise ExprError(
+            f"`{target} = {value.source}` assigns a constant: a statement must compute a tensor "
+            "(call a module, or combine tensor variables with + - * /)",
+            assign.value.col_offset,
+        )
     return Stmt(target, value, index)
 
 
@@ -157,8 +160,9 @@ def _node(e: ast.expr, line: str, scope: Scope, known: set[str]) -> Node:
 def _cond(e: ast.IfExp, line: str, scope: Scope, known: set[str]) -> Node:
     test = _node(e.test, line, scope, known)
     if not isinstance(test, Scalar):
-        raise ExprError("the condition of `a if condition else b` is a config expression, not a tensor",
-                        e.test.col_offset)
+        raise ExprError(
+            "the condition of `a if condition else b` is a config expression, not a tensor", e.test.col_offset
+        )
     body, orelse = _node(e.body, line, scope, known), _node(e.orelse, line, scope, known)
     if isinstance(body, Scalar) and isinstance(orelse, Scalar):
         return Scalar(ast.get_source_segment(line, e) or "", e.col_offset)

@@ -56,8 +56,12 @@ def kv_reuse(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey, o
                 continue
             if call.module in seen:
                 what = "runs every layer's KV cache" if call.module == STACK else "owns a KV cache"
-                problems.append(Problem(spec.source_map.locate_in_scalar((*where, stmt.index), call.offset),
-                                        f"`{call.module}` {what} and is already called in this step; a second call "
-                                        "would write its cache twice (declare a second module instead)"))
+                problems.append(
+                    Problem(
+                        spec.source_map.locate_in_scalar((*where, stmt.index), call.offset),
+                        f"`{call.module}` {what} and is already called in this step; a second call "
+                        "would write its cache twice (declare a second module instead)",
+                    )
+                )
             seen.add(call.module)
     return problems

@@ -184,8 +184,7 @@ def rename_outputs(ops: list[Op], final: Mapping[str, str]) -> list[Op]:
         return mapping.get(v, v) if isinstance(v, str) else v
 
     return [
-        replace(op, outputs=tuple(str(r(o)) for o in op.outputs), inputs=tuple(r(i) for i in op.inputs))
-        for op in ops
+        replace(op, outputs=tuple(str(r(o)) for o in op.outputs), inputs=tuple(r(i) for i in op.inputs)) for op in ops
     ]
 
 
@@ -211,8 +210,14 @@ def unroll(forward: list[Op], block: Block, stack: str, counter: int) -> list[Op
                     counter += 1
                     names[v] = f"{v.rsplit('_', 1)[0]}_{counter}"
                     outs.append(str(names[v]))
-                ops.append(Op(bop.kind, tuple(outs), tuple(names.get(v, v) for v in bop.inputs),
-                              f"{stack}.{i}.{bop.module}" if bop.module else None))
+                ops.append(
+                    Op(
+                        bop.kind,
+                        tuple(outs),
+                        tuple(names.get(v, v) for v in bop.inputs),
+                        f"{stack}.{i}.{bop.module}" if bop.module else None,
+                    )
+                )
             current = names.get(layer.output, current)
         alias[op.outputs[0]] = current
     return ops

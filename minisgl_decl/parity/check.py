@@ -33,8 +33,9 @@ def _first_nonfinite(t: torch.Tensor, side: str, where: str) -> str | None:
     pos = [int(i) for i in bad.nonzero()[0].tolist()]
     value = float(t[tuple(pos)])
     token = f"token {pos[0]}, " if t.dim() > 1 else ""
-    return (f"{side} logits hold {int(bad.sum())} non-finite value(s); first {value} at {where}: "
-            f"{token}vocab id {pos[-1]}")
+    return (
+        f"{side} logits hold {int(bad.sum())} non-finite value(s); first {value} at {where}: {token}vocab id {pos[-1]}"
+    )
 
 
 def _diff(got: torch.Tensor, ref: torch.Tensor, where: str) -> tuple[float, str | None]:

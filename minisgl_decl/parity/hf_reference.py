@@ -15,8 +15,19 @@ from ..limits import hint, limit
 from ..spec.loaded import LoadedSpec
 
 #: what transformers may raise on a bad checkpoint or config (its own errors derive from these)
-TRANSFORMERS_FAILURES = (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
-                         ImportError, NotImplementedError, AssertionError, SafetensorError)
+TRANSFORMERS_FAILURES = (
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+    ImportError,
+    NotImplementedError,
+    AssertionError,
+    SafetensorError,
+)
 
 
 def _architecture_class(name: str) -> Any:
@@ -29,8 +40,10 @@ def _architecture_class(name: str) -> Any:
     if cls is None:
         raise UserError(f"transformers {transformers.__version__} has no class `{show(name)}`")
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise UserError(f"`{show(name)}` (serves.architectures) is not a transformers model class "
-                        "(a PreTrainedModel subclass such as LlamaForCausalLM)")
+        raise UserError(
+            f"`{show(name)}` (serves.architectures) is not a transformers model class "
+            "(a PreTrainedModel subclass such as LlamaForCausalLM)"
+        )
     return cls
 
 
@@ -51,13 +64,16 @@ def _check_random_size(spec: LoadedSpec, cfg: Mapping[str, Any]) -> None:
             n *= d
         total += n
     if total > limit("MAX_RANDOM_PARAMS"):
-        raise UserError(f"{spec.file}: the random model from `example_config` would have {total:,} parameters; "
-                        f"`check` without --model builds a tiny one {hint('MAX_RANDOM_PARAMS')} "
-                        f"(layers={graph.num_layers}; shrink the sizes in example_config)")
+        raise UserError(
+            f"{spec.file}: the random model from `example_config` would have {total:,} parameters; "
+            f"`check` without --model builds a tiny one {hint('MAX_RANDOM_PARAMS')} "
+            f"(layers={graph.num_layers}; shrink the sizes in example_config)"
+        )
 
 
-def build_reference(spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0,
-                    directory: str | Path | None = None) -> Path:
+def build_reference(
+    spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0, directory: str | Path | None = None
+) -> Path:
     """Build a random model with the transformers class of the spec from its `example_config`.
 
     Weights are drawn with a larger std than HF's init so every path matters numerically;

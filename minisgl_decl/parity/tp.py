@@ -48,8 +48,12 @@ def _placeholder_reference(vocab: int) -> Callable[[list[int]], torch.Tensor]:
 
 
 def parity_on_rank(
-    spec: LoadedSpec, comm: GroupComm, model_dir: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None, seed: int = 0, reference_dir: str | Path | None = None,
+    spec: LoadedSpec,
+    comm: GroupComm,
+    model_dir: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    reference_dir: str | Path | None = None,
 ) -> list[CheckResult]:
     """Run the parity checks as rank `comm.rank` of `comm.size`; meaningful results on rank 0.
 
@@ -84,9 +88,7 @@ def parity_on_rank(
 
         vocab = int(_from_rank0(comm, load_hf))
         ref = reference if reference is not None else _placeholder_reference(vocab)
-        return run_parity_checks(
-            lambda: ModelRunner(model, KV_SLOTS, comm=comm, device=device), ref, vocab, seed
-        )
+        return run_parity_checks(lambda: ModelRunner(model, KV_SLOTS, comm=comm, device=device), ref, vocab, seed)
     finally:
         comm.barrier()
         if tmp is not None:
@@ -103,8 +105,8 @@ def _from_rank0(comm: GroupComm, work: Callable[[], str]) -> str:
             message = b"error:" + str(exc).encode()[:4000]
     shared = comm.broadcast_bytes(message)
     if shared.startswith(b"error:"):
-        raise UserError(shared[len(b"error:"):].decode(errors="replace"))
-    return shared[len(b"ok:"):].decode()
+        raise UserError(shared[len(b"error:") :].decode(errors="replace"))
+    return shared[len(b"ok:") :].decode()
 
 
 def run_cases(cases: list[dict[str, Any]], comm: GroupComm) -> list[dict[str, Any]]:
@@ -114,8 +116,7 @@ def run_cases(cases: list[dict[str, Any]], comm: GroupComm) -> list[dict[str, An
         try:
             spec = load_spec(case["spec"])
             seed = int(case.get("seed", 0))
-            results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed,
-                                     case.get("reference"))
+            results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed, case.get("reference"))
             out.append({"case": case, "results": [[r.name, r.max_abs_diff] for r in results]})
         except UserError as exc:
             out.append({"case": case, "error": str(exc)})
@@ -126,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     env = rank_env()
     if env is None or len(args) != 2:
-        print("usage: (under torchrun or minisgl_decl.runtime.distributed.launch) "
-              "python -m minisgl_decl.parity.tp CASES.json RESULTS.json", file=sys.stderr)
+        print(
+            "usage: (under torchrun or minisgl_decl.runtime.distributed.launch) "
+            "python -m minisgl_decl.parity.tp CASES.json RESULTS.json",
+            file=sys.stderr,
+        )
         return 2
     from .run import quiet_transformers
 

@@ -65,8 +65,10 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
         found = rule_for(name, rules)
         if found is None:
             where = spec.where(("weights", "params"), key=True)
-            problems.append(f"parameter `{name}` ({decl.role_name}, shape {list(decl.shape)}) has no weight "
-                            f"rule: expected an entry under weights.params ({where.file}:{where.line})")
+            problems.append(
+                f"parameter `{name}` ({decl.role_name}, shape {list(decl.shape)}) has no weight "
+                f"rule: expected an entry under weights.params ({where.file}:{where.line})"
+            )
             continue
         rule, i = found
         rule = rule.expand(i)
@@ -84,11 +86,22 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
     ranks = []
     for rank in range(graph.tp):
         params = [
-            ParamPlan(name, decl.local_shape(graph.tp), decl.shape, decl.role_name,
-                      tuple(r for e, pd, pr, infos in parts
-                            for r in _at_expert(e, relayout(_reads(pd, pr, infos, graph.tp, rank),
-                                                            [s for s, _ in infos], pr.dim, config))),
-                      rule.add, rule.location, rule.dim)
+            ParamPlan(
+                name,
+                decl.local_shape(graph.tp),
+                decl.shape,
+                decl.role_name,
+                tuple(
+                    r
+                    for e, pd, pr, infos in parts
+                    for r in _at_expert(
+                        e, relayout(_reads(pd, pr, infos, graph.tp, rank), [s for s, _ in infos], pr.dim, config)
+                    )
+                ),
+                rule.add,
+                rule.location,
+                rule.dim,
+            )
             for name, decl, rule, parts in resolved
         ]
         ranks.append(RankPlan(rank, tuple(params)))
@@ -109,15 +122,24 @@ def _expert_parts(
     except ExprError as exc:
         raise SpecError([Problem(spec.where((*rule.spec_path, "experts")), exc.message)]) from None
     if not decl.shape or n != decl.shape[0]:
-        problems.append(f"`{name}` stacks {n!r} experts (rule {rule.location}) but the parameter's leading "
-                        f"dimension is {decl.shape[0] if decl.shape else 'missing'} (shape {list(decl.shape)})")
+        problems.append(
+            f"`{name}` stacks {n!r} experts (rule {rule.location}) but the parameter's leading "
+            f"dimension is {decl.shape[0] if decl.shape else 'missing'} (shape {list(decl.shape)})"
+        )
         return []
     return [(e, decl.per_expert(), rule.for_expert(e)) for e in range(n)]
 
 
 def _sources(
-    name: str, decl: ParamDecl, rule: WeightRule, config: dict[str, Any], spec: LoadedSpec,
-    ckpt: CheckpointIndex, consumed: set[str], problems: list[str], warnings: list[str],
+    name: str,
+    decl: ParamDecl,
+    rule: WeightRule,
+    config: dict[str, Any],
+    spec: LoadedSpec,
+    ckpt: CheckpointIndex,
+    consumed: set[str],
+    problems: list[str],
+    warnings: list[str],
 ) -> list[tuple[SourceRef, TensorInfo]] | None:
     """The checkpoint tensors a rule reads (the tied source when tied); None if any is missing."""
     sources = rule.sources
@@ -127,21 +149,27 @@ def _sources(
         for s in rule.sources:
             if s.key in ckpt.tensors:
                 consumed.add(s.key)
-                warnings.append(f"`{s.key}` is in the checkpoint but the config ties `{name}` to "
-                                f"`{rule.tied_to.key}` (rule {rule.location}); it is not used, "
-                                "as in transformers")
+                warnings.append(
+                    f"`{s.key}` is in the checkpoint but the config ties `{name}` to "
+                    f"`{rule.tied_to.key}` (rule {rule.location}); it is not used, "
+                    "as in transformers"
+                )
     infos = []
     for k, s in enumerate(sources):
         info = ckpt.tensors.get(s.key)
         if info is None:
             hint = ""
             if rule.tied_to is not None and sources is rule.sources:
-                hint = (f"; the config does not tie it to `{rule.tied_to.key}` "
-                        f"(tied_if: {rule.tied_if!r} is false), so the checkpoint must hold it")
+                hint = (
+                    f"; the config does not tie it to `{rule.tied_to.key}` "
+                    f"(tied_if: {rule.tied_if!r} is false), so the checkpoint must hold it"
+                )
             own = sources is rule.sources
             shape = expected_part_shape(decl, rule, k) if own else str(list(decl.shape))
-            problems.append(f"missing tensor `{s.key}` for `{name}` (rule {rule.location}): "
-                            f"expected shape {shape}, found no such tensor in the checkpoint{hint}")
+            problems.append(
+                f"missing tensor `{s.key}` for `{name}` (rule {rule.location}): "
+                f"expected shape {shape}, found no such tensor in the checkpoint{hint}"
+            )
             continue
         consumed.add(s.key)
         infos.append((s, info))
@@ -155,8 +183,7 @@ def _at_expert(e: int | None, reads: list[Read]) -> list[Read]:
     """Place one expert's reads at index `e` of the stacked parameter's leading dim."""
     if e is None:
         return reads
-    return [Read(r.key, r.file, r.offset, r.shape, r.dtype, r.src, ((e, e + 1), *r.dst), r.transpose)
-            for r in reads]
+    return [Read(r.key, r.file, r.offset, r.shape, r.dtype, r.src, ((e, e + 1), *r.dst), r.transpose) for r in reads]
 
 
 def _unconsumed(spec: LoadedSpec, ckpt: CheckpointIndex, consumed: set[str]) -> list[str]:
@@ -221,8 +248,12 @@ def _merge(reads: list[Read]) -> list[Read]:
         if prev is not None and prev.key == r.key and prev.transpose == r.transpose and r.src and r.dst:
             ds = [k for k, (x, y) in enumerate(zip(prev.src, r.src, strict=True)) if x != y]
             dd = [k for k, (x, y) in enumerate(zip(prev.dst, r.dst, strict=True)) if x != y]
-            if (len(ds) == 1 and len(dd) == 1 and prev.src[ds[0]][1] == r.src[ds[0]][0]
-                    and prev.dst[dd[0]][1] == r.dst[dd[0]][0]):
+            if (
+                len(ds) == 1
+                and len(dd) == 1
+                and prev.src[ds[0]][1] == r.src[ds[0]][0]
+                and prev.dst[dd[0]][1] == r.dst[dd[0]][0]
+            ):
                 src = list(prev.src)
                 src[ds[0]] = (prev.src[ds[0]][0], r.src[ds[0]][1])
                 dst = list(prev.dst)

@@ -60,8 +60,9 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{show(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                        "JSON must be UTF-8") from None
+        raise UserError(
+            f"{show(path)}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); JSON must be UTF-8"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -88,8 +89,10 @@ def shard_name_problem(name: Any) -> str | None:
         return f"shard names must be non-empty strings, got {show(repr(name), 60)}"
     p = PurePosixPath(name)
     if "\\" in name or "\0" in name or p.is_absolute() or ".." in p.parts:
-        return (f"shard `{show(name)}` is outside the checkpoint directory: name files inside it "
-                "(e.g. `model-00001-of-00002.safetensors`)")
+        return (
+            f"shard `{show(name)}` is outside the checkpoint directory: name files inside it "
+            "(e.g. `model-00001-of-00002.safetensors`)"
+        )
     return None
 
 
@@ -98,8 +101,9 @@ def _weight_map(d: Path) -> dict[str, str]:
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict):
         got = type(wm).__name__ if isinstance(index, dict) and "weight_map" in index else "none"
-        raise CheckpointError([f"{INDEX_FILE}: `weight_map` must be a JSON object of tensor name -> shard file "
-                               f"(got {got})"])
+        raise CheckpointError(
+            [f"{INDEX_FILE}: `weight_map` must be a JSON object of tensor name -> shard file (got {got})"]
+        )
     problems = []
     for key, f in wm.items():
         why = shard_name_problem(f)
@@ -123,8 +127,10 @@ def scan_checkpoint(directory: str | Path) -> CheckpointIndex:
         for f in files:
             if not (d / f).exists():
                 names = [k for k, v in weight_map.items() if v == f]
-                problems.append(f"{INDEX_FILE} names shard `{show(f)}` (for {len(names)} tensors, e.g. "
-                                f"`{show(names[0])}`): expected the file in {show(d)}, found no such file")
+                problems.append(
+                    f"{INDEX_FILE} names shard `{show(f)}` (for {len(names)} tensors, e.g. "
+                    f"`{show(names[0])}`): expected the file in {show(d)}, found no such file"
+                )
     else:
         files = sorted(p.name for p in d.glob("*.safetensors"))
         weight_map = {}
@@ -145,8 +151,10 @@ def scan_checkpoint(directory: str | Path) -> CheckpointIndex:
             if weight_map and weight_map.get(key) != f:
                 continue
             if key in tensors:
-                problems.append(f"tensor `{show(key)}` is in both {show(tensors[key].file)} and {show(f)}: "
-                                f"expected one file per tensor (no {INDEX_FILE} says which)")
+                problems.append(
+                    f"tensor `{show(key)}` is in both {show(tensors[key].file)} and {show(f)}: "
+                    f"expected one file per tensor (no {INDEX_FILE} says which)"
+                )
                 continue
             tensors[key] = TensorInfo(key, f, e.dtype, e.shape, start + e.begin)
     for key, f in weight_map.items():

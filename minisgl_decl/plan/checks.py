@@ -47,29 +47,34 @@ def expected_part_shape(decl: ParamDecl, rule: WeightRule, index: int) -> str:
 
 
 def dtype_problems(name: str, rule: WeightRule, infos: list[tuple[SourceRef, TensorInfo]]) -> list[str]:
-    return [f"wrong dtype for `{s.key}` ({info.file}): expected a floating type ({', '.join(FLOAT_DTYPES)}) "
-            f"for `{name}`, found {info.dtype} (rule {rule.location})"
-            for s, info in infos if info.dtype not in FLOAT_DTYPES]
+    return [
+        f"wrong dtype for `{s.key}` ({info.file}): expected a floating type ({', '.join(FLOAT_DTYPES)}) "
+        f"for `{name}`, found {info.dtype} (rule {rule.location})"
+        for s, info in infos
+        if info.dtype not in FLOAT_DTYPES
+    ]
 
 
-def check_sources(
-    name: str, decl: ParamDecl, rule: WeightRule, infos: list[tuple[SourceRef, TensorInfo]]
-) -> list[str]:
+def check_sources(name: str, decl: ParamDecl, rule: WeightRule, infos: list[tuple[SourceRef, TensorInfo]]) -> list[str]:
     """Problems with all the sources of parameter `name`; empty when they build it exactly."""
     problems = dtype_problems(name, rule, infos)
     full, d, where = decl.shape, rule.dim, f"rule {rule.location}"
     for s, info in infos:
         if s.transpose and len(info.shape) != 2:
-            problems.append(f"`{s.key}` is marked `transpose` but has shape {list(info.shape)}; "
-                            f"only 2-d tensors can be transposed ({where})")
+            problems.append(
+                f"`{s.key}` is marked `transpose` but has shape {list(info.shape)}; "
+                f"only 2-d tensors can be transposed ({where})"
+            )
             return problems
     shapes = [source_shape(info, s.transpose) for s, info in infos]
     if any(len(sh) != len(full) for sh in shapes) or (full and d >= len(full)):
         for (s, info), sh in zip(infos, shapes, strict=True):
             if len(sh) != len(full):
                 want = expected_part_shape(decl, rule, 0)
-                problems.append(f"wrong shape for `{s.key}` ({info.file}): expected a {len(full)}-d tensor "
-                                f"{want} for `{name}`, found {list(info.shape)} ({where})")
+                problems.append(
+                    f"wrong shape for `{s.key}` ({info.file}): expected a {len(full)}-d tensor "
+                    f"{want} for `{name}`, found {list(info.shape)} ({where})"
+                )
         if full and d >= len(full):
             problems.append(f"`{name}` has {len(full)} dims; rule dim {d} is out of range ({where})")
         return problems
@@ -84,17 +89,22 @@ def check_sources(
         if fused and other_ok:
             problems.append(
                 f"fused tensor `{s.key}` ({info.file}) does not split evenly into `{name}`: expected "
-                f"{full[d]} along dim {d}{_segments_text(decl)}, found {sh[d]} (shape {shown}) ({where})")
+                f"{full[d]} along dim {d}{_segments_text(decl)}, found {sh[d]} (shape {shown}) ({where})"
+            )
         else:
             want = expected_part_shape(decl, rule, k)
-            problems.append(f"wrong shape for `{s.key}` ({info.file}): expected {want}"
-                            f" (part {k + 1} of {len(infos)} of `{name}` {list(full)} along dim {d}), "
-                            f"found {shown} ({where})")
+            problems.append(
+                f"wrong shape for `{s.key}` ({info.file}): expected {want}"
+                f" (part {k + 1} of {len(infos)} of `{name}` {list(full)} along dim {d}), "
+                f"found {shown} ({where})"
+            )
     if problems or not full:
         return problems
     total = sum(sh[d] for sh in shapes)
     if total != full[d]:
         parts = " + ".join(str(sh[d]) for sh in shapes)
-        problems.append(f"wrong shape for `{name}`: its sources along dim {d} add up to {parts} = {total}, "
-                        f"expected {full[d]}{_segments_text(decl)} ({where})")
+        problems.append(
+            f"wrong shape for `{name}`: its sources along dim {d} add up to {parts} = {total}, "
+            f"expected {full[d]}{_segments_text(decl)} ({where})"
+        )
     return problems

@@ -38,8 +38,9 @@ def describe_plan(plan: LoadPlan) -> list[str]:
     out += [f"  warning: {w}" for w in plan.warnings]
     for rank in plan.ranks:
         files = sorted({r.file for p in rank.params for r in p.reads})
-        out.append(f"  rank {rank.rank}: {len(rank.params)} parameters, reads {_mib(rank.nbytes)} "
-                   f"from {len(files)} file(s)")
+        out.append(
+            f"  rank {rank.rank}: {len(rank.params)} parameters, reads {_mib(rank.nbytes)} from {len(files)} file(s)"
+        )
         for p in rank.params:
             reads = " ++ ".join(f"{r.key}{_ranges(r)}" + ("^T" if r.transpose else "") for r in p.reads)
             shape = "x".join(map(str, p.shape)) or "scalar"

@@ -35,8 +35,15 @@ CHUNK_BYTES = 16 * 1024 * 1024
 log = logging.getLogger("minisgl_decl.load")
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 SAFETENSORS_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
@@ -108,8 +115,14 @@ def _copy(files: _Files, r: Read, out: torch.Tensor, add: float | None) -> int:
     row = _row_bytes(r)
     (a, b), rest = r.src[0], r.src[1:]
     full_rows = all(x == (0, n) for x, n in zip(rest, r.shape[1:], strict=True))
-    direct = (full_rows and not r.transpose and src_dtype == out.dtype and out.device.type == "cpu"
-              and dst.is_contiguous() and add is None)
+    direct = (
+        full_rows
+        and not r.transpose
+        and src_dtype == out.dtype
+        and out.device.type == "cpu"
+        and dst.is_contiguous()
+        and add is None
+    )
     if direct:
         files.read_into(r.file, r.offset + a * row, _bytes_view(dst))
         return (b - a) * row
@@ -132,6 +145,7 @@ def _copy(files: _Files, r: Read, out: torch.Tensor, add: float | None) -> int:
 
 def _file_order(plan: RankPlan) -> list[ParamPlan]:
     """Parameters grouped by the file (then offset) of their first read."""
+
     def key(p: ParamPlan) -> tuple[str, int]:
         return (p.reads[0].file, p.reads[0].offset) if p.reads else ("", 0)
 
@@ -174,8 +188,13 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 def warn_nonfinite(names: list[str], rank: int) -> None:
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    log.warning("warning: rank %d: %d parameter(s) hold NaN or Inf after loading: %s; the checkpoint is "
-                "probably corrupt, and outputs will be NaN", rank, len(names), shown)
+    log.warning(
+        "warning: rank %d: %d parameter(s) hold NaN or Inf after loading: %s; the checkpoint is "
+        "probably corrupt, and outputs will be NaN",
+        rank,
+        len(names),
+        shown,
+    )
 
 
 def stream(
@@ -193,6 +212,14 @@ def stream(
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=plan.nbytes, unit="B", unit_scale=True, unit_divisor=1024, disable=not show,
-              desc=f"loading rank {plan.rank}", leave=False, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=plan.nbytes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not show,
+        desc=f"loading rank {plan.rank}",
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
         yield from materialise(plan, directory, device=device, dtype=dtype, progress=bar.update)

@@ -50,9 +50,16 @@ class Read:
         return all(r == (0, n) for r, n in zip(self.src, self.shape, strict=True))
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "file": self.file, "offset": self.offset, "shape": list(self.shape),
-                "dtype": self.dtype, "src": [list(r) for r in self.src], "dst": [list(r) for r in self.dst],
-                "transpose": self.transpose}
+        return {
+            "key": self.key,
+            "file": self.file,
+            "offset": self.offset,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "src": [list(r) for r in self.src],
+            "dst": [list(r) for r in self.dst],
+            "transpose": self.transpose,
+        }
 
 
 @dataclass(frozen=True)
@@ -101,9 +108,16 @@ class ParamPlan:
         return ops
 
     def to_json(self, dtype: str) -> dict[str, Any]:
-        return {"param": self.name, "shape": list(self.shape), "full_shape": list(self.full_shape),
-                "role": self.role, "rule": self.rule, "ops": self.ops(dtype), "add": self.add,
-                "reads": [r.to_json() for r in self.reads]}
+        return {
+            "param": self.name,
+            "shape": list(self.shape),
+            "full_shape": list(self.full_shape),
+            "role": self.role,
+            "rule": self.rule,
+            "ops": self.ops(dtype),
+            "add": self.add,
+            "reads": [r.to_json() for r in self.reads],
+        }
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,8 @@ class LoadPlan:
             "checkpoint": self.checkpoint,
             "dtype": self.dtype,
             "warnings": list(self.warnings),
-            "ranks": [{"rank": r.rank, "bytes": r.nbytes, "params": [p.to_json(self.dtype) for p in r.params]}
-                      for r in self.ranks],
+            "ranks": [
+                {"rank": r.rank, "bytes": r.nbytes, "params": [p.to_json(self.dtype) for p in r.params]}
+                for r in self.ranks
+            ],
         }

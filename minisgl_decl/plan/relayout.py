@@ -44,8 +44,10 @@ def layout_problems(
             continue
         where = f"`{s.key}` for `{name}` (rule {rule.location})"
         if sorted(s.layout.order) != list(range(len(s.layout.split))):
-            problems.append(f"{where}: layout order {list(s.layout.order)} is not a permutation of "
-                            f"0..{len(s.layout.split) - 1} (one entry per split axis)")
+            problems.append(
+                f"{where}: layout order {list(s.layout.order)} is not a permutation of "
+                f"0..{len(s.layout.split) - 1} (one entry per split axis)"
+            )
             continue
         if s.transpose:
             problems.append(f"{where}: `layout` and `transpose` cannot be combined")
@@ -57,15 +59,17 @@ def layout_problems(
             continue
         if rule.dim >= len(info.shape) or prod(sizes) != info.shape[rule.dim]:
             have = info.shape[rule.dim] if rule.dim < len(info.shape) else "nothing"
-            problems.append(f"{where}: layout split {list(sizes)} covers {prod(sizes)} along dim {rule.dim}, "
-                            f"the tensor has {have} (shape {list(info.shape)})")
+            problems.append(
+                f"{where}: layout split {list(sizes)} covers {prod(sizes)} along dim {rule.dim}, "
+                f"the tensor has {have} (shape {list(info.shape)})"
+            )
     return problems
 
 
 def _source_index(t: int, sizes: tuple[int, ...], order: tuple[int, ...]) -> int:
     """Source position of target position `t` (target axes are source axes `order`)."""
     target_sizes = [sizes[a] for a in order]
-    strides = [prod(sizes[a + 1:]) for a in range(len(sizes))]
+    strides = [prod(sizes[a + 1 :]) for a in range(len(sizes))]
     s = 0
     for j in reversed(range(len(order))):
         t, digit = divmod(t, target_sizes[j])

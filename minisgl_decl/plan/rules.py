@@ -47,8 +47,17 @@ class WeightRule:
 
     def for_expert(self, e: int) -> WeightRule:
         """The per-expert rule: `{e}` filled in, no stacking (its target is one expert's slice)."""
-        return WeightRule(f"{self.target}[{e}]", tuple(s.expand(e, EXPERT) for s in self.sources), self.dim,
-                          self.add, None, None, self.spec_path, self.location, None)
+        return WeightRule(
+            f"{self.target}[{e}]",
+            tuple(s.expand(e, EXPERT) for s in self.sources),
+            self.dim,
+            self.add,
+            None,
+            None,
+            self.spec_path,
+            self.location,
+            None,
+        )
 
     def expand(self, i: int | None) -> WeightRule:
         return WeightRule(
@@ -100,9 +109,12 @@ def _normalise(target: str, raw: Any, path: PathKey, where: str) -> WeightRule:
 def pattern_regex(pattern: str) -> re.Pattern[str]:
     """A regex matching concrete names of a `{i}` pattern (group `i` is the layer index)."""
     parts = pattern.split(INDEX)
-    return re.compile("^" + r"(?P<i>\d+)".join(re.escape(p) for p in parts[:2]) + "".join(
-        r"(?P=i)" + re.escape(p) for p in parts[2:]
-    ) + "$")
+    return re.compile(
+        "^"
+        + r"(?P<i>\d+)".join(re.escape(p) for p in parts[:2])
+        + "".join(r"(?P=i)" + re.escape(p) for p in parts[2:])
+        + "$"
+    )
 
 
 def ignore_regexes(spec: LoadedSpec) -> list[re.Pattern[str]]:

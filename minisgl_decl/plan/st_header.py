@@ -21,8 +21,18 @@ from ..limits import hint, limit
 from ..safe_files import FileRefused, check_regular
 
 DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
 }
 MAX_DIMS = 8
 
@@ -59,14 +69,18 @@ def _entry(file: str, key: str, info: Any) -> Entry | str:
         return f"{file}: corrupt safetensors header: tensor `{k}` has data_offsets {show(repr(offsets), 80)}"
     begin, end = offsets
     if begin < 0 or end < begin:
-        return (f"{file}: corrupt safetensors header: tensor `{k}` "
-                f"has data_offsets [{begin}, {end}] (need 0 <= begin <= end)")
+        return (
+            f"{file}: corrupt safetensors header: tensor `{k}` "
+            f"has data_offsets [{begin}, {end}] (need 0 <= begin <= end)"
+        )
     want = DTYPE_BYTES[dtype]
     for d in shape:
         want *= d
     if end - begin != want:
-        return (f"{file}: corrupt safetensors header: tensor `{k}` {dtype} {shape} needs {want} bytes, "
-                f"data_offsets give {end - begin}")
+        return (
+            f"{file}: corrupt safetensors header: tensor `{k}` {dtype} {shape} needs {want} bytes, "
+            f"data_offsets give {end - begin}"
+        )
     return Entry(key, dtype, tuple(shape), begin, end)
 
 
@@ -75,17 +89,22 @@ def _layout_problems(file: str, entries: list[Entry], data_size: int) -> list[st
     pos = 0
     for e in sorted(entries, key=lambda e: (e.begin, e.end)):
         if e.begin < pos:
-            problems.append(f"{file}: corrupt safetensors header: tensor `{show(e.key)}` bytes [{e.begin}, {e.end}) "
-                            f"overlap the previous tensor (which ends at {pos})")
+            problems.append(
+                f"{file}: corrupt safetensors header: tensor `{show(e.key)}` bytes [{e.begin}, {e.end}) "
+                f"overlap the previous tensor (which ends at {pos})"
+            )
         elif e.begin > pos:
-            problems.append(f"{file}: corrupt safetensors header: gap before tensor `{show(e.key)}` "
-                            f"(bytes [{pos}, {e.begin}) belong to no tensor)")
+            problems.append(
+                f"{file}: corrupt safetensors header: gap before tensor `{show(e.key)}` "
+                f"(bytes [{pos}, {e.begin}) belong to no tensor)"
+            )
         pos = max(pos, e.end)
     past = [e for e in entries if e.end > data_size]
     if past:
         e = min(past, key=lambda e: e.end)
-        problems.append(f"{file}: truncated: tensor `{show(e.key)}` ends at byte {e.end} but the data section "
-                        f"has {data_size}")
+        problems.append(
+            f"{file}: truncated: tensor `{show(e.key)}` ends at byte {e.end} but the data section has {data_size}"
+        )
     elif pos < data_size:
         problems.append(f"{file}: corrupt safetensors header: {data_size - pos} trailing bytes after the last tensor")
     return problems
@@ -110,8 +129,12 @@ def read_header(path: Path) -> tuple[dict[str, Entry], int]:
         (n,) = struct.unpack("<Q", raw)
         if n > limit("MAX_HEADER_BYTES") or n < 2 or 8 + n > size:
             # the length field is implausible: say so without echoing the file's bytes
-            raise HeaderError([f"{name}: not a safetensors file (its header length field does not fit the "
-                               f"{size}-byte file or exceeds the header limit {hint('MAX_HEADER_BYTES')})"])
+            raise HeaderError(
+                [
+                    f"{name}: not a safetensors file (its header length field does not fit the "
+                    f"{size}-byte file or exceeds the header limit {hint('MAX_HEADER_BYTES')})"
+                ]
+            )
         text = os.pread(fd, n, 8)
     except OSError as exc:
         raise HeaderError([f"{name}: cannot read: {exc.strerror}"]) from None

@@ -43,8 +43,15 @@ def batch_sizes_for(max_batch: int, sizes: Sequence[int] = DEFAULT_BATCH_SIZES) 
 class DecodeGraphs:
     """Captured decode forwards over persistent inputs; `run` replays the smallest that fits."""
 
-    def __init__(self, model: CompiledModel, kv: KVCache, req_to_token: torch.Tensor, comm: Comm,
-                 device: torch.device, batch_sizes: Sequence[int]) -> None:
+    def __init__(
+        self,
+        model: CompiledModel,
+        kv: KVCache,
+        req_to_token: torch.Tensor,
+        comm: Comm,
+        device: torch.device,
+        batch_sizes: Sequence[int],
+    ) -> None:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         self.model, self.kv, self.table, self.comm, self.device = model, kv, req_to_token, comm, device
@@ -60,8 +67,16 @@ class DecodeGraphs:
     def _batch(self, bs: int) -> tuple[torch.Tensor, ForwardBatch]:
         tokens, positions, out_slots, rows, lens = self.inputs[bs].unbind(0)
         batch = ForwardBatch(
-            positions=positions, out_slots=out_slots, cu_seqlens_q=self.cu[: bs + 1], is_decode=True,
-            kv=self.kv, max_seqlen_q=1, comm=self.comm, req_rows=rows, seq_lens=lens, req_to_token=self.table,
+            positions=positions,
+            out_slots=out_slots,
+            cu_seqlens_q=self.cu[: bs + 1],
+            is_decode=True,
+            kv=self.kv,
+            max_seqlen_q=1,
+            comm=self.comm,
+            req_rows=rows,
+            seq_lens=lens,
+            req_to_token=self.table,
         )
         return tokens, batch
 

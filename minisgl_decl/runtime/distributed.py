@@ -90,8 +90,10 @@ class GroupComm:
         buf = buf.cpu()
         n = int.from_bytes(bytes(buf[:8].tolist()), "little")
         if n > max_len:
-            raise UserError(f"rank 0's message is {n} bytes; broadcast_bytes carries at most {max_len} "
-                            "(pass a larger max_len on every rank)")
+            raise UserError(
+                f"rank 0's message is {n} bytes; broadcast_bytes carries at most {max_len} "
+                "(pass a larger max_len on every rank)"
+            )
         return bytes(buf[8 : 8 + n].tolist())
 
 
@@ -103,8 +105,14 @@ def init_group(env: RankEnv, device: str | torch.device = "cpu") -> GroupComm:
         dev = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
-                                timeout=COLLECTIVE_TIMEOUT, device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=COLLECTIVE_TIMEOUT,
+            device_id=dev if dev.type == "cuda" else None,
+        )
     return GroupComm(device=dev)
 
 
@@ -132,8 +140,15 @@ def launch(cmd: list[str], world: int, *, quiet_others: bool = True) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="minisgl-ranks-")
     try:
         for r in range(world):
-            env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(r),
-                   "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            env = {
+                **os.environ,
+                "RANK": str(r),
+                "WORLD_SIZE": str(world),
+                "LOCAL_RANK": str(r),
+                "LOCAL_WORLD_SIZE": str(world),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            }
             env.setdefault("OMP_NUM_THREADS", threads)
             env.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on shared hosts
             log = Path(tmp.name) / f"rank{r}.log" if r and quiet_others else None

@@ -62,8 +62,10 @@ class CompiledModel(nn.Module):
         self._forward: Forward = self._namespace["forward"]
         self._top = tuple(self._paths[p] for p in self.rendered.top)
         blocks = [(self._namespace[fn], names) for fn, names in self.rendered.blocks]
-        self._layers = [(blocks[k][0], tuple(self._paths[f"{STACK}.{i}.{m}"] for m in blocks[k][1]))
-                        for i, k in enumerate(self.rendered.which)]
+        self._layers = [
+            (blocks[k][0], tuple(self._paths[f"{STACK}.{i}.{m}"] for m in blocks[k][1]))
+            for i, k in enumerate(self.rendered.which)
+        ]
 
     def module(self, path: str) -> nn.Module:
         return self._paths[path]
@@ -74,15 +76,23 @@ class CompiledModel(nn.Module):
             owner, attr = self._slots[name]
             declared = owner._parameters[attr]
             if declared is None or declared.shape != tensor.shape:  # both come from the declaration: a bug
-                raise RuntimeError(f"internal error: the loader produced {tuple(tensor.shape)} for {name}, "
-                                   f"declared {None if declared is None else tuple(declared.shape)}")
+                raise RuntimeError(
+                    f"internal error: the loader produced {tuple(tensor.shape)} for {name}, "
+                    f"declared {None if declared is None else tuple(declared.shape)}"
+                )
             owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         missing = [n for n, p in self.named_parameters() if p.is_meta]
         if missing:
             raise RuntimeError(f"parameters not loaded: {missing[:5]}")
 
-    def load_plan(self, plan: RankPlan, directory: str | Path, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, progress: bool | None = None) -> None:
+    def load_plan(
+        self,
+        plan: RankPlan,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        progress: bool | None = None,
+    ) -> None:
         self.load_tensors(stream(plan, directory, device=device, dtype=dtype, progress=progress))
 
     def allocate_kv_cache(self, num_slots: int, dtype: torch.dtype, device: str | torch.device) -> KVCache:

@@ -77,25 +77,64 @@ class StepBatch:
     is_decode: bool  # every request has one new token and the decode path runs
 
     @staticmethod
-    def build(tokens: list[int], positions: list[int], out_slots: list[int], rows: list[int], q_lens: list[int],
-              kv_lens: list[int], logits_at: list[int], writes: tuple[list[int], list[int], list[int]] = ([], [], []),
-              is_decode: bool = False) -> StepBatch:
+    def build(
+        tokens: list[int],
+        positions: list[int],
+        out_slots: list[int],
+        rows: list[int],
+        q_lens: list[int],
+        kv_lens: list[int],
+        logits_at: list[int],
+        writes: tuple[list[int], list[int], list[int]] = ([], [], []),
+        is_decode: bool = False,
+    ) -> StepBatch:
         t = torch.tensor
         i64 = torch.int64
-        return StepBatch(t(tokens, dtype=i64), t(positions, dtype=i64), t(out_slots, dtype=i64), t(rows, dtype=i64),
-                         t(q_lens, dtype=i64), t(kv_lens, dtype=i64), t(logits_at, dtype=i64),
-                         t(writes[0], dtype=i64), t(writes[1], dtype=i64), t(writes[2], dtype=i64), is_decode)
+        return StepBatch(
+            t(tokens, dtype=i64),
+            t(positions, dtype=i64),
+            t(out_slots, dtype=i64),
+            t(rows, dtype=i64),
+            t(q_lens, dtype=i64),
+            t(kv_lens, dtype=i64),
+            t(logits_at, dtype=i64),
+            t(writes[0], dtype=i64),
+            t(writes[1], dtype=i64),
+            t(writes[2], dtype=i64),
+            is_decode,
+        )
 
     def header(self) -> torch.Tensor:
         q, kv = self.q_lens, self.kv_lens
         b = q.shape[0]
-        values = [int(self.is_decode), self.tokens.shape[0], b, self.logits_at.shape[0], self.write_rows.shape[0],
-                  int(q.max()) if b else 0, int(kv.max()) if b else 0, int(kv.sum()), int((kv - q).sum())]
+        values = [
+            int(self.is_decode),
+            self.tokens.shape[0],
+            b,
+            self.logits_at.shape[0],
+            self.write_rows.shape[0],
+            int(q.max()) if b else 0,
+            int(kv.max()) if b else 0,
+            int(kv.sum()),
+            int((kv - q).sum()),
+        ]
         return torch.tensor(values, dtype=torch.int64)
 
     def payload(self) -> torch.Tensor:
-        return torch.cat([self.tokens, self.positions, self.out_slots, self.rows, self.q_lens, self.kv_lens,
-                          self.logits_at, self.write_rows, self.write_pos, self.write_slots])
+        return torch.cat(
+            [
+                self.tokens,
+                self.positions,
+                self.out_slots,
+                self.rows,
+                self.q_lens,
+                self.kv_lens,
+                self.logits_at,
+                self.write_rows,
+                self.write_pos,
+                self.write_slots,
+            ]
+        )
 
     @staticmethod
     def sizes(header: torch.Tensor) -> list[int]:
@@ -109,9 +148,17 @@ class StepBatch:
 
 
 class ModelRunner:
-    def __init__(self, model: CompiledModel, num_slots: int, *, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", comm: Comm | None = None, max_rows: int = 64,
-                 max_len: int | None = None) -> None:
+    def __init__(
+        self,
+        model: CompiledModel,
+        num_slots: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        comm: Comm | None = None,
+        max_rows: int = 64,
+        max_len: int | None = None,
+    ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.kv = model.allocate_kv_cache(num_slots, dtype, self.device)
@@ -126,8 +173,9 @@ class ModelRunner:
         self._free_rows = list(range(max_rows - 1, -1, -1))
         self.graphs: DecodeGraphs | None = None  # CUDA-graph decode (capture_cuda_graphs)
 
-    def capture_cuda_graphs(self, batch_sizes: Sequence[int] | None = None,
-                            progress: Callable[[str], None] | None = None) -> None:
+    def capture_cuda_graphs(
+        self, batch_sizes: Sequence[int] | None = None, progress: Callable[[str], None] | None = None
+    ) -> None:
         """Capture the decode forward for these batch sizes (default: up to max_rows); decode steps
         of at most the largest size then replay a graph (runtime/cuda_graph.py)."""
         sizes = list(batch_sizes) if batch_sizes is not None else batch_sizes_for(self.max_rows)
@@ -140,8 +188,12 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, step: StepBatch) -> torch.Tensor:
         """Write the step's slots into the request table, run the model; logits [S, vocab] (full vocab)."""
-        if self.graphs is not None and step.is_decode and not step.write_rows.numel() \
-                and self.graphs.fits(step.tokens.shape[0]):  # CUDA-graph replay (runtime/cuda_graph.py)
+        if (
+            self.graphs is not None
+            and step.is_decode
+            and not step.write_rows.numel()
+            and self.graphs.fits(step.tokens.shape[0])
+        ):  # CUDA-graph replay (runtime/cuda_graph.py)
             logits = self.graphs.run(step, self.req_to_token)
             return logits if step.logits_at.shape[0] == logits.shape[0] else logits[step.logits_at.to(logits.device)]
         header = step.header()
@@ -161,21 +213,38 @@ class ModelRunner:
             kv_indptr = torch.zeros(b + 1, dtype=torch.int64, device=dev)
             torch.cumsum(kv_lens, 0, out=kv_indptr[1:])
             batch = ForwardBatch(
-                positions=positions, out_slots=out_slots, cu_seqlens_q=cu, is_decode=True, kv=self.kv,
-                kv_indptr=kv_indptr, kv_slots=_gather_ranges(table, rows, kv_lens, kv_indptr, total_kv),
-                logits_indices=logits_indices, max_seqlen_q=1, comm=self.comm,
-                req_rows=rows, seq_lens=kv_lens, req_to_token=table,
+                positions=positions,
+                out_slots=out_slots,
+                cu_seqlens_q=cu,
+                is_decode=True,
+                kv=self.kv,
+                kv_indptr=kv_indptr,
+                kv_slots=_gather_ranges(table, rows, kv_lens, kv_indptr, total_kv),
+                logits_indices=logits_indices,
+                max_seqlen_q=1,
+                comm=self.comm,
+                req_rows=rows,
+                seq_lens=kv_lens,
+                req_to_token=table,
             )
         else:
             prefix_lens = kv_lens - q_lens
             prefix_indptr = torch.zeros(b + 1, dtype=torch.int64, device=dev)
             torch.cumsum(prefix_lens, 0, out=prefix_indptr[1:])
             batch = ForwardBatch(
-                positions=positions, out_slots=out_slots, cu_seqlens_q=cu, is_decode=False, kv=self.kv,
+                positions=positions,
+                out_slots=out_slots,
+                cu_seqlens_q=cu,
+                is_decode=False,
+                kv=self.kv,
                 prefix_indptr=prefix_indptr,
                 prefix_slots=_gather_ranges(table, rows, prefix_lens, prefix_indptr, total_prefix),
-                logits_indices=logits_indices, max_seqlen_q=max_q, comm=self.comm,
-                req_rows=rows, seq_lens=kv_lens, req_to_token=table,
+                logits_indices=logits_indices,
+                max_seqlen_q=max_q,
+                comm=self.comm,
+                req_rows=rows,
+                seq_lens=kv_lens,
+                req_to_token=table,
             )
         return self.model(tokens, batch)
 
@@ -216,8 +285,9 @@ class ModelRunner:
             kv_lens.append(len(ctx))
             last.append(len(tokens) - 1)
         logits_at = last if last_only else list(range(len(tokens)))
-        return self.run(StepBatch.build(tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at,
-                                        is_decode=is_decode))
+        return self.run(
+            StepBatch.build(tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, is_decode=is_decode)
+        )
 
     def extend(self, requests: dict[int, list[int]], *, all_logits: bool = False) -> list[torch.Tensor]:
         """Append tokens to each request (new or with a cached prefix); return logits per request.
@@ -238,8 +308,9 @@ class ModelRunner:
         return list(self._step({r: [t] for r, t in requests.items()}, True, True).unbind(0))
 
 
-def _gather_ranges(table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor, indptr: torch.Tensor,
-                   total: int) -> torch.Tensor:
+def _gather_ranges(
+    table: torch.Tensor, rows: torch.Tensor, lens: torch.Tensor, indptr: torch.Tensor, total: int
+) -> torch.Tensor:
     """Concatenate ``table[rows[b], :lens[b]]`` over b, on the device (total = sum(lens), known on the host)."""
     b = rows.shape[0]
     seg = torch.repeat_interleave(torch.arange(b, device=rows.device), lens, output_size=total)

@@ -79,13 +79,18 @@ def build_app(engine: EngineClient, tokenizer: Any, model_name: str, api_key: st
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
             what = "missing" if not header else "wrong"
-            raise APIError(401, f"{what} API key: send `Authorization: Bearer <key>` with the key given to --api-key",
-                           None, "invalid_api_key")
+            raise APIError(
+                401,
+                f"{what} API key: send `Authorization: Bearer <key>` with the key given to --api-key",
+                None,
+                "invalid_api_key",
+            )
 
     def check_model(name: str | None) -> None:
         if name is not None and name != model_name:
-            raise APIError(404, f"the model `{name}` does not exist; this server serves `{model_name}`", "model",
-                           "model_not_found")
+            raise APIError(
+                404, f"the model `{name}` does not exist; this server serves `{model_name}`", "model", "model_not_found"
+            )
 
     @app.get("/health")
     async def health() -> PlainTextResponse:
@@ -97,35 +102,51 @@ def build_app(engine: EngineClient, tokenizer: Any, model_name: str, api_key: st
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "minisgl-decl", "max_model_len": engine.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "minisgl-decl",
+                    "max_model_len": engine.max_model_len,
+                }
+            ],
+        }
 
-    async def serve(request: Request, kind: Kind, jobs_fn: Callable[[], Awaitable[list[Job]]], stream: bool,
-                    include_usage: bool) -> Any:
+    async def serve(
+        request: Request, kind: Kind, jobs_fn: Callable[[], Awaitable[list[Job]]], stream: bool, include_usage: bool
+    ) -> Any:
         arrived = time.perf_counter()
         jobs = await jobs_fn()
         group = JobGroup(engine, jobs, metrics, arrived)
         await group.start()
         choices = Choices(kind, model_name, group.request_id, jobs, tokenizer)
         if stream:
-            return StreamingResponse(_stream(group, choices, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _stream(group, choices, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return await _collect(request, group, choices)
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
         check_model(body.model)
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return await serve(request, "completion", lambda: completion_jobs(body, tokenizer, engine.max_model_len),
-                           body.stream, usage)
+        return await serve(
+            request, "completion", lambda: completion_jobs(body, tokenizer, engine.max_model_len), body.stream, usage
+        )
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
         check_model(body.model)
         usage = body.stream_options is not None and body.stream_options.include_usage
         kv_tokens = engine.stats().kv_total
-        return await serve(request, "chat", lambda: chat_jobs(body, tokenizer, engine.max_model_len, kv_tokens),
-                           body.stream, usage)
+        return await serve(
+            request, "chat", lambda: chat_jobs(body, tokenizer, engine.max_model_len, kv_tokens), body.stream, usage
+        )
 
     return app
 

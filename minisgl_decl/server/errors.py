@@ -20,9 +20,16 @@ from ..engine.api import InvalidRequest
 
 log = logging.getLogger("minisgl_decl.server")
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 _NESTED = {"messages": ("role", "content", "name", "text"), "stream_options": ("include_usage",)}
@@ -31,8 +38,9 @@ _NESTED = {"messages": ("role", "content", "name", "text"), "stream_options": ("
 class APIError(Exception):
     """An error the client caused (or, for 5xx, one it should retry): status + OpenAI body fields."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, type_: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -74,8 +82,9 @@ def validation_error(errors: Sequence[Any]) -> APIError:
     first = errors[0]
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
-        return APIError(400, f"the request body is not valid JSON{': ' + str(detail) if detail else ''}",
-                        None, "invalid_json")
+        return APIError(
+            400, f"the request body is not valid JSON{': ' + str(detail) if detail else ''}", None, "invalid_json"
+        )
     custom = first.get("ctx", {}).get("param")
     if custom:  # a model-level check that names its field itself
         return APIError(400, str(first.get("msg")), str(custom), "invalid_value")
@@ -83,8 +92,9 @@ def validation_error(errors: Sequence[Any]) -> APIError:
     if param is None and first.get("type") == "missing":
         return APIError(400, "the request body is empty: send a JSON object", None, "invalid_json")
     if param is None:
-        return APIError(400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})", None,
-                        "invalid_type")
+        return APIError(
+            400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})", None, "invalid_type"
+        )
     messages: list[str] = []
     for e in errors:
         if _param(e.get("loc", ())) == param:
@@ -101,8 +111,13 @@ def install(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type.lower():
-            return APIError(400, f"the request body must be JSON sent with `Content-Type: application/json` (got "
-                                 f"{content_type or 'no Content-Type'})", None, "invalid_content_type").response()
+            return APIError(
+                400,
+                f"the request body must be JSON sent with `Content-Type: application/json` (got "
+                f"{content_type or 'no Content-Type'})",
+                None,
+                "invalid_content_type",
+            ).response()
         return validation_error(exc.errors()).response()
 
     async def on_invalid(request: Request, exc: InvalidRequest) -> JSONResponse:
@@ -110,8 +125,10 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}; see GET /v1/models, POST /v1/completions, " \
-                      "POST /v1/chat/completions, GET /health, GET /metrics"
+            message = (
+                f"no route {request.method} {request.url.path}; see GET /v1/models, POST /v1/completions, "
+                "POST /v1/chat/completions, GET /health, GET /metrics"
+            )
         else:
             message = str(exc.detail)
         return APIError(exc.status_code, message).response()

@@ -36,10 +36,16 @@ class _EngineCollector(Collector):
             ("kv_tokens_total", "KV pool size in tokens", s.kv_total),
             ("kv_tokens_used", "KV slots held by requests or by the prefix cache", s.kv_used),
             ("kv_tokens_evictable", "KV slots held only by the prefix cache (free-able)", s.kv_evictable),
-            ("kv_cache_usage_ratio", "KV slots held by requests / pool size (prefix cache's evictable slots excluded)",
-             (s.kv_used - s.kv_evictable) / s.kv_total if s.kv_total else 0.0),
-            ("prefix_cache_hit_rate", "prompt tokens served from the prefix cache / prompt tokens, since start",
-             s.cached_prompt_tokens / s.prompt_tokens if s.prompt_tokens else 0.0),
+            (
+                "kv_cache_usage_ratio",
+                "KV slots held by requests / pool size (prefix cache's evictable slots excluded)",
+                (s.kv_used - s.kv_evictable) / s.kv_total if s.kv_total else 0.0,
+            ),
+            (
+                "prefix_cache_hit_rate",
+                "prompt tokens served from the prefix cache / prompt tokens, since start",
+                s.cached_prompt_tokens / s.prompt_tokens if s.prompt_tokens else 0.0,
+            ),
             ("preemptions", "requests preempted (recomputed later) since start", s.preemptions),
         ]
         for name, doc, value in gauges:
@@ -50,22 +56,34 @@ class ServerMetrics:
     def __init__(self, stats: Callable[[], EngineStats]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(f"{PREFIX}_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests by endpoint and status code", ["endpoint", "status"], registry=r
+        )
         self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens", "prompt tokens of finished requests", registry=r)
-        self.cached_tokens = Counter(f"{PREFIX}_cached_prompt_tokens",
-                                     "prompt tokens served from the prefix cache", registry=r)
+        self.cached_tokens = Counter(
+            f"{PREFIX}_cached_prompt_tokens", "prompt tokens served from the prefix cache", registry=r
+        )
         self.generated_tokens = Counter(f"{PREFIX}_generation_tokens", "generated tokens", registry=r)
-        self.finished = Counter(f"{PREFIX}_request_finished", "finished generations by finish_reason",
-                                ["finish_reason"], registry=r)
-        self.aborted = Counter(f"{PREFIX}_requests_aborted", "generations aborted before they finished "
-                               "(client disconnected, or the server stopped)", registry=r)
-        self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "request arrival to first token",
-                              buckets=_TTFT_BUCKETS, registry=r)
-        self.itl = Histogram(f"{PREFIX}_inter_token_latency_seconds", "time between consecutive output tokens",
-                             buckets=_ITL_BUCKETS, registry=r)
-        self.e2e = Histogram(f"{PREFIX}_e2e_request_latency_seconds", "request arrival to last token",
-                             buckets=_E2E_BUCKETS, registry=r)
+        self.finished = Counter(
+            f"{PREFIX}_request_finished", "finished generations by finish_reason", ["finish_reason"], registry=r
+        )
+        self.aborted = Counter(
+            f"{PREFIX}_requests_aborted",
+            "generations aborted before they finished (client disconnected, or the server stopped)",
+            registry=r,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds", "request arrival to first token", buckets=_TTFT_BUCKETS, registry=r
+        )
+        self.itl = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds",
+            "time between consecutive output tokens",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            f"{PREFIX}_e2e_request_latency_seconds", "request arrival to last token", buckets=_E2E_BUCKETS, registry=r
+        )
         r.register(_EngineCollector(stats))
 
     def count_request(self, path: str, status: int) -> None:

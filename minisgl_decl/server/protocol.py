@@ -79,8 +79,11 @@ class _Sampling(BaseModel):
     def _valid_unicode(cls, data: Any) -> Any:
         where = _lone_surrogate(data, "")
         if where:
-            raise PydanticCustomError("invalid_unicode", "{param}: contains a lone surrogate (\\ud800-\\udfff), "
-                                      "which is not valid Unicode", {"param": where})
+            raise PydanticCustomError(
+                "invalid_unicode",
+                "{param}: contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode",
+                {"param": where},
+            )
         return data
 
     @field_validator("stop")
@@ -117,11 +120,13 @@ class CompletionRequest(_Sampling):
         def ints(x: Any) -> bool:
             return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
-        ok = isinstance(v, str) or (isinstance(v, list) and v and (
-            all(isinstance(p, str) for p in v) or ints(v) or all(ints(p) for p in v)))
+        ok = isinstance(v, str) or (
+            isinstance(v, list) and v and (all(isinstance(p, str) for p in v) or ints(v) or all(ints(p) for p in v))
+        )
         if not ok:
-            raise ValueError("must be a string, a non-empty list of strings, a list of token ids, "
-                             "or a list of lists of token ids")
+            raise ValueError(
+                "must be a string, a non-empty list of strings, a list of token ids, or a list of lists of token ids"
+            )
         return v  # type: ignore[no-any-return]
 
     @field_validator("echo")

@@ -44,8 +44,11 @@ class Choices:
         c = self.choices[job.index]
         c.text.append(out.text)
         c.logprobs.extend(out.logprobs or ())
-        c.prompt_tokens, c.completion_tokens, c.cached_tokens = out.prompt_tokens, out.completion_tokens, \
-            out.cached_tokens
+        c.prompt_tokens, c.completion_tokens, c.cached_tokens = (
+            out.prompt_tokens,
+            out.completion_tokens,
+            out.cached_tokens,
+        )
         if out.finished:
             c.finish_reason = _finish(out)
 
@@ -60,16 +63,23 @@ class Choices:
         for t in tokens:
             offsets.append(offset)
             offset += len(t)
-        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in items],
-                "top_logprobs": [{self._token(t): v for t, v in lp.top} for lp in items], "text_offset": offsets}
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp.logprob for lp in items],
+            "top_logprobs": [{self._token(t): v for t, v in lp.top} for lp in items],
+            "text_offset": offsets,
+        }
 
     def _chat_logprobs(self, items: list[TokenLogprob]) -> dict[str, Any]:
         def entry(tid: int, value: float) -> dict[str, Any]:
             text = self._token(tid)
             return {"token": text, "logprob": value, "bytes": list(text.encode())}
 
-        return {"content": [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
-                            for lp in items]}
+        return {
+            "content": [
+                {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in items
+            ]
+        }
 
     def _logprobs(self, index: int, items: list[TokenLogprob], offset: int) -> dict[str, Any] | None:
         if not self.want_logprobs[index]:
@@ -88,8 +98,12 @@ class Choices:
                 prompt += c.prompt_tokens
                 cached += c.cached_tokens
         completion = sum(c.completion_tokens for c in self.choices.values())
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": cached}}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
 
     def final(self) -> dict[str, Any]:
         choices = []
@@ -100,11 +114,23 @@ class Choices:
             if self.kind == "completion":
                 choices.append({"index": index, "text": text, "logprobs": lp, "finish_reason": c.finish_reason})
             else:
-                choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                "logprobs": lp, "finish_reason": c.finish_reason})
+                choices.append(
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": text},
+                        "logprobs": lp,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
         obj = "text_completion" if self.kind == "completion" else "chat.completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
-                "usage": self.usage()}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage(),
+        }
 
     def chunk(self, job: Job, out: RequestOutput, with_usage_field: bool) -> str | None:
         """The SSE event for one delta (None when it carries nothing a client would see)."""
@@ -124,16 +150,29 @@ class Choices:
                 c.sent_role = True
             choice = {"index": job.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
             obj = "chat.completion.chunk"
-        body: dict[str, Any] = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                                "choices": [choice]}
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
         if with_usage_field:
             body["usage"] = None
         return sse(body)
 
     def usage_chunk(self) -> str:
         obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"
-        return sse({"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
-                    "usage": self.usage()})
+        return sse(
+            {
+                "id": self.id,
+                "object": obj,
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": self.usage(),
+            }
+        )
 
 
 def _finish(out: RequestOutput) -> str:

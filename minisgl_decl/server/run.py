@@ -17,22 +17,30 @@ GRACEFUL_SHUTDOWN_S = 30  # SIGTERM: in-flight requests get this long to finish,
 
 def query_hint(url: str, model: str, api_key: str | None) -> str:
     """The curl line and openai snippet printed at start-up."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                       "max_tokens": 32, "temperature": 0})
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 32,
+            "temperature": 0,
+        }
+    )
     auth = " -H 'Authorization: Bearer <your --api-key>'" if api_key else ""
     key = "'<your --api-key>'" if api_key else "'unused'"
-    return "\n".join([
-        f"minisgl-decl: serving `{model}` at {url}/v1",
-        "query it with curl:",
-        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'",
-        "or with the openai client (pip install openai):",
-        "  from openai import OpenAI",
-        f"  client = OpenAI(base_url='{url}/v1', api_key={key})",
-        f"  reply = client.chat.completions.create(model='{model}', "
-        "messages=[{'role': 'user', 'content': 'What is the capital of France?'}], max_tokens=32, temperature=0)",
-        "  print(reply.choices[0].message.content)",
-        "stop with Ctrl-C or SIGTERM (in-flight requests finish first)",
-    ])
+    return "\n".join(
+        [
+            f"minisgl-decl: serving `{model}` at {url}/v1",
+            "query it with curl:",
+            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'",
+            "or with the openai client (pip install openai):",
+            "  from openai import OpenAI",
+            f"  client = OpenAI(base_url='{url}/v1', api_key={key})",
+            f"  reply = client.chat.completions.create(model='{model}', "
+            "messages=[{'role': 'user', 'content': 'What is the capital of France?'}], max_tokens=32, temperature=0)",
+            "  print(reply.choices[0].message.content)",
+            "stop with Ctrl-C or SIGTERM (in-flight requests finish first)",
+        ]
+    )
 
 
 class _Server(uvicorn.Server):
@@ -59,8 +67,15 @@ class _Server(uvicorn.Server):
 
 
 def serve_app(app: FastAPI, host: str, port: int, model: str, api_key: str | None, log_level: str = "info") -> int:
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        lifespan="on",
+    )
     server = _Server(config, model, api_key)
     server.run()
     if not server.started:

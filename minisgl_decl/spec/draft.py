@@ -51,8 +51,12 @@ class Match:
 
     def score(self) -> tuple[float, ...]:
         cfg = 1 - len(self.config_missing) / max(self.config_total, 1)
-        return (float(self.serves and self.requires_ok), float(self.requires_ok),
-                -float(len(self.unread) + len(self.missing)), cfg)
+        return (
+            float(self.serves and self.requires_ok),
+            float(self.requires_ok),
+            -float(len(self.unread) + len(self.missing)),
+            cfg,
+        )
 
 
 def read_checkpoint(source: str | Path) -> Checkpoint:
@@ -80,6 +84,7 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
 
 def _rule_keys(rule: Any) -> list[tuple[str, bool]]:
     """(checkpoint key pattern, required) of a weight rule; tied/bias-style alternatives are optional."""
+
     def key(src: Any) -> str:
         return src.key if isinstance(src, SourceSpec) else str(src)
 
@@ -106,8 +111,12 @@ def _pattern(key: str) -> re.Pattern[str]:
 def match_spec(spec: LoadedSpec, ckpt: Checkpoint) -> Match:
     s = spec.spec
     m = Match(spec, serves_architecture(spec, ckpt.config), not unmet_requirements(spec, ckpt.config))
-    hf_keys = [k for e in s.config.values() if isinstance(e, FromField)
-               for k in ([e.from_] if isinstance(e.from_, str) else e.from_)]
+    hf_keys = [
+        k
+        for e in s.config.values()
+        if isinstance(e, FromField)
+        for k in ([e.from_] if isinstance(e.from_, str) else e.from_)
+    ]
     m.config_total = len(hf_keys)
     m.config_missing = [k for k in hf_keys if k.split(".")[0] not in ckpt.config]
     if ckpt.tensors is None:
@@ -115,8 +124,13 @@ def match_spec(spec: LoadedSpec, ckpt: Checkpoint) -> Match:
     keys = [kr for rule in s.weights.params.values() for kr in _rule_keys(rule)]
     readers = [_pattern(k) for k, _ in keys] + [_pattern(k) for k in s.weights.ignore]
     m.unread = [t for t in ckpt.tensors if not any(p.match(t) for p in readers)]
-    m.missing = sorted({k for k, required in keys
-                        if required and k.endswith("weight") and not any(_pattern(k).match(t) for t in ckpt.tensors)})
+    m.missing = sorted(
+        {
+            k
+            for k, required in keys
+            if required and k.endswith("weight") and not any(_pattern(k).match(t) for t in ckpt.tensors)
+        }
+    )
     return m
 
 
@@ -155,18 +169,24 @@ def draft_spec(ckpt: Checkpoint, out: Path, dirs: list[Path]) -> tuple[str, Matc
     if not archs:
         todos.append("the config names no `architectures`: fill in serves.architectures")
     if not best.serves:
-        todos.append(f"`{best.spec.spec.name}` does not serve {archs or model_type}: compare its modules "
-                     "with the HF modeling file")
+        todos.append(
+            f"`{best.spec.spec.name}` does not serve {archs or model_type}: compare its modules "
+            "with the HF modeling file"
+        )
     if not best.requires_ok:
         todos.append(f"`{best.spec.spec.name}`'s requires: do not hold for this config")
     if best.unread:
-        todos.append("checkpoint tensors no weight rule reads (add rules or `weights.ignore`): "
-                     + ", ".join(best.unread[:8]) + (" ..." if len(best.unread) > 8 else ""))
+        todos.append(
+            "checkpoint tensors no weight rule reads (add rules or `weights.ignore`): "
+            + ", ".join(best.unread[:8])
+            + (" ..." if len(best.unread) > 8 else "")
+        )
     if best.missing:
         todos.append("weight rules whose tensors the checkpoint lacks: " + ", ".join(best.missing[:8]))
     if best.config_missing:
-        todos.append("HF config keys the spec reads that are absent (their defaults apply): "
-                     + ", ".join(best.config_missing))
+        todos.append(
+            "HF config keys the spec reads that are absent (their defaults apply): " + ", ".join(best.config_missing)
+        )
     if ckpt.tensors is None:
         todos.append("tensor names not checked (config.json only): HF naming assumed")
     lines += [f"# TODO: {t}" for t in todos]
@@ -177,7 +197,9 @@ def draft_spec(ckpt: Checkpoint, out: Path, dirs: list[Path]) -> tuple[str, Matc
     # not the checkpoint's own config: `check` without --model would build a model of its full size
     example = {k: ckpt.config[k] for k in ("architectures", "model_type") if k in ckpt.config}
     if example:
-        lines.append(f"# `compile`/`check` without --model: {best.spec.spec.name}'s small example_config as this "
-                     "architecture.\n# TODO: add the config keys this architecture has that it lacks")
+        lines.append(
+            f"# `compile`/`check` without --model: {best.spec.spec.name}'s small example_config as this "
+            "architecture.\n# TODO: add the config keys this architecture has that it lacks"
+        )
         lines.append(yaml.safe_dump({"example_config": example}, sort_keys=False, default_flow_style=None).rstrip())
     return "\n".join(lines) + "\n", best

@@ -137,10 +137,28 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.IsNot: operator.is_not,
 }
 _ALLOWED_NODES = (
-    ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Name,
-    ast.Constant, ast.List, ast.Tuple, ast.Subscript, ast.Slice, ast.Call, ast.ListComp,
-    ast.comprehension, ast.Load, ast.Store, ast.And, ast.Or,
-    *_BINOPS, *_UNARY, *_COMPARE,
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.IfExp,
+    ast.Name,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Subscript,
+    ast.Slice,
+    ast.Call,
+    ast.ListComp,
+    ast.comprehension,
+    ast.Load,
+    ast.Store,
+    ast.And,
+    ast.Or,
+    *_BINOPS,
+    *_UNARY,
+    *_COMPARE,
 )
 
 
@@ -186,8 +204,10 @@ def parse_expr(source: str) -> Expr:
         raise ExprError("expression nested too deeply to parse") from None
     depth, deepest = _depth(tree)
     if depth > limit("MAX_EXPR_DEPTH"):
-        raise ExprError(f"expression nested {depth} levels deep {hint('MAX_EXPR_DEPTH')}; "
-                        "split it into config entries", _offset(deepest))
+        raise ExprError(
+            f"expression nested {depth} levels deep {hint('MAX_EXPR_DEPTH')}; split it into config entries",
+            _offset(deepest),
+        )
     names: set[str] = set()
     bound: set[str] = set()
     for node in ast.walk(tree):
@@ -309,8 +329,7 @@ class _Evaluator:
             _check_binop(node.op, left, right, node, self.bits, self.cap)
             result = _BINOPS[type(node.op)](left, right)
             if _is_int(result) and result.bit_length() > self.bits:
-                raise ExprError(f"integer result longer than {self.bits} bits {hint('MAX_INT_BITS')}",
-                                _offset(node))
+                raise ExprError(f"integer result longer than {self.bits} bits {hint('MAX_INT_BITS')}", _offset(node))
             return result
         if isinstance(node, ast.UnaryOp):
             return _UNARY[type(node.op)](self.visit(node.operand))

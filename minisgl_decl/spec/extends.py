@@ -106,8 +106,15 @@ def resolve_extends(src: SpecSource, path: Path, chain: tuple[Path, ...] = ()) -
         loop = " -> ".join(p.name for p in (*chain, me, parent_path))
         raise SpecError([Problem(where, f"`extends` goes round in a circle: {loop}")])
     if not parent_path.is_file():
-        raise SpecError([Problem(where, f"`extends: {name}`: no spec at {parent_path}; name a spec in "
-                                        f"{path.parent} (without .yaml) or give a path relative to it")])
+        raise SpecError(
+            [
+                Problem(
+                    where,
+                    f"`extends: {name}`: no spec at {parent_path}; name a spec in "
+                    f"{path.parent} (without .yaml) or give a path relative to it",
+                )
+            ]
+        )
     parent = resolve_extends(load_yaml_file(parent_path), parent_path, (*chain, me))
     out = LayeredSourceMap(file=src.source_map.file)
     merged = _merge(parent.data, parent.source_map, data, src.source_map, (), out)

@@ -118,13 +118,16 @@ def find_spec(hf_config: Mapping[str, Any], dirs: list[Path] | None = None) -> L
     if rejected:
         raise UserError(
             f"no spec can serve this {wanted} checkpoint: every spec for it has `requires:` that rule it out:\n"
-            + "\n".join(rejected) + _broken_note(found.broken) + "\npass --spec"
+            + "\n".join(rejected)
+            + _broken_note(found.broken)
+            + "\npass --spec"
         )
     seen = sorted({a for spec in found.specs for a in spec.spec.serves.architectures})
     raise UserError(
         f"no spec serves {wanted}; "
         f"searched {', '.join(map(str, searched)) or '(no specs/ directory)'} (serving: {', '.join(seen)})"
-        + _broken_note(found.broken) + "; pass --spec"
+        + _broken_note(found.broken)
+        + "; pass --spec"
     )
 
 
@@ -152,7 +155,13 @@ def overlapping_specs(specs: list[LoadedSpec]) -> list[tuple[LoadedSpec, LoadedS
                 continue
             reported.add(pair)
             archs = ", ".join(sorted(set(example.get("architectures") or [])) or [str(example.get("model_type"))])
-            found.append((a, b, f"spec `{a.spec.name}` ({a.file}) and spec `{b.spec.name}` ({b.file}) could both "
-                                f"serve {archs}: `{b.spec.name}`'s requires hold for `{a.spec.name}`'s example_config; "
-                                "add `requires:` to one of them that rules out the other's checkpoints"))
+            found.append(
+                (
+                    a,
+                    b,
+                    f"spec `{a.spec.name}` ({a.file}) and spec `{b.spec.name}` ({b.file}) could both "
+                    f"serve {archs}: `{b.spec.name}`'s requires hold for `{a.spec.name}`'s example_config; "
+                    "add `requires:` to one of them that rules out the other's checkpoints",
+                )
+            )
     return found

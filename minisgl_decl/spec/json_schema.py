@@ -34,26 +34,41 @@ _ARG_ENUMS: dict[str, tuple[str, ...]] = {}
 
 #: words for argument names whose Args field has no `description` (shared across layers)
 _WORDS: dict[str, str] = {
-    "hidden": "Model width (hidden size)", "dim": "Width of the input features", "heads": "Query heads",
-    "kv_heads": "Key/value heads (GQA: fewer than heads)", "head_dim": "Width of one attention head",
-    "rope": "Rotary embedding settings (a `rope:` config entry); null: no rope", "qkv_bias": "Bias on q, k and v",
-    "o_bias": "Bias on the output projection", "qk_norm": "Normalise q and k before rope",
-    "qk_norm_type": "Kind of the q/k norm", "qk_norm_scope": "head: one weight shared by every head; per_head: "
-    "each head its own weights; full: over the whole projection", "qk_norm_bias": "LayerNorm q/k norm with a bias",
-    "qk_norm_eps": "Epsilon of the q/k norm", "qk_norm_offset": "The q/k norm multiplies by (offset + weight)",
+    "hidden": "Model width (hidden size)",
+    "dim": "Width of the input features",
+    "heads": "Query heads",
+    "kv_heads": "Key/value heads (GQA: fewer than heads)",
+    "head_dim": "Width of one attention head",
+    "rope": "Rotary embedding settings (a `rope:` config entry); null: no rope",
+    "qkv_bias": "Bias on q, k and v",
+    "o_bias": "Bias on the output projection",
+    "qk_norm": "Normalise q and k before rope",
+    "qk_norm_type": "Kind of the q/k norm",
+    "qk_norm_scope": "head: one weight shared by every head; per_head: "
+    "each head its own weights; full: over the whole projection",
+    "qk_norm_bias": "LayerNorm q/k norm with a bias",
+    "qk_norm_eps": "Epsilon of the q/k norm",
+    "qk_norm_offset": "The q/k norm multiplies by (offset + weight)",
     "qk_norm_cast_before_weight": "Round to the activation dtype before the weight (false: Gemma-style float32)",
     "scale": "Multiplier (attention: softmax scale, default head_dim ** -0.5; embedding: row scale)",
     "window": "Sliding window: keys within this many positions; null: full attention",
     "softcap": "Soft-cap of the attention logits (cap * tanh(x / cap)); null: none",
     "cap": "Soft-cap value; null: identity",
-    "ffn": "Width of the feed-forward hidden layer (per expert in a MoE)", "act": "Activation function",
-    "fn": "Activation function", "bias": "Learned bias", "eps": "Epsilon added to the variance",
+    "ffn": "Width of the feed-forward hidden layer (per expert in a MoE)",
+    "act": "Activation function",
+    "fn": "Activation function",
+    "bias": "Learned bias",
+    "eps": "Epsilon added to the variance",
     "offset": "The weight factor is (offset + weight): Gemma's 1 + w",
     "cast_before_weight": "Round to the activation dtype before the weight (HF Llama); false: multiply in float32",
-    "vocab": "Vocabulary size", "in_dim": "Input width", "out_dim": "Output width",
+    "vocab": "Vocabulary size",
+    "in_dim": "Input width",
+    "out_dim": "Output width",
     "parallel": "Tensor-parallel mode: column (split outputs), row (split inputs), replicated",
-    "experts": "Number of routed experts", "top_k": "Experts chosen per token",
-    "norm_topk_prob": "Renormalise the chosen experts' weights to sum to 1", "max_positions": "Positions in the table",
+    "experts": "Number of routed experts",
+    "top_k": "Experts chosen per token",
+    "norm_topk_prob": "Renormalise the chosen experts' weights to sum to 1",
+    "max_positions": "Positions in the table",
 }
 
 
@@ -85,14 +100,19 @@ def _literal_schema(annotation: Any) -> tuple[dict[str, Any], str]:
             words += " (null: none)"
             alternatives.append({"type": "null"})
         return ({"anyOf": alternatives} if len(alternatives) > 1 else alternatives[0]), words
-    simple = {bool: ("boolean", "true or false"), int: ("integer", "an integer"), float: ("number", "a number"),
-              str: ("string", "a quoted name such as `'x'`")}
+    simple = {
+        bool: ("boolean", "true or false"),
+        int: ("integer", "an integer"),
+        float: ("number", "a number"),
+        str: ("string", "a quoted name such as `'x'`"),
+    }
     if annotation in simple:
         json_type, words = simple[annotation]
         return {"type": json_type}, words
     if getattr(annotation, "__name__", "") == "RopeConfig":
-        return {"not": {}}, ("the name of a `rope:` config entry (HF rope types: "
-                             + ", ".join(SUPPORTED_ROPE_TYPES) + ")")
+        return {"not": {}}, (
+            "the name of a `rope:` config entry (HF rope types: " + ", ".join(SUPPORTED_ROPE_TYPES) + ")"
+        )
     return {}, "a value"
 
 
@@ -204,8 +224,9 @@ def spec_json_schema() -> dict[str, Any]:
         defs[f"layer_{layer}"] = layer_schema(layer)
     rope = defs.get("RopeSource")
     if rope is not None:
-        rope["description"] = (rope.get("description", "") + " Supported HF rope types: "
-                               + ", ".join(SUPPORTED_ROPE_TYPES) + ".").strip()
+        rope["description"] = (
+            rope.get("description", "") + " Supported HF rope types: " + ", ".join(SUPPORTED_ROPE_TYPES) + "."
+        ).strip()
     defs["Spec"] = schema
     for name in list(defs):
         defs[name + PARTIAL] = _relax(copy.deepcopy(defs[name]))

@@ -103,7 +103,6 @@ class RopeField(Strict):
     rope: RopeSource
 
 
-
 def _config_field_kind(value: Any) -> str | None:
     if isinstance(value, BaseModel):
         return {FromField: "<from>", ExprField: "<expr>", ValueField: "<value>", RopeField: "<rope>"}[type(value)]
@@ -168,7 +167,6 @@ class SourceSpec(Strict):
     layout: LayoutSpec | None = Field(default=None, description="Re-layout of the rows along the rule's dim")
 
 
-
 def _source_kind(value: Any) -> str | None:
     if isinstance(value, str):
         return "<key>"
@@ -200,7 +198,6 @@ class RuleSpec(Strict):
         default=None,
         description="Stack over expert index `{e}` in range(experts) along a new leading dim (routed experts)",
     )
-
 
 
 def _rule_kind(value: Any) -> str | None:

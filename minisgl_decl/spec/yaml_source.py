@@ -81,8 +81,11 @@ class _Bounded(yaml.SafeLoader):
         try:
             if self.depth > self.max_depth:
                 mark = self.peek_event().start_mark
-                raise _Refused(mark.line + 1, mark.column + 1,
-                               f"nested deeper than {self.max_depth} levels {hint('MAX_YAML_DEPTH')}")
+                raise _Refused(
+                    mark.line + 1,
+                    mark.column + 1,
+                    f"nested deeper than {self.max_depth} levels {hint('MAX_YAML_DEPTH')}",
+                )
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self.depth -= 1
@@ -110,16 +113,20 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, w: _Walk) 
     line, col = _mark(node)
     w.budget -= 1
     if w.budget < 0:
-        raise _Refused(line, col, f"the document expands to more than {limit('MAX_YAML_NODES')} nodes "
-                       f"(aliases count each time they are used) {hint('MAX_YAML_NODES')}")
+        raise _Refused(
+            line,
+            col,
+            f"the document expands to more than {limit('MAX_YAML_NODES')} nodes "
+            f"(aliases count each time they are used) {hint('MAX_YAML_NODES')}",
+        )
     if id(node) in w.active:
         raise _Refused(line, col, "recursive alias: an anchor's value refers to itself")
     if len(path) > w.max_depth:
-        raise _Refused(line, col, f"nested deeper than {w.max_depth} levels through aliases "
-                       f"{hint('MAX_YAML_DEPTH')}")
+        raise _Refused(line, col, f"nested deeper than {w.max_depth} levels through aliases {hint('MAX_YAML_DEPTH')}")
     if isinstance(node, yaml.CollectionNode) and node.tag not in _COLLECTION_TAGS:
-        raise _Refused(line, col, f"YAML tag `{show(node.tag, 80)}` is not allowed here "
-                       "(plain mappings and lists only)")
+        raise _Refused(
+            line, col, f"YAML tag `{show(node.tag, 80)}` is not allowed here (plain mappings and lists only)"
+        )
     style = getattr(node, "style", None)
     w.sm.values[path] = (line, col, style)
     if isinstance(node, yaml.MappingNode):
@@ -134,8 +141,9 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, w: _Walk) 
                 continue
             key_path = (*path, key)
             if key in result:
-                w.out.append(Problem(Location(w.sm.file, kl, kc),
-                                     f"duplicate key `{show(key)}`: each key may appear once"))
+                w.out.append(
+                    Problem(Location(w.sm.file, kl, kc), f"duplicate key `{show(key)}`: each key may appear once")
+                )
                 continue
             w.sm.keys[key_path] = (kl, kc)
             result[key] = _convert(loader, value_node, key_path, w)
@@ -172,8 +180,9 @@ def load_yaml(text: str, file: str) -> SpecSource:
         raise SpecError([Problem(loc, f"YAML syntax error: {show(exc.problem or exc.context)}")]) from None
     except yaml.reader.ReaderError as exc:
         line, col = _reader_position(text, exc.position)
-        raise SpecError([Problem(Location(file, line, col), f"YAML error: {show(exc.reason)} "
-                                 f"(U+{exc.character:04X})")]) from None
+        raise SpecError(
+            [Problem(Location(file, line, col), f"YAML error: {show(exc.reason)} (U+{exc.character:04X})")]
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError([Problem(Location(file, 1, 1), f"YAML error: {show(exc)}")]) from None
     finally:

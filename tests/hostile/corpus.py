@@ -93,23 +93,35 @@ class _Builder:
     def compile(self, name: str, group: str, text: str | bytes, expect: str, **kw: object) -> None:
         self.add(name, group, ["compile", self.spec(name, text)], expect, **kw)
 
-    def ckpt_case(self, name: str, change: Callable[[Path], None], expect: str, weights: bool = True,
-                  group: str = "checkpoint", **kw: object) -> None:
+    def ckpt_case(
+        self,
+        name: str,
+        change: Callable[[Path], None],
+        expect: str,
+        weights: bool = True,
+        group: str = "checkpoint",
+        **kw: object,
+    ) -> None:
         d = self.ckpt(name, change, weights)
         self.add(name, group, ["compile", str(SPECS / "llama.yaml"), "--model", d], expect, **kw)
 
 
 def _yaml_cases(b: _Builder) -> None:
     laughs = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(8))
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(8)
+    )
     b.validate("yaml_billion_laughs", "yaml", laughs, "expands to more than", heavy=True)
     b.validate("yaml_laughs_in_key", "yaml", laughs + "? *i\n: 1\n", "expands to more than", heavy=True)
     b.validate("yaml_recursive_alias_seq", "yaml", "a: &a [*a]\n", "recursive alias")
     b.validate("yaml_recursive_alias_map", "yaml", "a: &a {b: *a}\n", "recursive alias")
     b.validate("yaml_deep_flow_600", "yaml", "a: " + "[" * 600 + "]" * 600 + "\n", "nested deeper than")
     b.validate("yaml_deep_flow_5000", "yaml", "a: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", "nested deeper than")
-    b.validate("yaml_deep_block_300", "yaml",
-               "".join("  " * i + f"k{i}:\n" for i in range(300)) + "  " * 300 + "v\n", "nested deeper than")
+    b.validate(
+        "yaml_deep_block_300",
+        "yaml",
+        "".join("  " * i + f"k{i}:\n" for i in range(300)) + "  " * 300 + "v\n",
+        "nested deeper than",
+    )
     body = "spec_version: 1\nname: x\n"
     b.validate("yaml_utf16_bom", "yaml", body.encode("utf-16"), "missing required key `serves`")
     b.validate("yaml_utf16_no_bom", "yaml", body.encode("utf-16-le"), "NUL character")
@@ -185,23 +197,64 @@ def _config_cases(b: _Builder) -> None:
     }
     for name, (key, value, expect) in values.items():
         b.compile(name, "config", _example(key, value), expect, heavy=key == "num_hidden_layers")
-    b.add("check_layers_4096", "config", ["check", b.spec("check_layers_4096", _example("num_hidden_layers", "4096"))],
-          "parameters", heavy=True)
-    b.add("check_vocab_3e7", "config", ["check", b.spec("check_vocab_3e7", _example("vocab_size", "30000000"))],
-          "parameters", heavy=True)
-    b.compile("config_value_datetime", "config",
-              _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  when: {value: 2001-12-14}"), "datetime")
-    b.compile("config_value_binary", "config",
-              _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  blob: {value: !!binary aGVsbG8=}"), "bytes")
-    b.compile("config_value_inf", "config",
-              _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  big: {value: .inf}"), "non-finite")
-    b.compile("config_expr_range", "config",
-              _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  r: {expr: 'range(3)'}"), "range")
-    b.add("config_expr_complex_out", "config", ["compile", b.spec("config_expr_complex", _edit(
-        "  rope:      {rope: {}}", "  rope:      {rope: {}}\n  c: {expr: '(-8) ** 0.5'}")), "-o",
-        str(b.root / "complex_out")], "complex")
-    b.compile("config_rope_theta_string", "config",
-              _example("rope_parameters", "{rope_type: default, rope_theta: abc}"), "rope")
+    b.add(
+        "check_layers_4096",
+        "config",
+        ["check", b.spec("check_layers_4096", _example("num_hidden_layers", "4096"))],
+        "parameters",
+        heavy=True,
+    )
+    b.add(
+        "check_vocab_3e7",
+        "config",
+        ["check", b.spec("check_vocab_3e7", _example("vocab_size", "30000000"))],
+        "parameters",
+        heavy=True,
+    )
+    b.compile(
+        "config_value_datetime",
+        "config",
+        _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  when: {value: 2001-12-14}"),
+        "datetime",
+    )
+    b.compile(
+        "config_value_binary",
+        "config",
+        _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  blob: {value: !!binary aGVsbG8=}"),
+        "bytes",
+    )
+    b.compile(
+        "config_value_inf",
+        "config",
+        _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  big: {value: .inf}"),
+        "non-finite",
+    )
+    b.compile(
+        "config_expr_range",
+        "config",
+        _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  r: {expr: 'range(3)'}"),
+        "range",
+    )
+    b.add(
+        "config_expr_complex_out",
+        "config",
+        [
+            "compile",
+            b.spec(
+                "config_expr_complex",
+                _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  c: {expr: '(-8) ** 0.5'}"),
+            ),
+            "-o",
+            str(b.root / "complex_out"),
+        ],
+        "complex",
+    )
+    b.compile(
+        "config_rope_theta_string",
+        "config",
+        _example("rope_parameters", "{rope_type: default, rope_theta: abc}"),
+        "rope",
+    )
 
 
 def _dataflow_cases(b: _Builder) -> None:
@@ -232,12 +285,21 @@ def _dataflow_cases(b: _Builder) -> None:
 
 
 def _serves_cases(b: _Builder) -> None:
-    for name, arch in {"serves_pipeline": "pipeline", "serves_automodel": "AutoModelForCausalLM",
-                       "serves_config_class": "LlamaConfig", "serves_dunder": "__class__",
-                       "serves_dotted": "os.system", "serves_missing": "NoSuchModelForCausalLM"}.items():
+    for name, arch in {
+        "serves_pipeline": "pipeline",
+        "serves_automodel": "AutoModelForCausalLM",
+        "serves_config_class": "LlamaConfig",
+        "serves_dunder": "__class__",
+        "serves_dotted": "os.system",
+        "serves_missing": "NoSuchModelForCausalLM",
+    }.items():
         text = _edit("architectures: [LlamaForCausalLM]", f"architectures: ['{arch}']")
-        b.add(name, "serves", ["check", b.spec(name, text)], "model class" if arch != "NoSuchModelForCausalLM"
-              else "has no class")
+        b.add(
+            name,
+            "serves",
+            ["check", b.spec(name, text)],
+            "model class" if arch != "NoSuchModelForCausalLM" else "has no class",
+        )
 
 
 def _index(d: Path, doc: object) -> None:
@@ -245,34 +307,56 @@ def _index(d: Path, doc: object) -> None:
 
 
 def _checkpoint_cases(b: _Builder) -> None:
-    good_keys = sorted(json.loads((b.good / "model.safetensors").read_bytes()[
-        8:8 + struct.unpack("<Q", (b.good / "model.safetensors").read_bytes()[:8])[0]]))
+    good_keys = sorted(
+        json.loads(
+            (b.good / "model.safetensors").read_bytes()[
+                8 : 8 + struct.unpack("<Q", (b.good / "model.safetensors").read_bytes()[:8])[0]
+            ]
+        )
+    )
     good_keys = [k for k in good_keys if k != "__metadata__"]
 
     def wm(shard: object) -> Callable[[Path], None]:
         return lambda d: _index(d, {"weight_map": {k: shard for k in good_keys}})
 
-    b.ckpt_case("index_weight_map_list", lambda d: _index(d, {"weight_map": ["model.safetensors"]}),
-                "`weight_map` must be a JSON object")
+    b.ckpt_case(
+        "index_weight_map_list",
+        lambda d: _index(d, {"weight_map": ["model.safetensors"]}),
+        "`weight_map` must be a JSON object",
+    )
     b.ckpt_case("index_weight_map_ints", wm(7), "shard names must be non-empty strings")
-    b.ckpt_case("index_weight_map_mixed",
-                lambda d: _index(d, {"weight_map": {**{k: "model.safetensors" for k in good_keys}, "x": [1]}}),
-                "shard names must be non-empty strings")
-    b.ckpt_case("index_not_utf8", lambda d: (d / "model.safetensors.index.json").write_bytes(b'{"weight_map": "\xff"}'),
-                "not UTF-8")
+    b.ckpt_case(
+        "index_weight_map_mixed",
+        lambda d: _index(d, {"weight_map": {**{k: "model.safetensors" for k in good_keys}, "x": [1]}}),
+        "shard names must be non-empty strings",
+    )
+    b.ckpt_case(
+        "index_not_utf8",
+        lambda d: (d / "model.safetensors.index.json").write_bytes(b'{"weight_map": "\xff"}'),
+        "not UTF-8",
+    )
     b.ckpt_case("index_not_json", lambda d: (d / "model.safetensors.index.json").write_text("{"), "not valid JSON")
-    b.ckpt_case("index_deep_200k", lambda d: (d / "model.safetensors.index.json").write_text("[" * 200_000),
-                "nested too deeply")
+    b.ckpt_case(
+        "index_deep_200k", lambda d: (d / "model.safetensors.index.json").write_text("[" * 200_000), "nested too deeply"
+    )
     b.ckpt_case("index_is_fifo", lambda d: os.mkfifo(d / "model.safetensors.index.json"), "is a FIFO", heavy=True)
     b.ckpt_case("config_not_json", lambda d: (d / "config.json").write_text("{'a': 1}"), "not valid JSON")
-    b.ckpt_case("config_utf16", lambda d: (d / "config.json").write_bytes(
-        (b.good / "config.json").read_text().encode("utf-16")), "JSON must be UTF-8")
+    b.ckpt_case(
+        "config_utf16",
+        lambda d: (d / "config.json").write_bytes((b.good / "config.json").read_text().encode("utf-16")),
+        "JSON must be UTF-8",
+    )
     b.ckpt_case("config_list", lambda d: (d / "config.json").write_text("[]"), "expected a JSON object")
     b.ckpt_case("config_deep", lambda d: (d / "config.json").write_text('{"a":' * 100_000), "nested too deeply")
-    b.ckpt_case("config_hidden_infinity", lambda d: (d / "config.json").write_text(
-        (b.good / "config.json").read_text().replace('"hidden_size": 128', '"hidden_size": Infinity')),
-        "HF config `hidden_size`")
+    b.ckpt_case(
+        "config_hidden_infinity",
+        lambda d: (d / "config.json").write_text(
+            (b.good / "config.json").read_text().replace('"hidden_size": 128', '"hidden_size": Infinity')
+        ),
+        "HF config `hidden_size`",
+    )
     b.ckpt_case("config_missing", lambda d: (d / "config.json").unlink(), "no config.json")
+
     def dev_zero_config(d: Path) -> None:
         (d / "config.json").unlink()
         os.symlink("/dev/zero", d / "config.json")
@@ -280,19 +364,27 @@ def _checkpoint_cases(b: _Builder) -> None:
     b.ckpt_case("config_is_dev_zero", dev_zero_config, "character device", heavy=True)
     b.ckpt_case("no_shards", lambda d: None, "no *.safetensors", weights=False)
     b.ckpt_case("shard_is_fifo", lambda d: os.mkfifo(d / "model.safetensors"), "is a FIFO", weights=False, heavy=True)
-    b.ckpt_case("shard_is_dev_zero", lambda d: os.symlink("/dev/zero", d / "model.safetensors"), "character device",
-                weights=False, heavy=True)
+    b.ckpt_case(
+        "shard_is_dev_zero",
+        lambda d: os.symlink("/dev/zero", d / "model.safetensors"),
+        "character device",
+        weights=False,
+        heavy=True,
+    )
     hdr = b.root / "raw"
     hdr.mkdir()
 
-    def st(name: str, header: object = None, data: bytes = bytes(16),
-           raw: bytes | None = None) -> Callable[[Path], None]:
+    def st(
+        name: str, header: object = None, data: bytes = bytes(16), raw: bytes | None = None
+    ) -> Callable[[Path], None]:
         return lambda d: _safetensors(d / "model.safetensors", header, data, raw)
 
     t = {"dtype": "F32", "shape": [2]}
     headers = {
-        "st_negative_offsets": ({"a": {**t, "data_offsets": [-8, 0]}, "b": {**t, "data_offsets": [0, 8]}},
-                                "begin <= end"),
+        "st_negative_offsets": (
+            {"a": {**t, "data_offsets": [-8, 0]}, "b": {**t, "data_offsets": [0, 8]}},
+            "begin <= end",
+        ),
         "st_overlap": ({"a": {**t, "data_offsets": [0, 8]}, "b": {**t, "data_offsets": [4, 12]}}, "overlap"),
         "st_reads_header": ({"a": {**t, "data_offsets": [0, 8]}, "b": {**t, "data_offsets": [0, 8]}}, "overlap"),
         "st_out_of_range": ({"a": {**t, "data_offsets": [0, 8]}, "b": {**t, "data_offsets": [8, 10**15]}}, "needs 8"),
@@ -311,17 +403,31 @@ def _checkpoint_cases(b: _Builder) -> None:
     }
     for name, (header, expect) in headers.items():
         b.ckpt_case(name, st(name, header), expect, weights=False)
-    b.ckpt_case("st_header_deep_200k", st("deep", raw=b"[" * 200_000 + b"]" * 200_000), "nested too deeply",
-                weights=False)
-    b.ckpt_case("st_header_deep_200k_obj", st("deepo", raw=b'{"a":' * 200_000 + b"1" + b"}" * 200_000),
-                "nested too deeply", weights=False)
-    b.ckpt_case("st_header_length_huge", lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64),
-                "not a safetensors file", weights=False)
-    b.ckpt_case("st_empty_file", lambda d: (d / "model.safetensors").write_bytes(b""), "not a safetensors file",
-                weights=False)
+    b.ckpt_case(
+        "st_header_deep_200k", st("deep", raw=b"[" * 200_000 + b"]" * 200_000), "nested too deeply", weights=False
+    )
+    b.ckpt_case(
+        "st_header_deep_200k_obj",
+        st("deepo", raw=b'{"a":' * 200_000 + b"1" + b"}" * 200_000),
+        "nested too deeply",
+        weights=False,
+    )
+    b.ckpt_case(
+        "st_header_length_huge",
+        lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64),
+        "not a safetensors file",
+        weights=False,
+    )
+    b.ckpt_case(
+        "st_empty_file", lambda d: (d / "model.safetensors").write_bytes(b""), "not a safetensors file", weights=False
+    )
     b.ckpt_case("st_header_not_utf8", st("nu", raw=b'{"\xff": 1}'), "not JSON", weights=False)
-    b.ckpt_case("st_truncated", lambda d: (d / "model.safetensors").write_bytes(
-        (b.good / "model.safetensors").read_bytes()[:-1000]), "truncated", weights=False)
+    b.ckpt_case(
+        "st_truncated",
+        lambda d: (d / "model.safetensors").write_bytes((b.good / "model.safetensors").read_bytes()[:-1000]),
+        "truncated",
+        weights=False,
+    )
 
 
 def _unsafe_cases(b: _Builder) -> None:
@@ -332,21 +438,44 @@ def _unsafe_cases(b: _Builder) -> None:
     other = b.root / "other"
     other.mkdir()
     os.symlink(b.good / "model.safetensors", other / "model.safetensors")
-    for name, shard in {"unsafe_shard_parent": "../../other/model.safetensors",
-                        "unsafe_shard_absolute": str(other / "model.safetensors"),
-                        "unsafe_shard_etc_passwd": "/etc/passwd", "unsafe_shard_proc_environ": "/proc/self/environ",
-                        "unsafe_shard_dotdot_inside": "sub/../../x.safetensors"}.items():
+    for name, shard in {
+        "unsafe_shard_parent": "../../other/model.safetensors",
+        "unsafe_shard_absolute": str(other / "model.safetensors"),
+        "unsafe_shard_etc_passwd": "/etc/passwd",
+        "unsafe_shard_proc_environ": "/proc/self/environ",
+        "unsafe_shard_dotdot_inside": "sub/../../x.safetensors",
+    }.items():
         b.ckpt_case(name, idx(shard), "outside the checkpoint directory", group="unsafe")
-    b.ckpt_case("unsafe_symlink_to_passwd", lambda d: os.symlink("/etc/passwd", d / "model.safetensors"),
-                "not a safetensors file", weights=False, group="unsafe")
-    b.ckpt_case("unsafe_symlink_to_environ", lambda d: os.symlink("/proc/self/environ", d / "model.safetensors"),
-                "not a safetensors file", weights=False, group="unsafe")
+    b.ckpt_case(
+        "unsafe_symlink_to_passwd",
+        lambda d: os.symlink("/etc/passwd", d / "model.safetensors"),
+        "not a safetensors file",
+        weights=False,
+        group="unsafe",
+    )
+    b.ckpt_case(
+        "unsafe_symlink_to_environ",
+        lambda d: os.symlink("/proc/self/environ", d / "model.safetensors"),
+        "not a safetensors file",
+        weights=False,
+        group="unsafe",
+    )
     # header JSON bytes loaded as a tensor: offsets pointing before the data section / overlapping
-    b.ckpt_case("unsafe_offsets_into_header", lambda d: _safetensors(d / "model.safetensors", {
-        "model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [-64, -48]}}, bytes(16)),
-        "begin <= end", weights=False, group="unsafe")
-    for name, edit in {"unsafe_kv_attn_twice": (BODY_ATTN, "- h = attn(attn(x))"),
-                       "unsafe_kv_layers_twice": (FWD_LAYERS, "- x = layers(layers(x))")}.items():
+    b.ckpt_case(
+        "unsafe_offsets_into_header",
+        lambda d: _safetensors(
+            d / "model.safetensors",
+            {"model.norm.weight": {"dtype": "F32", "shape": [4], "data_offsets": [-64, -48]}},
+            bytes(16),
+        ),
+        "begin <= end",
+        weights=False,
+        group="unsafe",
+    )
+    for name, edit in {
+        "unsafe_kv_attn_twice": (BODY_ATTN, "- h = attn(attn(x))"),
+        "unsafe_kv_layers_twice": (FWD_LAYERS, "- x = layers(layers(x))"),
+    }.items():
         b.compile(name, "unsafe", _edit(*edit), "KV cache")
 
 
@@ -355,12 +484,18 @@ def _cli_cases(b: _Builder) -> None:
     good = str(b.good)
     f = b.root / "afile"
     f.write_text("x")
-    b.add("cli_plan_json_missing_dir", "cli", ["compile", llama, "--model", good, "--plan-json",
-                                                str(b.root / "no" / "p.json")], "does not exist")
-    b.add("cli_plan_json_is_dir", "cli", ["compile", llama, "--model", good, "--plan-json", str(b.root)],
-          "is a directory")
-    b.add("cli_plan_json_without_model", "cli", ["compile", llama, "--plan-json", str(b.root / "p.json")],
-          "needs --model")
+    b.add(
+        "cli_plan_json_missing_dir",
+        "cli",
+        ["compile", llama, "--model", good, "--plan-json", str(b.root / "no" / "p.json")],
+        "does not exist",
+    )
+    b.add(
+        "cli_plan_json_is_dir", "cli", ["compile", llama, "--model", good, "--plan-json", str(b.root)], "is a directory"
+    )
+    b.add(
+        "cli_plan_json_without_model", "cli", ["compile", llama, "--plan-json", str(b.root / "p.json")], "needs --model"
+    )
     b.add("cli_out_is_file", "cli", ["compile", llama, "-o", str(f)], "not a directory")
     b.add("cli_out_under_file", "cli", ["compile", llama, "-o", str(f / "sub")], "cannot create")
     b.add("cli_model_missing", "cli", ["compile", llama, "--model", str(b.root / "none")], "no such directory")
@@ -373,23 +508,47 @@ def _cli_cases(b: _Builder) -> None:
     b.add("cli_check_tp_huge", "cli", ["check", llama, "--tp", str(10**9)], "--tp")
     b.add("cli_seed_huge", "cli", ["check", llama, "--seed", str(10**30)], "--seed")
     b.add("cli_tolerance_nan", "cli", ["check", llama, "--tolerance", "nan"], "--tolerance")
-    b.add("cli_max_new_tokens_negative", "cli", ["generate", "--model", good, "--max-new-tokens", "-5", "hi"],
-          "--max-new-tokens")
-    b.add("cli_max_new_tokens_huge", "cli", ["generate", "--model", good, "--max-new-tokens", str(10**9), "hi"],
-          "--max-new-tokens")
-    b.add("cli_max_new_tokens_expr", "cli", ["generate", "--model", good, "--max-new-tokens", "10**9", "hi"],
-          "invalid int value", codes=(2,))
+    b.add(
+        "cli_max_new_tokens_negative",
+        "cli",
+        ["generate", "--model", good, "--max-new-tokens", "-5", "hi"],
+        "--max-new-tokens",
+    )
+    b.add(
+        "cli_max_new_tokens_huge",
+        "cli",
+        ["generate", "--model", good, "--max-new-tokens", str(10**9), "hi"],
+        "--max-new-tokens",
+    )
+    b.add(
+        "cli_max_new_tokens_expr",
+        "cli",
+        ["generate", "--model", good, "--max-new-tokens", "10**9", "hi"],
+        "invalid int value",
+        codes=(2,),
+    )
     b.add("cli_generate_device_cuda", "cli", ["generate", "--model", good, "--device", "cuda", "hi"], "--device cuda")
     b.add("cli_generate_model_missing", "cli", ["generate", "--model", str(b.root / "none"), "hi"], "no such directory")
     out = b.root / "halfwritten"
-    b.add("cli_out_json_failure", "cli", ["compile", b.spec("out_datetime", _edit(
-        "  rope:      {rope: {}}", "  rope:      {rope: {}}\n  when: {value: 2001-12-14}")), "-o", str(out)],
-        "datetime")
+    b.add(
+        "cli_out_json_failure",
+        "cli",
+        [
+            "compile",
+            b.spec(
+                "out_datetime", _edit("  rope:      {rope: {}}", "  rope:      {rope: {}}\n  when: {value: 2001-12-14}")
+            ),
+            "-o",
+            str(out),
+        ],
+        "datetime",
+    )
     b.add("cli_validate_nothing", "cli", ["validate", str(b.root / "ckpt")], "no .yaml specs")
 
 
 def _check_cases(b: _Builder) -> None:
     """transformers' own failures during `check` (our side accepts the checkpoint)."""
+
     def remote_code(d: Path) -> None:
         cfg = json.loads((d / "config.json").read_text())
         cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
@@ -402,8 +561,10 @@ def _check_cases(b: _Builder) -> None:
         cfg["pad_token_id"] = 10**6
         (d / "config.json").write_text(json.dumps(cfg))
 
-    for name, change, expect in (("check_remote_code_config", remote_code, "PASS"),
-                                 ("check_transformers_refuses", bad_padding, "transformers could not load")):
+    for name, change, expect in (
+        ("check_remote_code_config", remote_code, "PASS"),
+        ("check_transformers_refuses", bad_padding, "transformers could not load"),
+    ):
         d = b.ckpt(name, change)
         codes = (0,) if expect == "PASS" else (1,)
         b.add(name, "check", ["check", str(SPECS / "llama.yaml"), "--model", d], expect, codes=codes)
@@ -412,8 +573,17 @@ def _check_cases(b: _Builder) -> None:
 def build(root: Path, good: Path) -> list[Case]:
     """Write every case's files under `root` and return the cases."""
     b = _Builder(root, good)
-    for part in (_yaml_cases, _expr_cases, _config_cases, _dataflow_cases, _serves_cases, _checkpoint_cases,
-                 _unsafe_cases, _cli_cases, _check_cases):
+    for part in (
+        _yaml_cases,
+        _expr_cases,
+        _config_cases,
+        _dataflow_cases,
+        _serves_cases,
+        _checkpoint_cases,
+        _unsafe_cases,
+        _cli_cases,
+        _check_cases,
+    ):
         part(b)
     names = [c.name for c in b.cases]
     if len(names) != len(set(names)):

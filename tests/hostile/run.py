@@ -51,9 +51,17 @@ def run_subprocess(case: Case, repo: Path, timeout: float) -> tuple[str, int | N
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **case.env}
     start = time.monotonic()
     try:
-        res = subprocess.run([sys.executable, "-m", "minisgl_decl.cli.main", *case.argv], capture_output=True,
-                             text=True, errors="replace", timeout=timeout, env=env, preexec_fn=limit_memory,
-                             stdin=subprocess.DEVNULL, cwd=repo)
+        res = subprocess.run(
+            [sys.executable, "-m", "minisgl_decl.cli.main", *case.argv],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=env,
+            preexec_fn=limit_memory,
+            stdin=subprocess.DEVNULL,
+            cwd=repo,
+        )
         code: int | None = res.returncode
         output = res.stdout + res.stderr
     except subprocess.TimeoutExpired as exc:
@@ -84,6 +92,7 @@ def main() -> int:
         cases = build(Path(tmp) / "corpus", good)
         if args.only:
             cases = [c for c in cases if args.only in c.name]
+
         def one(c: Case) -> tuple[Case, str, int | None, str, float]:
             kind, code, out, took = run_subprocess(c, Path(args.repo), args.timeout)
             print(f"{kind:<12} {c.name:<36} rc={code} {took:6.1f}s", flush=True)
@@ -92,14 +101,24 @@ def main() -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(one, cases))
     counts = Counter(r[1] for r in results)
-    rows = [{"name": c.name, "group": c.group, "result": kind, "code": code, "seconds": round(took, 2),
-             "tail": out.strip().splitlines()[-1][:200] if out.strip() else ""}
-            for c, kind, code, out, took in results]
+    rows = [
+        {
+            "name": c.name,
+            "group": c.group,
+            "result": kind,
+            "code": code,
+            "seconds": round(took, 2),
+            "tail": out.strip().splitlines()[-1][:200] if out.strip() else "",
+        }
+        for c, kind, code, out, took in results
+    ]
     for r in rows:
         if r["result"] != "clear":
             print(f"{r['result']:<12} {r['name']:<36} rc={r['code']} {r['seconds']:6.1f}s  {r['tail']}")
-    print(f"\nruns {len(rows)}: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in
-                                              ("clear", "other-error", "traceback", "hang", "silent")))
+    print(
+        f"\nruns {len(rows)}: "
+        + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("clear", "other-error", "traceback", "hang", "silent"))
+    )
     print(f"slowest: {max(r['seconds'] for r in rows):.1f}s; total {sum(r['seconds'] for r in rows):.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

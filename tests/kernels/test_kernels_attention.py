@@ -16,8 +16,8 @@ from _kernel_helpers import (
     rand,
 )
 
-import kernels
-from kernels import attention_launch, reference
+import minisgl_kernels as kernels
+from minisgl_kernels import attention_launch, reference
 
 # (lens, prefix lens or None, Hq, Hkv, D, window, softcap, dtype); on CUDA lengths are x8
 EXTEND_CASES = [
@@ -32,9 +32,7 @@ EXTEND_CASES = [
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "case", EXTEND_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}x{c[3]}-d{c[4]}-w{c[5]}-c{c[6]}"
-)
+@pytest.mark.parametrize("case", EXTEND_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}x{c[3]}-d{c[4]}-w{c[5]}-c{c[6]}")
 def test_extend_attention(device: str, case: tuple) -> None:
     window, softcap = case[5], case[6]
     inp = extend_inputs(case, device, seed=len(case[0]) * 7 + case[4])
@@ -63,9 +61,7 @@ def test_extend_attention_head_dim_256_cuda(window: int | None) -> None:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-d{c[3]}-w{c[4]}-c{c[5]}")
 @pytest.mark.parametrize("num_splits", [None, 1, 5])
-def test_decode_attention(
-    device: str, case: tuple, num_splits: int | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_decode_attention(device: str, case: tuple, num_splits: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     if device == "cpu" and num_splits == 5:  # the kernel variant without slot prefetch
         monkeypatch.setitem(attention_launch.INTERPRET_DECODE, "PREFETCH_SLOTS", 0)
     window, softcap = case[4], case[5]
@@ -95,9 +91,17 @@ def test_decode_equals_extend_of_last_token(device: str) -> None:
     keep[last] = False
     slots = inp["kv_slots"].long()
     ext = kernels.extend_attention(
-        inp["q"], inp["k_cache"][slots[last]], inp["v_cache"][slots[last]], indptr([1, 1], device),
-        inp["k_cache"], inp["v_cache"], indptr([n - 1 for n in lens], device), slots[keep],
-        scale=0.3, window=11, backend="triton",
+        inp["q"],
+        inp["k_cache"][slots[last]],
+        inp["v_cache"][slots[last]],
+        indptr([1, 1], device),
+        inp["k_cache"],
+        inp["v_cache"],
+        indptr([n - 1 for n in lens], device),
+        slots[keep],
+        scale=0.3,
+        window=11,
+        backend="triton",
     )
     assert_close(dec, ext, 1e-5)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from _kernel_helpers import TOL, assert_close, indptr
 
-import kernels
+import minisgl_kernels as kernels
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -62,7 +62,5 @@ def test_decode_cuda_graph_replay_follows_device_data() -> None:
         fill(lens)
         out.fill_(float("nan"))
         graph.replay()
-        want = kernels.decode_attention(
-            q, k_cache, v_cache, ip, slots, scale=0.1, softcap=30.0, backend="torch"
-        )
+        want = kernels.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.1, softcap=30.0, backend="torch")
         assert_close(out, want, TOL[dtype])

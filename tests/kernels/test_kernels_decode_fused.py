@@ -7,7 +7,7 @@ import pytest
 import torch
 from _kernel_helpers import DECODE_CASES, DEVICES, TOL, assert_close, decode_inputs, indptr, poisoned
 
-from kernels import attention_launch, reference
+from minisgl_kernels import attention_launch, reference
 
 
 def _decode(inp: dict, out: torch.Tensor, fused: bool, num_splits: int | None, **kw: object) -> None:

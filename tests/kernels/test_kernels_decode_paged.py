@@ -7,7 +7,7 @@ import pytest
 import torch
 from _kernel_helpers import DEVICES, TOL, assert_close, indptr, naive_attention, poisoned, rand
 
-import kernels
+import minisgl_kernels as kernels
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -37,8 +37,16 @@ def test_paged_decode_matches_slot_list_decode(
     args = {"scale": 0.15, "window": window, "softcap": softcap}
     out = poisoned(q.shape, dtype, device)
     got = kernels.decode_attention_paged(
-        q, k_cache, v_cache, table.to(device), rows.to(device), torch.tensor(lens).to(device),
-        num_splits=num_splits, out=out, backend="triton", **args,
+        q,
+        k_cache,
+        v_cache,
+        table.to(device),
+        rows.to(device),
+        torch.tensor(lens).to(device),
+        num_splits=num_splits,
+        out=out,
+        backend="triton",
+        **args,
     )
     assert got is out
     want = kernels.decode_attention(
@@ -58,5 +66,6 @@ def test_paged_reference_rejects_lengths_past_the_table() -> None:
     q = torch.randn(1, 2, 8)
     kc = torch.randn(4, 1, 8)
     with pytest.raises(ValueError, match="seq_lens must be in"):
-        kernels.decode_attention_paged(q, kc, kc, torch.zeros(2, 3, dtype=torch.int32), torch.tensor([0]),
-                                       torch.tensor([4]), scale=0.3)
+        kernels.decode_attention_paged(
+            q, kc, kc, torch.zeros(2, 3, dtype=torch.int32), torch.tensor([0]), torch.tensor([4]), scale=0.3
+        )

@@ -10,8 +10,8 @@ import pytest
 import torch
 from _kernel_helpers import DEVICES, TOL, assert_close, decode_inputs, extend_inputs, poisoned, rand
 
-import kernels
-from kernels import reference
+import minisgl_kernels as kernels
+from minisgl_kernels import reference
 
 # (lens, prefix lens, Hq, Hkv, D, window, softcap, dtype); on CUDA lengths are x8.
 # Every case has a cached prefix, a length-1 request and one longer than a query block.

@@ -8,9 +8,9 @@ import torch
 from _kernel_helpers import DEVICES, TOL, assert_close, poisoned, rand
 from torch.nn import functional as F
 
-import kernels
-from kernels import reference
-from kernels.moe_align import moe_align
+import minisgl_kernels as kernels
+from minisgl_kernels import reference
+from minisgl_kernels.moe_align import moe_align
 
 
 def _routing(t: int, e: int, top_k: int, gen: torch.Generator, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,8 +33,9 @@ def test_moe_reference_matches_dense_float64() -> None:
     weights, ids = _routing(t, e, k, gen, "cpu")
     dense = torch.zeros(t, e, dtype=torch.float64)  # routing weight of every (token, expert)
     dense.scatter_(1, ids, weights.double())
-    every = torch.stack([F.linear(F.silu(x @ gate_up[i, :ffn].T) * (x @ gate_up[i, ffn:].T), down[i])
-                         for i in range(e)], dim=1)  # [t, e, dim]
+    every = torch.stack(
+        [F.linear(F.silu(x @ gate_up[i, :ffn].T) * (x @ gate_up[i, ffn:].T), down[i]) for i in range(e)], dim=1
+    )  # [t, e, dim]
     want = (dense[..., None] * every).sum(1)
     torch.testing.assert_close(reference.fused_moe(x, gate_up, down, weights.double(), ids, "silu"), want)
 
@@ -88,7 +89,7 @@ def test_fused_moe_matches_reference(device: str, dtype: torch.dtype, case: tupl
 @pytest.mark.parametrize(("t", "e", "k"), [(1, 128, 8), (16, 128, 8), (300, 128, 8), (64, 8, 2)])
 def test_fused_moe_autotuned_gpu_shapes(t: int, e: int, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every autotune config at real-ish shapes (block sizes 16/32/64 rows) is correct."""
-    from kernels import moe_launch
+    from minisgl_kernels import moe_launch
 
     gen = torch.Generator().manual_seed(t)
     x = rand(t, 512, dtype=torch.bfloat16, device="cuda", gen=gen)
@@ -99,8 +100,9 @@ def test_fused_moe_autotuned_gpu_shapes(t: int, e: int, k: int, monkeypatch: pyt
         for bm in (16, 32, 64):
             out = poisoned(x.shape, x.dtype, "cuda")
             fixed = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-            moe_launch.fused_moe_triton(x, gate_up, down, weights.to(x.dtype), ids, "silu", out,
-                                        block_m=bm, config=fixed)
+            moe_launch.fused_moe_triton(
+                x, gate_up, down, weights.to(x.dtype), ids, "silu", out, block_m=bm, config=fixed
+            )
             assert_close(out, want, 1e-2)
 
 
@@ -134,8 +136,14 @@ def test_act_and_mul_reference_is_the_mlp_expression() -> None:
     ],
 )
 def test_fused_moe_rejects_bad_arguments(change: dict, message: str) -> None:
-    args = {"x": torch.randn(5, 16), "gate_up": torch.randn(4, 12, 16), "down": torch.randn(4, 16, 6),
-            "weights": torch.rand(5, 2), "ids": torch.randint(0, 4, (5, 2)), "act": "silu"}
+    args = {
+        "x": torch.randn(5, 16),
+        "gate_up": torch.randn(4, 12, 16),
+        "down": torch.randn(4, 16, 6),
+        "weights": torch.rand(5, 2),
+        "ids": torch.randint(0, 4, (5, 2)),
+        "act": "silu",
+    }
     args.update(change)
     with pytest.raises(ValueError, match=message):
         kernels.fused_moe(args["x"], args["gate_up"], args["down"], args["weights"], args["ids"], args["act"])

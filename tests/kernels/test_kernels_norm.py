@@ -8,8 +8,8 @@ import pytest
 import torch
 from _kernel_helpers import DEVICES, TOL, assert_close, poisoned, rand
 
-import kernels
-from kernels import reference
+import minisgl_kernels as kernels
+from minisgl_kernels import reference
 
 NORM_TOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
@@ -25,9 +25,7 @@ def test_rmsnorm(
     x = rand(rows, hidden, dtype=dtype, device=device, gen=gen) * 4
     w = rand(hidden, dtype=dtype, device=device, gen=gen)
     out = poisoned((rows, hidden), dtype, device)
-    got = kernels.rmsnorm(
-        x, w, 1e-6, offset=offset, cast_before_weight=cast_before_weight, out=out, backend="triton"
-    )
+    got = kernels.rmsnorm(x, w, 1e-6, offset=offset, cast_before_weight=cast_before_weight, out=out, backend="triton")
     assert got is out
     want = reference.rmsnorm(x, w, 1e-6, offset=offset, cast_before_weight=cast_before_weight)
     assert_close(got, want, NORM_TOL[dtype])
@@ -55,9 +53,7 @@ def test_add_rmsnorm(device: str, dtype: torch.dtype, hidden: int, in_place: boo
     want_y, want_s = reference.add_rmsnorm(x, residual, w, 1e-6, offset=0.5)
     out = poisoned(x.shape, dtype, device)
     res_out = residual if in_place else poisoned(x.shape, dtype, device)
-    y, s = kernels.add_rmsnorm(
-        x, residual, w, 1e-6, offset=0.5, out=out, residual_out=res_out, backend="triton"
-    )
+    y, s = kernels.add_rmsnorm(x, residual, w, 1e-6, offset=0.5, out=out, residual_out=res_out, backend="triton")
     assert y is out and s is res_out
     if device == "cpu" and dtype == torch.bfloat16:
         # Triton's interpreter rounds fp32 -> bf16 toward zero (the GPU rounds to nearest even)
@@ -117,7 +113,7 @@ def test_unknown_backend_is_rejected() -> None:
 @pytest.mark.parametrize("residual", [False, True])
 def test_rmsnorm_persistent_grid(device: str, evict_first: bool, prefetch: bool, residual: bool) -> None:
     """The persistent kernel (each program loops over row tiles) against the reference."""
-    from kernels.norm_launch import rmsnorm_triton
+    from minisgl_kernels.norm_launch import rmsnorm_triton
 
     rows, hidden, dtype = (13, 4096, torch.bfloat16) if device == "cuda" else (11, 160, torch.float32)
     per_sm = 1 if device == "cpu" else 0
@@ -130,8 +126,17 @@ def test_rmsnorm_persistent_grid(device: str, evict_first: bool, prefetch: bool,
     out = poisoned((rows, hidden), dtype, device)
     res_out = r.clone() if residual else None  # in place on a copy of the residual
     rmsnorm_triton(
-        x, w, 1e-6, offset=0.25, cast_before_weight=True, out=out, residual=res_out, residual_out=res_out,
-        programs_per_sm=per_sm, evict_first=evict_first, prefetch=prefetch,
+        x,
+        w,
+        1e-6,
+        offset=0.25,
+        cast_before_weight=True,
+        out=out,
+        residual=res_out,
+        residual_out=res_out,
+        programs_per_sm=per_sm,
+        evict_first=evict_first,
+        prefetch=prefetch,
     )
     if residual:
         want_y, want_s = reference.add_rmsnorm(x, r, w, 1e-6, offset=0.25)

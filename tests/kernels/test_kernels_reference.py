@@ -6,8 +6,8 @@ import pytest
 import torch
 from _kernel_helpers import assert_close, indptr, naive_attention
 
-import kernels
-from kernels import reference
+import minisgl_kernels as kernels
+from minisgl_kernels import reference
 
 
 def hf_llama_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,14 +88,22 @@ def _extend_case(seed: int, lens: list[int], prefix: list[int], hq: int, hkv: in
 @pytest.mark.parametrize(("window", "softcap"), [(None, None), (5, None), (None, 2.0), (9, 30.0)])
 @pytest.mark.parametrize(("hq", "hkv"), [(2, 2), (4, 1)])
 @pytest.mark.parametrize("d", [16, 8])  # any head_dim: 8 is a tiny test model's
-def test_extend_reference_matches_naive(
-    window: int | None, softcap: float | None, hq: int, hkv: int, d: int
-) -> None:
+def test_extend_reference_matches_naive(window: int | None, softcap: float | None, hq: int, hkv: int, d: int) -> None:
     lens, prefix = [6, 1, 13], [4, 7, 0]
     c = _extend_case(3, lens, prefix, hq, hkv, d)
     got = kernels.extend_attention(  # the public entry point: its checks must accept any d
-        c["q"], c["k"], c["v"], c["cu"], c["k_cache"], c["v_cache"], c["pi"], c["slots"],
-        scale=0.3, window=window, softcap=softcap, backend="torch",
+        c["q"],
+        c["k"],
+        c["v"],
+        c["cu"],
+        c["k_cache"],
+        c["v_cache"],
+        c["pi"],
+        c["slots"],
+        scale=0.3,
+        window=window,
+        softcap=softcap,
+        backend="torch",
     )
     keys, values, k_req, k_pos, q_req, q_pos = [], [], [], [], [], []
     t = 0
@@ -114,9 +122,7 @@ def test_extend_reference_matches_naive(
             q_req.append(b)
             q_pos.append(p + i)
         t += n
-    want = naive_attention(
-        c["q"], keys, values, q_req, q_pos, k_req, k_pos, scale=0.3, window=window, softcap=softcap
-    )
+    want = naive_attention(c["q"], keys, values, q_req, q_pos, k_req, k_pos, scale=0.3, window=window, softcap=softcap)
     assert_close(got, want.float(), 1e-6)
 
 
@@ -129,7 +135,14 @@ def test_decode_reference_matches_naive(window: int | None, softcap: float | Non
     slots = torch.randperm(40, generator=gen)[: sum(lens)]
     q = torch.randn(len(lens), hq, d, generator=gen)
     got = kernels.decode_attention(
-        q, k_cache, v_cache, indptr(lens, "cpu"), slots, scale=0.5, window=window, softcap=softcap,
+        q,
+        k_cache,
+        v_cache,
+        indptr(lens, "cpu"),
+        slots,
+        scale=0.5,
+        window=window,
+        softcap=softcap,
         backend="torch",
     )
     keys, values, k_req, k_pos = [], [], [], []
@@ -143,8 +156,16 @@ def test_decode_reference_matches_naive(window: int | None, softcap: float | Non
         off += n
     q_pos = [n - 1 for n in lens]
     want = naive_attention(
-        q, keys, values, list(range(len(lens))), q_pos, k_req, k_pos,
-        scale=0.5, window=window, softcap=softcap,
+        q,
+        keys,
+        values,
+        list(range(len(lens))),
+        q_pos,
+        k_req,
+        k_pos,
+        scale=0.5,
+        window=window,
+        softcap=softcap,
     )
     assert_close(got, want.float(), 1e-6)
 
@@ -152,9 +173,7 @@ def test_decode_reference_matches_naive(window: int | None, softcap: float | Non
 def test_decode_reference_zero_length_request_gives_zeros() -> None:
     q = torch.randn(2, 2, 16)
     cache = torch.randn(4, 1, 16)
-    out = reference.decode_attention(
-        q, cache, cache, torch.tensor([0, 0, 3]), torch.tensor([2, 0, 1]), scale=1.0
-    )
+    out = reference.decode_attention(q, cache, cache, torch.tensor([0, 0, 3]), torch.tensor([2, 0, 1]), scale=1.0)
     assert torch.equal(out[0], torch.zeros(2, 16)) and out[1].abs().sum() > 0
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from _kernel_helpers import DEVICES, TOL, assert_close, rand
 
-import kernels
-from kernels import reference
+import minisgl_kernels as kernels
+from minisgl_kernels import reference
 
 
 def _inv_freq(rotary_dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -120,12 +120,18 @@ def test_reference_past_table_equals_a_longer_table() -> None:
 )
 def test_apply_rope_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     inv = _inv_freq(32)
-    args = {"q": torch.randn(5, 4, 32), "k": torch.randn(5, 2, 32), "positions": torch.arange(5),
-            "cos_sin": kernels.rope_table(inv, 1.0, 8), "inv_freq": inv}
+    args = {
+        "q": torch.randn(5, 4, 32),
+        "k": torch.randn(5, 2, 32),
+        "positions": torch.arange(5),
+        "cos_sin": kernels.rope_table(inv, 1.0, 8),
+        "inv_freq": inv,
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        kernels.apply_rope(args.pop("q"), args.pop("k"), args.pop("positions"), args.pop("cos_sin"),
-                           args.pop("inv_freq"), **args)
+        kernels.apply_rope(
+            args.pop("q"), args.pop("k"), args.pop("positions"), args.pop("cos_sin"), args.pop("inv_freq"), **args
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -149,9 +155,23 @@ def test_rope_with_fused_qk_norm_matches_norm_then_rope(
     norm = {"offset": offset, "cast_before_weight": cast}
     want_q, want_k = reference.rmsnorm(q, qw, 1e-5, **norm), reference.rmsnorm(k, kw, 1e-5, **norm)
     kernels.apply_rope(want_q, want_k, pos, table, inv, backend="torch")
-    kernels.apply_rope(q, k, pos, table, inv, v=v, k_cache=caches[0], v_cache=caches[1], slots=slots,
-                       q_norm=qw, k_norm=kw, norm_eps=1e-5, norm_offset=offset, norm_cast_before_weight=cast,
-                       backend="triton")
+    kernels.apply_rope(
+        q,
+        k,
+        pos,
+        table,
+        inv,
+        v=v,
+        k_cache=caches[0],
+        v_cache=caches[1],
+        slots=slots,
+        q_norm=qw,
+        k_norm=kw,
+        norm_eps=1e-5,
+        norm_offset=offset,
+        norm_cast_before_weight=cast,
+        backend="triton",
+    )
     tol = 8e-3 if dtype == torch.bfloat16 and device == "cuda" else TOL[dtype]  # interpreter: bf16 truncates
     assert_close(q, want_q, tol)
     assert_close(k, want_k, tol)

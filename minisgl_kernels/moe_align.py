@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._util import cdiv
+from minisgl_kernels._util import cdiv
 
 
 def max_blocks(num_pairs: int, num_experts: int, block_m: int) -> int:

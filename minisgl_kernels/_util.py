@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from kernels._dispatch import interpreting
+from minisgl_kernels._dispatch import interpreting
 
 __all__ = ["cdiv", "head_dim_block", "interpreting", "next_pow2", "sm_count"]
 
@@ -34,4 +34,3 @@ def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-

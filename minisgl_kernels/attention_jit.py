@@ -55,8 +55,18 @@ def dot(a, b, acc, DOT_PRECISION: tl.constexpr):
 
 @triton.jit
 def attend_block(
-    acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
-    SOFTCAP: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    acc,
+    m_i,
+    l_i,
+    q,
+    k,
+    v,
+    visible,
+    score_scale,
+    cap_log2,
+    SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """One online-softmax step of q [M, D] over a key block k, v [N, D]."""
     qk = dot(q, tl.trans(k), tl.zeros([q.shape[0], k.shape[0]], tl.float32), DOT_PRECISION)
@@ -75,13 +85,41 @@ def attend_block(
 
 @triton.jit
 def extend_attention_kernel(
-    Q, K, V, Out, KC, VC, CU_Q, P_INDPTR, P_SLOTS,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-    stride_kcs, stride_kch, stride_vcs, stride_vch,
-    score_scale, cap_log2, window, seq_bucket,  # seq_bucket: autotune key only
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_PREFIX: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    K,
+    V,
+    Out,
+    KC,
+    VC,
+    CU_Q,
+    P_INDPTR,
+    P_SLOTS,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_kcs,
+    stride_kch,
+    stride_vcs,
+    stride_vch,
+    score_scale,
+    cap_log2,
+    window,
+    seq_bucket,  # seq_bucket: autotune key only
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # grid: (query blocks of the longest request, requests * q heads); heavy blocks first
     start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
@@ -99,7 +137,8 @@ def extend_attention_kernel(
     row_ok = offs_m < n_new
     q = tl.load(
         Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-        mask=tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0,
+        mask=tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D),
+        other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -117,15 +156,22 @@ def extend_attention_kernel(
             k_pos = start_n + offs_n
             k_ok = k_pos < n_prefix
             slot = tl.load(P_SLOTS + p_start + k_pos, mask=k_ok, other=0).to(tl.int64)
-            k = tl.load(KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
-                        mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-            v = tl.load(VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
-                        mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
+            k = tl.load(
+                KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
+                mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D),
+                other=0.0,
+            )
+            v = tl.load(
+                VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
+                mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D),
+                other=0.0,
+            )
             visible = k_ok[None, :]
             if WINDOW:
                 visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
-            acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
-                                         SOFTCAP, True, DOT_PRECISION)
+            acc, m_i, l_i = attend_block(
+                acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2, SOFTCAP, True, DOT_PRECISION
+            )
 
     # 2) new tokens strictly before this query block: causally visible to every row
     lo = 0
@@ -133,28 +179,37 @@ def extend_attention_kernel(
         lo = tl.maximum(start_m - window + 1, 0) // BLOCK_N * BLOCK_N
     for start_n in range(lo, start_m, BLOCK_N):
         k_rows = q_start + start_n + offs_n
-        k = load_rows(K + k_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
-                      offs_d, HEAD_DIM, BLOCK_D)
-        v = load_rows(V + k_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                      offs_d, HEAD_DIM, BLOCK_D)
+        k = load_rows(K + k_rows[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], offs_d, HEAD_DIM, BLOCK_D)
+        v = load_rows(V + k_rows[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], offs_d, HEAD_DIM, BLOCK_D)
         visible = (start_n + offs_n)[None, :] > offs_m[:, None] - window  # used only with WINDOW
-        acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
-                                     SOFTCAP, WINDOW, DOT_PRECISION)
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2, SOFTCAP, WINDOW, DOT_PRECISION
+        )
 
     # 3) the diagonal band: causal mask
     for start_n in range(start_m, tl.minimum(start_m + BLOCK_M, n_new), BLOCK_N):
         k_idx = start_n + offs_n
         k_ok = k_idx < n_new
-        k = tl.load(K + (q_start + k_idx)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
-                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-        v = tl.load(V + (q_start + k_idx)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
+        k = tl.load(
+            K + (q_start + k_idx)[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :],
+            mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D),
+            other=0.0,
+        )
+        v = tl.load(
+            V + (q_start + k_idx)[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+            mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D),
+            other=0.0,
+        )
         visible = (k_idx[None, :] <= offs_m[:, None]) & k_ok[None, :]
         if WINDOW:
             visible = visible & (k_idx[None, :] > offs_m[:, None] - window)
-        acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2,
-                                     SOFTCAP, True, DOT_PRECISION)
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2, SOFTCAP, True, DOT_PRECISION
+        )
 
     o = acc / tl.where(row_ok, l_i, 1.0)[:, None]  # padding rows may have seen nothing
-    tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-             o.to(Out.dtype.element_ty), mask=tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D))
+    tl.store(
+        Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+        o.to(Out.dtype.element_ty),
+        mask=tile_mask(row_ok, offs_d, HEAD_DIM, BLOCK_D),
+    )

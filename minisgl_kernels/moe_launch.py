@@ -8,9 +8,9 @@ from typing import Any
 import torch
 import triton
 
-from kernels._util import cdiv, interpreting, next_pow2
-from kernels.moe_align import moe_align
-from kernels.moe_jit import moe_down_kernel, moe_gate_up_kernel
+from minisgl_kernels._util import cdiv, interpreting, next_pow2
+from minisgl_kernels.moe_align import moe_align
+from minisgl_kernels.moe_jit import moe_down_kernel, moe_gate_up_kernel
 
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
 
@@ -95,15 +95,44 @@ def fused_moe_triton(
         return lambda m: (blocks, cdiv(n, m["BLOCK_N"]))
 
     up_kernel[grid(ffn)](
-        x, gate_up, h, sorted_pairs, block_expert,
-        num_pairs, top_k, num_experts, ffn, dim, bucket,
-        x.stride(0), gate_up.stride(0), gate_up.stride(1), h.stride(0),
-        ACT=act, BLOCK_M=bm, DOT_PRECISION=prec, **meta,
+        x,
+        gate_up,
+        h,
+        sorted_pairs,
+        block_expert,
+        num_pairs,
+        top_k,
+        num_experts,
+        ffn,
+        dim,
+        bucket,
+        x.stride(0),
+        gate_up.stride(0),
+        gate_up.stride(1),
+        h.stride(0),
+        ACT=act,
+        BLOCK_M=bm,
+        DOT_PRECISION=prec,
+        **meta,
     )
     down_kernel[grid(dim)](
-        h, down, y, sorted_pairs, block_expert, weights,
-        num_pairs, num_experts, dim, ffn, bucket,
-        h.stride(0), down.stride(0), down.stride(1), y.stride(0),
-        BLOCK_M=bm, DOT_PRECISION=prec, **meta,
+        h,
+        down,
+        y,
+        sorted_pairs,
+        block_expert,
+        weights,
+        num_pairs,
+        num_experts,
+        dim,
+        ffn,
+        bucket,
+        h.stride(0),
+        down.stride(0),
+        down.stride(1),
+        y.stride(0),
+        BLOCK_M=bm,
+        DOT_PRECISION=prec,
+        **meta,
     )
     torch.sum(y.view(num_tokens, top_k, dim), dim=1, out=out)

@@ -39,8 +39,13 @@ def act_mul(gate, up, OUT_DTYPE: tl.constexpr, ACT: tl.constexpr):
 
 @triton.jit
 def act_and_mul_kernel(
-    X, Y, stride_xt, stride_yt, ffn,
-    ACT: tl.constexpr, BLOCK: tl.constexpr,
+    X,
+    Y,
+    stride_xt,
+    stride_yt,
+    ffn,
+    ACT: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Row t: ``Y[t, :ffn] = act(X[t, :ffn]) * X[t, ffn:2*ffn]``; grid (rows, cdiv(ffn, BLOCK))."""
     t = tl.program_id(0).to(tl.int64)

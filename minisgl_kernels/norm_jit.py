@@ -8,9 +8,19 @@ import triton.language as tl
 
 @triton.jit
 def rmsnorm_kernel(
-    X, R, W, Y, S,  # input, residual (or X), weight, normed output, sum output (or Y)
-    stride_x, stride_r, stride_y, stride_s,  # row strides, in elements
-    n_rows, n_cols, eps, offset,
+    X,
+    R,
+    W,
+    Y,
+    S,  # input, residual (or X), weight, normed output, sum output (or Y)
+    stride_x,
+    stride_r,
+    stride_y,
+    stride_s,  # row strides, in elements
+    n_rows,
+    n_cols,
+    eps,
+    offset,
     BLOCK_M: tl.constexpr,  # rows per program
     BLOCK_N: tl.constexpr,  # next power of two >= n_cols
     HAS_RESIDUAL: tl.constexpr,
@@ -44,11 +54,23 @@ def _load_tile(P, stride, rows, cols, n_rows, n_cols, EVICT: tl.constexpr):
 
 @triton.jit
 def rmsnorm_persistent_kernel(
-    X, R, W, Y, S,  # as rmsnorm_kernel
-    stride_x, stride_r, stride_y, stride_s,
-    n_rows, n_cols, eps, offset,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
+    X,
+    R,
+    W,
+    Y,
+    S,  # as rmsnorm_kernel
+    stride_x,
+    stride_r,
+    stride_y,
+    stride_s,
+    n_rows,
+    n_cols,
+    eps,
+    offset,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    CAST_BEFORE_WEIGHT: tl.constexpr,
     EVICT: tl.constexpr,  # eviction policy of the single-use loads and stores ("" = default)
     PREFETCH: tl.constexpr,  # load the next tile's rows before normalising this one
 ):

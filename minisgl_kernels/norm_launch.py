@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._util import cdiv, next_pow2, sm_count
-from kernels.norm_jit import rmsnorm_kernel, rmsnorm_persistent_kernel
+from minisgl_kernels._util import cdiv, next_pow2, sm_count
+from minisgl_kernels.norm_jit import rmsnorm_kernel, rmsnorm_persistent_kernel
 
 MAX_HIDDEN = 65536
 # Defaults, from side-by-side timings on an H100 (tools/bench_kernels.py --compare, docs/perf.md):
@@ -57,10 +57,28 @@ def rmsnorm_triton(
     block_n = next_pow2(hidden)
     block_m = max(1, min(64, 2048 // block_n))
     num_warps = 4 if block_n <= 2048 else (8 if block_n <= 8192 else 16)
-    args = (x2, r2, weight, y2, s2, x2.stride(0), r2.stride(0), y2.stride(0), s2.stride(0),
-            n_rows, hidden, float(eps), float(offset))
-    meta = {"BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_RESIDUAL": residual is not None,
-            "CAST_BEFORE_WEIGHT": cast_before_weight, "num_warps": num_warps}
+    args = (
+        x2,
+        r2,
+        weight,
+        y2,
+        s2,
+        x2.stride(0),
+        r2.stride(0),
+        y2.stride(0),
+        s2.stride(0),
+        n_rows,
+        hidden,
+        float(eps),
+        float(offset),
+    )
+    meta = {
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "HAS_RESIDUAL": residual is not None,
+        "CAST_BEFORE_WEIGHT": cast_before_weight,
+        "num_warps": num_warps,
+    }
     per_sm = PROGRAMS_PER_SM if programs_per_sm is None else programs_per_sm
     evict = evict_first
     if evict is None:
@@ -71,5 +89,8 @@ def rmsnorm_triton(
         return
     grid = tiles if per_sm <= 0 else min(tiles, per_sm * sm_count(x.device))
     rmsnorm_persistent_kernel[(grid,)](
-        *args, **meta, EVICT="evict_first" if evict else "", PREFETCH=PREFETCH if prefetch is None else prefetch,
+        *args,
+        **meta,
+        EVICT="evict_first" if evict else "",
+        PREFETCH=PREFETCH if prefetch is None else prefetch,
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernels import _checks
-from kernels._dispatch import Backend, use_triton
+from minisgl_kernels import _checks
+from minisgl_kernels._dispatch import Backend, use_triton
 
 if TYPE_CHECKING:
     import torch
@@ -39,11 +39,11 @@ def act_and_mul(
         _checks.dims("out", o, shape)
         _checks.same_dtype("out", o, "x", xt)
     if not use_triton(xt, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         y = reference.act_and_mul(xt, act)
         return y if out is None else out.copy_(y)
-    from kernels.act_launch import act_and_mul_triton
+    from minisgl_kernels.act_launch import act_and_mul_triton
 
     y = torch.empty(shape, dtype=xt.dtype, device=xt.device) if out is None else out
     try:
@@ -91,12 +91,12 @@ def fused_moe(
     _checks.dims("topk_weights", w, tuple(ids.shape))
     _check_act(act)
     if not use_triton(xt, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         if ids.numel() and not bool(((ids >= 0) & (ids < e)).all()):  # a host read: reference only
             raise ValueError(f"topk_ids must be in 0..{e - 1}")
         return reference.fused_moe(xt, gu, dn, w, ids, act)
-    from kernels.moe_launch import fused_moe_triton
+    from minisgl_kernels.moe_launch import fused_moe_triton
 
     out = torch.empty_like(xt)
     fused_moe_triton(xt, gu, dn, w.to(xt.dtype).contiguous(), ids, act, out)

@@ -9,14 +9,28 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention_jit import tile_mask
+from minisgl_kernels.attention_jit import tile_mask
 
 
 @triton.jit
 def store_kv_kernel(
-    K, V, KC, VC, SLOTS,
-    stride_kt, stride_kh, stride_vt, stride_vh, stride_kcs, stride_kch, stride_vcs, stride_vch,
-    NUM_KV_HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    K,
+    V,
+    KC,
+    VC,
+    SLOTS,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kcs,
+    stride_kch,
+    stride_vcs,
+    stride_vch,
+    NUM_KV_HEADS: tl.constexpr,
+    HEADS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(SLOTS + t).to(tl.int64)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernels import _checks
-from kernels._dispatch import Backend, use_triton
+from minisgl_kernels import _checks
+from minisgl_kernels._dispatch import Backend, use_triton
 
 if TYPE_CHECKING:
     import torch
+
 
 def _check_norm(x: object, weight: object, eps: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
@@ -44,13 +45,13 @@ def rmsnorm(
     if out is not None:
         _checks.out_like("out", out, x)
     if not use_triton(x, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         y = reference.rmsnorm(x, weight, eps, offset=offset, cast_before_weight=cast_before_weight)
         return y if out is None else out.copy_(y)
     import torch
 
-    from kernels.norm_launch import rmsnorm_triton
+    from minisgl_kernels.norm_launch import rmsnorm_triton
 
     y = torch.empty_like(x) if out is None else out
     rmsnorm_triton(x, weight, eps, offset=offset, cast_before_weight=cast_before_weight, out=y)
@@ -74,30 +75,31 @@ def add_rmsnorm(
     ``residual_out`` may be ``residual`` itself (in-place update) or ``x``.
     """
     x, weight = _check_norm(x, weight, eps, offset)
-    residual = _checks.tensor(
-        "residual", residual, ndim=x.dim(), dtypes=_checks.FLOAT_DTYPES, device=x.device
-    )
+    residual = _checks.tensor("residual", residual, ndim=x.dim(), dtypes=_checks.FLOAT_DTYPES, device=x.device)
     _checks.dims("residual", residual, tuple(x.shape))
     _checks.same_dtype("residual", residual, "x", x)
     for name, buf in (("out", out), ("residual_out", residual_out)):
         if buf is not None:
             _checks.out_like(name, buf, x)
     if not use_triton(x, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
-        y, s = reference.add_rmsnorm(
-            x, residual, weight, eps, offset=offset, cast_before_weight=cast_before_weight
-        )
+        y, s = reference.add_rmsnorm(x, residual, weight, eps, offset=offset, cast_before_weight=cast_before_weight)
         return (y if out is None else out.copy_(y)), (s if residual_out is None else residual_out.copy_(s))
     import torch
 
-    from kernels.norm_launch import rmsnorm_triton
+    from minisgl_kernels.norm_launch import rmsnorm_triton
 
     y = torch.empty_like(x) if out is None else out
     s = torch.empty_like(x) if residual_out is None else residual_out
     rmsnorm_triton(
-        x, weight, eps, offset=offset, cast_before_weight=cast_before_weight, out=y,
-        residual=residual, residual_out=s,
+        x,
+        weight,
+        eps,
+        offset=offset,
+        cast_before_weight=cast_before_weight,
+        out=y,
+        residual=residual,
+        residual_out=s,
     )
     return y, s
-

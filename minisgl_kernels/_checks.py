@@ -75,9 +75,7 @@ def triton_head_dim(d: int) -> None:
 
 def heads(num_q_heads: int, num_kv_heads: int) -> None:
     if num_kv_heads < 1 or num_q_heads % num_kv_heads:
-        raise ValueError(
-            f"num_q_heads ({num_q_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
-        )
+        raise ValueError(f"num_q_heads ({num_q_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
 
 
 def attention_options(scale: float, window: int | None, softcap: float | None) -> None:
@@ -85,9 +83,7 @@ def attention_options(scale: float, window: int | None, softcap: float | None) -
         raise ValueError(f"scale must be a finite positive number, got {scale!r}")
     if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
         raise ValueError(f"window must be None or an int >= 1, got {window!r}")
-    if softcap is not None and not (
-        isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0
-    ):
+    if softcap is not None and not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0):
         raise ValueError(f"softcap must be None or a finite positive number, got {softcap!r}")
 
 

@@ -1,7 +1,7 @@
 """Launchers for the Triton attention kernels (attention_jit.py, decode_jit.py).
 
 Arguments are assumed to have passed ``kernels._checks`` (done by the dispatch in
-``kernels/__init__.py``). Nothing here reads device data, except ``extend_attention``
+``minisgl_kernels/__init__.py``). Nothing here reads device data, except ``extend_attention``
 when ``max_seqlen_q`` is not given. On CUDA the kernels are autotuned on first use of
 each shape class: warm up before capturing a CUDA graph.
 """
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 import triton
 
-from kernels._util import cdiv, head_dim_block, interpreting, next_pow2, sm_count
-from kernels.attention_jit import extend_attention_kernel
-from kernels.decode_fused_jit import decode_fused_kernel
-from kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
+from minisgl_kernels._util import cdiv, head_dim_block, interpreting, next_pow2, sm_count
+from minisgl_kernels.attention_jit import extend_attention_kernel
+from minisgl_kernels.decode_fused_jit import decode_fused_kernel
+from minisgl_kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
@@ -36,20 +36,21 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _configs(spec: list[tuple[int, ...]], names: tuple[str, ...]) -> list[triton.Config]:
-    return [
-        triton.Config(dict(zip(names, c[:-2], strict=True)), num_warps=c[-2], num_stages=c[-1]) for c in spec
-    ]
+    return [triton.Config(dict(zip(names, c[:-2], strict=True)), num_warps=c[-2], num_stages=c[-1]) for c in spec]
 
 
 # (BLOCK_M, BLOCK_N, warps, stages), chosen from the sm_90 resource report (no register spills)
-_EXTEND_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)],
-                           ("BLOCK_M", "BLOCK_N"))
-_EXTEND_CONFIGS_D256 = _configs([(64, 64, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)],
-                                ("BLOCK_M", "BLOCK_N"))
+_EXTEND_CONFIGS = _configs([(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)], ("BLOCK_M", "BLOCK_N"))
+_EXTEND_CONFIGS_D256 = _configs(
+    [(64, 64, 8, 3), (64, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 2)], ("BLOCK_M", "BLOCK_N")
+)
 # (BLOCK_N, PREFETCH_SLOTS, warps, stages)
 _DECODE_CONFIGS = _configs(
-    [(bn, pf, w, st) for pf in (1, 0) for bn, w, st in [(64, 4, 3), (64, 4, 2), (32, 4, 3), (128, 4, 2),
-                                                        (128, 4, 3), (64, 8, 3)]],
+    [
+        (bn, pf, w, st)
+        for pf in (1, 0)
+        for bn, w, st in [(64, 4, 3), (64, 4, 2), (32, 4, 3), (128, 4, 2), (128, 4, 3), (64, 8, 3)]
+    ],
     ("BLOCK_N", "PREFETCH_SLOTS"),
 )
 
@@ -73,10 +74,14 @@ _extend_tuned = triton.autotune(
 )(extend_attention_kernel)
 _DECODE_KEY = ["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"]
 _decode_tuned = triton.autotune(
-    _DECODE_CONFIGS, key=_DECODE_KEY, prune_configs_by={"early_config_prune": _prune_decode},
+    _DECODE_CONFIGS,
+    key=_DECODE_KEY,
+    prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_split_kernel)
 _fused_tuned = triton.autotune(  # every launch leaves the counters at 0, so tuning runs are safe
-    _DECODE_CONFIGS, key=_DECODE_KEY, prune_configs_by={"early_config_prune": _prune_decode},
+    _DECODE_CONFIGS,
+    key=_DECODE_KEY,
+    prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_fused_kernel)
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
 FUSED_DECODE_ENV = "MINISGL_KERNELS_FUSED_DECODE"
@@ -131,16 +136,40 @@ def extend_attention_triton(
     vc = v_cache if v_cache is not None else v
     score_scale, cap_log2 = _score_params(scale, softcap)
     args = (
-        q, k, v, out, kc, vc, cu_seqlens_q,
+        q,
+        k,
+        v,
+        out,
+        kc,
+        vc,
+        cu_seqlens_q,
         prefix_indptr if has_prefix else cu_seqlens_q,
         prefix_slots if has_prefix else cu_seqlens_q,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
-        score_scale, cap_log2, window or 0, min(next_pow2(max_seqlen_q), 4096),
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        kc.stride(0),
+        kc.stride(1),
+        vc.stride(0),
+        vc.stride(1),
+        score_scale,
+        cap_log2,
+        window or 0,
+        min(next_pow2(max_seqlen_q), 4096),
     )
     meta: dict[str, Any] = {
-        "NUM_Q_HEADS": num_q_heads, "GROUP": num_q_heads // k.shape[1], "HEAD_DIM": head_dim,
-        "BLOCK_D": block_d, "HAS_PREFIX": has_prefix, "SOFTCAP": softcap is not None, "WINDOW": window is not None,
+        "NUM_Q_HEADS": num_q_heads,
+        "GROUP": num_q_heads // k.shape[1],
+        "HEAD_DIM": head_dim,
+        "BLOCK_D": block_d,
+        "HAS_PREFIX": has_prefix,
+        "SOFTCAP": softcap is not None,
+        "WINDOW": window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
 
@@ -240,19 +269,21 @@ def decode_attention_triton(
     score_scale, cap_log2 = _score_params(scale, softcap)
     paged = kv_lens is not None
     head = (q, k_cache, v_cache, kv_indptr, kv_lens if kv_lens is not None else kv_indptr, kv_slots, o_part, lse_part)
-    strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-               v_cache.stride(0), v_cache.stride(1))
+    strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
     tail = (score_scale, cap_log2, window or 0, num_splits, row_stride)
     meta: dict[str, Any] = {
-        "NUM_Q_HEADS": num_q_heads, "GROUP": group,
-        "GROUP_PAD": max(16, next_pow2(group)), "HEAD_DIM": head_dim, "BLOCK_D": block_d,
-        "SOFTCAP": softcap is not None, "WINDOW": window is not None,
-        "DOT_PRECISION": _dot_precision(q.dtype), "PAGED": paged,
+        "NUM_Q_HEADS": num_q_heads,
+        "GROUP": group,
+        "GROUP_PAD": max(16, next_pow2(group)),
+        "HEAD_DIM": head_dim,
+        "BLOCK_D": block_d,
+        "SOFTCAP": softcap is not None,
+        "WINDOW": window is not None,
+        "DOT_PRECISION": _dot_precision(q.dtype),
+        "PAGED": paged,
     }
     grid = (num_kv_heads, batch, num_splits)
-    fixed = _fixed(
-        _DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "PREFETCH_SLOTS": 1, "num_warps": 4, "num_stages": 2}
-    )
+    fixed = _fixed(_DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "PREFETCH_SLOTS": 1, "num_warps": 4, "num_stages": 2})
     if fused:
         counters = decode_counters(q.device, 1 if num_splits == 1 else batch * num_kv_heads)
         args = (*head, counters, out, *strides, out.stride(0), out.stride(1), *tail)
@@ -267,7 +298,15 @@ def decode_attention_triton(
     if fused:
         return
     decode_reduce_kernel[(batch, num_q_heads)](
-        o_part, lse_part, out, out.stride(0), out.stride(1),
-        NUM_Q_HEADS=num_q_heads, NUM_SPLITS=num_splits, SPLITS_PAD=next_pow2(num_splits),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=4 if num_splits * block_d <= 8192 else 8,
+        o_part,
+        lse_part,
+        out,
+        out.stride(0),
+        out.stride(1),
+        NUM_Q_HEADS=num_q_heads,
+        NUM_SPLITS=num_splits,
+        SPLITS_PAD=next_pow2(num_splits),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        num_warps=4 if num_splits * block_d <= 8192 else 8,
     )

@@ -15,19 +15,46 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention_jit import tile_mask
-from kernels.decode_jit import attend_split, split_bounds
+from minisgl_kernels.attention_jit import tile_mask
+from minisgl_kernels.decode_jit import attend_split, split_bounds
 
 
 @triton.jit
 def decode_fused_kernel(
-    Q, KC, VC, KV_INDPTR, KV_LENS, KV_SLOTS, O_PART, LSE_PART, COUNTER, Out,
-    stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, stride_ob, stride_oh,
-    score_scale, cap_log2, window, num_splits, row_stride,
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr, PAGED: tl.constexpr,
+    Q,
+    KC,
+    VC,
+    KV_INDPTR,
+    KV_LENS,
+    KV_SLOTS,
+    O_PART,
+    LSE_PART,
+    COUNTER,
+    Out,
+    stride_qb,
+    stride_qh,
+    stride_kcs,
+    stride_kch,
+    stride_vcs,
+    stride_vch,
+    stride_ob,
+    stride_oh,
+    score_scale,
+    cap_log2,
+    window,
+    num_splits,
+    row_stride,
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREFETCH_SLOTS: tl.constexpr,
+    PAGED: tl.constexpr,
 ):
     kvh = tl.program_id(0)
     b = tl.program_id(1)
@@ -36,9 +63,31 @@ def decode_fused_kernel(
         KV_INDPTR, KV_LENS, row_stride, b, split, window, num_splits, WINDOW, BLOCK_N, PAGED
     )
     o, lse = attend_split(
-        Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
-        stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,
-        GROUP, GROUP_PAD, HEAD_DIM, BLOCK_D, SOFTCAP, DOT_PRECISION, BLOCK_N, PREFETCH_SLOTS,
+        Q,
+        KC,
+        VC,
+        KV_SLOTS,
+        b,
+        kvh,
+        kv_start,
+        start,
+        end,
+        stride_qb,
+        stride_qh,
+        stride_kcs,
+        stride_kch,
+        stride_vcs,
+        stride_vch,
+        score_scale,
+        cap_log2,
+        GROUP,
+        GROUP_PAD,
+        HEAD_DIM,
+        BLOCK_D,
+        SOFTCAP,
+        DOT_PRECISION,
+        BLOCK_N,
+        PREFETCH_SLOTS,
     )
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, BLOCK_D)
@@ -61,8 +110,12 @@ def decode_fused_kernel(
             acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
             for s in range(num_splits):  # online log-sum-exp combine; empty splits weigh 0
                 lse_s = tl.load(LSE_PART + first + s, mask=g_ok, other=float("-inf"), cache_modifier=".cg")
-                o_s = tl.load(O_PART + (first + s)[:, None] * BLOCK_D + offs_d[None, :],
-                              mask=g_ok[:, None], other=0.0, cache_modifier=".cg")
+                o_s = tl.load(
+                    O_PART + (first + s)[:, None] * BLOCK_D + offs_d[None, :],
+                    mask=g_ok[:, None],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
                 m_new = tl.maximum(m, lse_s)
                 shift = tl.where(m_new == float("-inf"), 0.0, m_new)
                 alpha = tl.exp2(m - shift)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._util import cdiv, next_pow2
-from kernels.act_jit import act_and_mul_kernel
+from minisgl_kernels._util import cdiv, next_pow2
+from minisgl_kernels.act_jit import act_and_mul_kernel
 
 
 def act_and_mul_triton(x: torch.Tensor, act: str, out: torch.Tensor) -> None:
@@ -15,5 +15,12 @@ def act_and_mul_triton(x: torch.Tensor, act: str, out: torch.Tensor) -> None:
         return
     block = min(1024, next_pow2(ffn))
     act_and_mul_kernel[(rows, cdiv(ffn, block))](
-        x, out, x.stride(0), out.stride(0), ffn, ACT=act, BLOCK=block, num_warps=4,
+        x,
+        out,
+        x.stride(0),
+        out.stride(0),
+        ffn,
+        ACT=act,
+        BLOCK=block,
+        num_warps=4,
     )

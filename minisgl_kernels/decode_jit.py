@@ -14,13 +14,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.attention_jit import attend_block, tile_mask
+from minisgl_kernels.attention_jit import attend_block, tile_mask
 
 
 @triton.jit
 def split_bounds(
-    KV_INDPTR, KV_LENS, row_stride, b, split, window, num_splits,
-    WINDOW: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+    KV_INDPTR,
+    KV_LENS,
+    row_stride,
+    b,
+    split,
+    window,
+    num_splits,
+    WINDOW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
 ):
     """Request b's first cache-list index, and this split's [start, end) key positions.
 
@@ -44,10 +52,30 @@ def split_bounds(
 
 @triton.jit
 def attend_split(
-    Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
-    stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    Q,
+    KC,
+    VC,
+    KV_SLOTS,
+    b,
+    kvh,
+    kv_start,
+    start,
+    end,
+    stride_qb,
+    stride_qh,
+    stride_kcs,
+    stride_kch,
+    stride_vcs,
+    stride_vch,
+    score_scale,
+    cap_log2,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     PREFETCH_SLOTS: tl.constexpr,
 ):
     """Attention of KV head kvh's query heads over key positions [start, end): the
@@ -56,8 +84,11 @@ def attend_split(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     heads = kvh * GROUP + offs_g
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=tile_mask(offs_g < GROUP, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
+    q = tl.load(
+        Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=tile_mask(offs_g < GROUP, offs_d, HEAD_DIM, BLOCK_D),
+        other=0.0,
+    )
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
@@ -71,12 +102,19 @@ def attend_split(
             slot_next = tl.load(KV_SLOTS + kv_start + BLOCK_N + k_pos, mask=BLOCK_N + k_pos < end, other=0)
         else:
             slot = tl.load(KV_SLOTS + kv_start + k_pos, mask=k_ok, other=0).to(tl.int64)
-        k = tl.load(KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
-                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-        v = tl.load(VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
-                    mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D), other=0.0)
-        acc, m_i, l_i = attend_block(acc, m_i, l_i, q, k, v, k_ok[None, :], score_scale, cap_log2,
-                                     SOFTCAP, True, DOT_PRECISION)
+        k = tl.load(
+            KC + slot[:, None] * stride_kcs + kvh * stride_kch + offs_d[None, :],
+            mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D),
+            other=0.0,
+        )
+        v = tl.load(
+            VC + slot[:, None] * stride_vcs + kvh * stride_vch + offs_d[None, :],
+            mask=tile_mask(k_ok, offs_d, HEAD_DIM, BLOCK_D),
+            other=0.0,
+        )
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, k, v, k_ok[None, :], score_scale, cap_log2, SOFTCAP, True, DOT_PRECISION
+        )
     has_any = l_i > 0.0
     o = acc / tl.where(has_any, l_i, 1.0)[:, None]
     lse = tl.where(has_any, m_i + tl.log2(tl.where(has_any, l_i, 1.0)), float("-inf"))
@@ -85,13 +123,36 @@ def attend_split(
 
 @triton.jit
 def decode_split_kernel(
-    Q, KC, VC, KV_INDPTR, KV_LENS, KV_SLOTS, O_PART, LSE_PART,
-    stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch,
-    score_scale, cap_log2, window, num_splits, row_stride,
-    NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    SOFTCAP: tl.constexpr, WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, PREFETCH_SLOTS: tl.constexpr, PAGED: tl.constexpr,
+    Q,
+    KC,
+    VC,
+    KV_INDPTR,
+    KV_LENS,
+    KV_SLOTS,
+    O_PART,
+    LSE_PART,
+    stride_qb,
+    stride_qh,
+    stride_kcs,
+    stride_kch,
+    stride_vcs,
+    stride_vch,
+    score_scale,
+    cap_log2,
+    window,
+    num_splits,
+    row_stride,
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PREFETCH_SLOTS: tl.constexpr,
+    PAGED: tl.constexpr,
 ):
     kvh = tl.program_id(0)  # fastest: the KV heads of one slot row are read together
     b = tl.program_id(1)
@@ -100,9 +161,31 @@ def decode_split_kernel(
         KV_INDPTR, KV_LENS, row_stride, b, split, window, num_splits, WINDOW, BLOCK_N, PAGED
     )
     o, lse = attend_split(
-        Q, KC, VC, KV_SLOTS, b, kvh, kv_start, start, end,
-        stride_qb, stride_qh, stride_kcs, stride_kch, stride_vcs, stride_vch, score_scale, cap_log2,
-        GROUP, GROUP_PAD, HEAD_DIM, BLOCK_D, SOFTCAP, DOT_PRECISION, BLOCK_N, PREFETCH_SLOTS,
+        Q,
+        KC,
+        VC,
+        KV_SLOTS,
+        b,
+        kvh,
+        kv_start,
+        start,
+        end,
+        stride_qb,
+        stride_qh,
+        stride_kcs,
+        stride_kch,
+        stride_vcs,
+        stride_vch,
+        score_scale,
+        cap_log2,
+        GROUP,
+        GROUP_PAD,
+        HEAD_DIM,
+        BLOCK_D,
+        SOFTCAP,
+        DOT_PRECISION,
+        BLOCK_N,
+        PREFETCH_SLOTS,
     )
     offs_g = tl.arange(0, GROUP_PAD)
     g_ok = offs_g < GROUP
@@ -113,9 +196,16 @@ def decode_split_kernel(
 
 @triton.jit
 def decode_reduce_kernel(
-    O_PART, LSE_PART, Out, stride_ob, stride_oh,
-    NUM_Q_HEADS: tl.constexpr, NUM_SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    O_PART,
+    LSE_PART,
+    Out,
+    stride_ob,
+    stride_oh,
+    NUM_Q_HEADS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)

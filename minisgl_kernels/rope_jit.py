@@ -17,9 +17,26 @@ import triton.language as tl
 
 @triton.jit
 def _rotate_heads(
-    X, stride_h, cos, sin, offs_h, offs_f, hmask, fmask, W, eps, offset, C, stride_ch, keep,
-    HALF: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    NORM: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr, CACHE: tl.constexpr,
+    X,
+    stride_h,
+    cos,
+    sin,
+    offs_h,
+    offs_f,
+    hmask,
+    fmask,
+    W,
+    eps,
+    offset,
+    C,
+    stride_ch,
+    keep,
+    HALF: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NORM: tl.constexpr,
+    CAST_BEFORE_WEIGHT: tl.constexpr,
+    CACHE: tl.constexpr,
 ):
     """Rotate features [0, 2*HALF) of heads offs_h of one token in place.
 
@@ -69,14 +86,42 @@ def _rotate_heads(
 
 @triton.jit
 def rope_kernel(
-    Q, K, V, KC, VC, SLOTS, POS, TABLE, INV_FREQ, QW, KW,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kcs, stride_kch, stride_vcs, stride_vch,
-    table_len, scaling, eps, offset,
-    NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, Q_HEADS_PAD: tl.constexpr,
-    KV_HEADS_PAD: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, STORE: tl.constexpr,
-    NORM: tl.constexpr, CAST_BEFORE_WEIGHT: tl.constexpr,
+    Q,
+    K,
+    V,
+    KC,
+    VC,
+    SLOTS,
+    POS,
+    TABLE,
+    INV_FREQ,
+    QW,
+    KW,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_kcs,
+    stride_kch,
+    stride_vcs,
+    stride_vch,
+    table_len,
+    scaling,
+    eps,
+    offset,
+    NUM_Q_HEADS: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+    Q_HEADS_PAD: tl.constexpr,
+    KV_HEADS_PAD: tl.constexpr,
+    HALF: tl.constexpr,
+    HALF_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    STORE: tl.constexpr,
+    NORM: tl.constexpr,
+    CAST_BEFORE_WEIGHT: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
@@ -97,8 +142,26 @@ def rope_kernel(
     if which == 0:
         offs_qh = tl.arange(0, Q_HEADS_PAD)
         _rotate_heads(
-            Q + t * stride_qt, stride_qh, cos, sin, offs_qh, offs_f, offs_qh < NUM_Q_HEADS, fmask, QW, eps, offset,
-            Q, 0, offs_qh < NUM_Q_HEADS, HALF, HEAD_DIM, BLOCK_D, NORM, CAST_BEFORE_WEIGHT, False,
+            Q + t * stride_qt,
+            stride_qh,
+            cos,
+            sin,
+            offs_qh,
+            offs_f,
+            offs_qh < NUM_Q_HEADS,
+            fmask,
+            QW,
+            eps,
+            offset,
+            Q,
+            0,
+            offs_qh < NUM_Q_HEADS,
+            HALF,
+            HEAD_DIM,
+            BLOCK_D,
+            NORM,
+            CAST_BEFORE_WEIGHT,
+            False,
         )
     else:
         offs_h = tl.arange(0, KV_HEADS_PAD)
@@ -110,9 +173,26 @@ def rope_kernel(
             keep = hmask & (offs_h.to(tl.int64) * 0 + slot >= 0)  # a negative slot is padding: nothing stored
             kc_row = KC + tl.maximum(slot, 0) * stride_kcs
         _rotate_heads(
-            K + t * stride_kt, stride_kh, cos, sin, offs_h, offs_f, hmask, fmask, KW, eps, offset,
-            kc_row, stride_kch, keep,
-            HALF, HEAD_DIM, BLOCK_D, NORM, CAST_BEFORE_WEIGHT, STORE,
+            K + t * stride_kt,
+            stride_kh,
+            cos,
+            sin,
+            offs_h,
+            offs_f,
+            hmask,
+            fmask,
+            KW,
+            eps,
+            offset,
+            kc_row,
+            stride_kch,
+            keep,
+            HALF,
+            HEAD_DIM,
+            BLOCK_D,
+            NORM,
+            CAST_BEFORE_WEIGHT,
+            STORE,
         )
         if STORE:
             offs_d = tl.arange(0, BLOCK_D)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._util import next_pow2
-from kernels.rope_jit import rope_kernel
+from minisgl_kernels._util import next_pow2
+from minisgl_kernels.rope_jit import rope_kernel
 
 
 def rope_triton(
@@ -38,14 +38,41 @@ def rope_triton(
     sl = slots if slots is not None else positions
     elems = max(num_q_heads, num_kv_heads) * next_pow2(head_dim)
     rope_kernel[(num_tokens, 2)](
-        q, k, vv, kc, vc, sl, positions, cos_sin, inv_freq,
-        q_norm if q_norm is not None else inv_freq, k_norm if k_norm is not None else inv_freq,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), vv.stride(0), vv.stride(1),
-        kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
-        cos_sin.shape[0], float(scaling), float(norm_eps), float(norm_offset),
-        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, Q_HEADS_PAD=next_pow2(num_q_heads),
-        KV_HEADS_PAD=next_pow2(num_kv_heads), HALF=half, HALF_PAD=next_pow2(half),
-        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), STORE=store,
-        NORM=q_norm is not None, CAST_BEFORE_WEIGHT=norm_cast_before_weight,
+        q,
+        k,
+        vv,
+        kc,
+        vc,
+        sl,
+        positions,
+        cos_sin,
+        inv_freq,
+        q_norm if q_norm is not None else inv_freq,
+        k_norm if k_norm is not None else inv_freq,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        vv.stride(0),
+        vv.stride(1),
+        kc.stride(0),
+        kc.stride(1),
+        vc.stride(0),
+        vc.stride(1),
+        cos_sin.shape[0],
+        float(scaling),
+        float(norm_eps),
+        float(norm_offset),
+        NUM_Q_HEADS=num_q_heads,
+        NUM_KV_HEADS=num_kv_heads,
+        Q_HEADS_PAD=next_pow2(num_q_heads),
+        KV_HEADS_PAD=next_pow2(num_kv_heads),
+        HALF=half,
+        HALF_PAD=next_pow2(half),
+        HEAD_DIM=head_dim,
+        BLOCK_D=next_pow2(head_dim),
+        STORE=store,
+        NORM=q_norm is not None,
+        CAST_BEFORE_WEIGHT=norm_cast_before_weight,
         num_warps=4 if elems <= 4096 else 8,
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._util import next_pow2
-from kernels.kv_store_jit import store_kv_kernel
+from minisgl_kernels._util import next_pow2
+from minisgl_kernels.kv_store_jit import store_kv_kernel
 
 
 def store_kv_triton(
@@ -16,9 +16,22 @@ def store_kv_triton(
         return
     heads_pad, block_d = next_pow2(num_kv_heads), next_pow2(head_dim)
     store_kv_kernel[(num_tokens,)](
-        k, v, k_cache, v_cache, slots,
-        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-        NUM_KV_HEADS=num_kv_heads, HEADS_PAD=heads_pad, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        slots,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        NUM_KV_HEADS=num_kv_heads,
+        HEADS_PAD=heads_pad,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
         num_warps=4 if heads_pad * block_d <= 2048 else 8,
     )

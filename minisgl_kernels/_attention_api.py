@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernels import _checks
-from kernels._dispatch import Backend, use_triton
+from minisgl_kernels import _checks
+from minisgl_kernels._dispatch import Backend, use_triton
 
 if TYPE_CHECKING:
     import torch
@@ -80,20 +80,40 @@ def extend_attention(
     if out is not None:
         _checks.out_like("out", out, q)
     if not use_triton(q, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         o = reference.extend_attention(
-            q, k, v, cu, k_cache, v_cache, prefix_indptr, prefix_slots,
-            scale=scale, window=window, softcap=softcap,
+            q,
+            k,
+            v,
+            cu,
+            k_cache,
+            v_cache,
+            prefix_indptr,
+            prefix_slots,
+            scale=scale,
+            window=window,
+            softcap=softcap,
         )
         return o if out is None else out.copy_(o)
     _checks.triton_head_dim(q.shape[2])
-    from kernels.attention_launch import extend_attention_triton
+    from minisgl_kernels.attention_launch import extend_attention_triton
 
     o = torch.empty_like(q) if out is None else out
     extend_attention_triton(
-        q, k, v, cu, k_cache, v_cache, prefix_indptr, prefix_slots,
-        scale=scale, window=window, softcap=softcap, max_seqlen_q=max_seqlen_q, out=o,
+        q,
+        k,
+        v,
+        cu,
+        k_cache,
+        v_cache,
+        prefix_indptr,
+        prefix_slots,
+        scale=scale,
+        window=window,
+        softcap=softcap,
+        max_seqlen_q=max_seqlen_q,
+        out=o,
     )
     return o
 
@@ -137,22 +157,27 @@ def decode_attention(
     if out is not None:
         _checks.out_like("out", out, q)
     if not use_triton(q, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
-        o = reference.decode_attention(
-            q, k_cache, v_cache, ip, kv_slots, scale=scale, window=window, softcap=softcap
-        )
+        o = reference.decode_attention(q, k_cache, v_cache, ip, kv_slots, scale=scale, window=window, softcap=softcap)
         return o if out is None else out.copy_(o)
     _checks.triton_head_dim(q.shape[2])
-    from kernels.attention_launch import decode_attention_triton
+    from minisgl_kernels.attention_launch import decode_attention_triton
 
     o = torch.empty_like(q) if out is None else out
     decode_attention_triton(
-        q, k_cache, v_cache, ip, kv_slots,
-        scale=scale, window=window, softcap=softcap, num_splits=num_splits, out=o,
+        q,
+        k_cache,
+        v_cache,
+        ip,
+        kv_slots,
+        scale=scale,
+        window=window,
+        softcap=softcap,
+        num_splits=num_splits,
+        out=o,
     )
     return o
-
 
 
 def decode_attention_paged(
@@ -198,22 +223,32 @@ def decode_attention_paged(
     if out is not None:
         _checks.out_like("out", out, q)
     if not use_triton(q, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         o = reference.decode_attention_paged(
             q, k_cache, v_cache, table, rows, lens, scale=scale, window=window, softcap=softcap
         )
         return o if out is None else out.copy_(o)
     _checks.triton_head_dim(q.shape[2])
-    from kernels.attention_launch import decode_attention_triton
+    from minisgl_kernels.attention_launch import decode_attention_triton
 
     o = torch.empty_like(q) if out is None else out
     decode_attention_triton(
-        q, k_cache, v_cache, rows, table.view(-1),
-        scale=scale, window=window, softcap=softcap, num_splits=num_splits, out=o,
-        kv_lens=lens, row_stride=table.shape[1],
+        q,
+        k_cache,
+        v_cache,
+        rows,
+        table.view(-1),
+        scale=scale,
+        window=window,
+        softcap=softcap,
+        num_splits=num_splits,
+        out=o,
+        kv_lens=lens,
+        row_stride=table.shape[1],
     )
     return o
+
 
 def store_kv(
     k: torch.Tensor,
@@ -242,11 +277,11 @@ def store_kv(
     s = _checks.tensor("slots", slots, ndim=1, dtypes=_I, device=k.device)
     _checks.dims("slots", s, (k.shape[0],))
     if not use_triton(k, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         reference.store_kv(k, v, k_cache, v_cache, s)
         return
     _checks.triton_head_dim(k.shape[2])
-    from kernels.kv_store_launch import store_kv_triton
+    from minisgl_kernels.kv_store_launch import store_kv_triton
 
     store_kv_triton(k, v, k_cache, v_cache, s)

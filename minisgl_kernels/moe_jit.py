@@ -21,16 +21,31 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.act_jit import act_mul
-from kernels.attention_jit import dot
+from minisgl_kernels.act_jit import act_mul
+from minisgl_kernels.attention_jit import dot
 
 
 @triton.jit
 def moe_gate_up_kernel(
-    X, W, H, SORTED, BLOCK_EXPERT,
-    num_pairs, top_k, num_experts, ffn, dim, pairs_bucket,
-    stride_xt, stride_we, stride_wn, stride_ht,
-    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    X,
+    W,
+    H,
+    SORTED,
+    BLOCK_EXPERT,
+    num_pairs,
+    top_k,
+    num_experts,
+    ffn,
+    dim,
+    pairs_bucket,
+    stride_xt,
+    stride_we,
+    stride_wn,
+    stride_ht,
+    ACT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -68,10 +83,24 @@ def moe_gate_up_kernel(
 
 @triton.jit
 def moe_down_kernel(
-    H, W, Y, SORTED, BLOCK_EXPERT, WEIGHTS,
-    num_pairs, num_experts, dim, ffn, pairs_bucket,
-    stride_ht, stride_we, stride_wn, stride_yt,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    H,
+    W,
+    Y,
+    SORTED,
+    BLOCK_EXPERT,
+    WEIGHTS,
+    num_pairs,
+    num_experts,
+    dim,
+    ffn,
+    pairs_bucket,
+    stride_ht,
+    stride_we,
+    stride_wn,
+    stride_yt,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernels import _checks
-from kernels._dispatch import Backend, use_triton
+from minisgl_kernels import _checks
+from minisgl_kernels._dispatch import Backend, use_triton
 
 if TYPE_CHECKING:
     import torch
@@ -20,7 +20,7 @@ def rope_table(inv_freq: torch.Tensor, scaling: float, num_positions: int) -> to
     f = _checks.tensor("inv_freq", inv_freq, ndim=1, dtypes=("float32",))
     if not isinstance(num_positions, int) or num_positions < 0:
         raise ValueError(f"num_positions must be an int >= 0, got {num_positions!r}")
-    from kernels import reference
+    from minisgl_kernels import reference
 
     return reference.rope_table(f, float(scaling), num_positions)
 
@@ -95,16 +95,21 @@ def apply_rope(
             _checks.dims(name, wt, (d,))
         if not (isinstance(norm_eps, (int, float)) and norm_eps >= 0):
             raise ValueError(f"norm_eps must be a non-negative number, got {norm_eps!r}")
-    norm = {"q_norm": q_norm, "k_norm": k_norm, "norm_eps": float(norm_eps), "norm_offset": float(norm_offset),
-            "norm_cast_before_weight": norm_cast_before_weight}
+    norm = {
+        "q_norm": q_norm,
+        "k_norm": k_norm,
+        "norm_eps": float(norm_eps),
+        "norm_offset": float(norm_offset),
+        "norm_cast_before_weight": norm_cast_before_weight,
+    }
     if not use_triton(q, backend):
-        from kernels import reference
+        from minisgl_kernels import reference
 
         reference.apply_rope(
             q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **norm
         )
         return
     _checks.triton_head_dim(d)
-    from kernels.rope_launch import rope_triton
+    from minisgl_kernels.rope_launch import rope_triton
 
     rope_triton(q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **norm)

@@ -3,7 +3,7 @@
 These run on any device (the engine uses them on CPU). Arguments are assumed to
 have passed :mod:`kernels._checks`; the data-dependent checks that the Triton
 launchers cannot afford (they would synchronise) are done here.
-See ``kernels/README.md`` for the semantics and the KV-cache layout.
+See ``minisgl_kernels/README.md`` for the semantics and the KV-cache layout.
 """
 
 from __future__ import annotations
@@ -129,8 +129,12 @@ def _attend_padded(
     visible = mask.visible
     if softcap is None:  # one fused op; rows with no visible key are zeroed
         o = F.scaled_dot_product_attention(
-            _f32(q).transpose(1, 2), _f32(k).transpose(1, 2), _f32(v).transpose(1, 2),
-            attn_mask=mask.sdpa_mask, scale=scale, enable_gqa=True,
+            _f32(q).transpose(1, 2),
+            _f32(k).transpose(1, 2),
+            _f32(v).transpose(1, 2),
+            attn_mask=mask.sdpa_mask,
+            scale=scale,
+            enable_gqa=True,
         )
         if mask.empty_rows is not None:
             o = o.masked_fill(mask.empty_rows, 0.0)
@@ -155,8 +159,13 @@ class _PaddedMask:
 
 
 def _padded_mask(
-    q_pos: torch.Tensor, k_len: torch.Tensor, length: int, window: int | None,
-    *, full: bool = False, none_empty: bool = False,
+    q_pos: torch.Tensor,
+    k_len: torch.Tensor,
+    length: int,
+    window: int | None,
+    *,
+    full: bool = False,
+    none_empty: bool = False,
 ) -> _PaddedMask:
     """The key mask of :func:`_attend_padded`. What the caller knows on the host: ``full``,
     every query sits at ``length - 1`` and has ``k_len == length`` (so without a window SDPA
@@ -225,8 +234,14 @@ def extend_attention(
         keys[at, plen] = k[rows]
         values[at, plen] = v[rows]
         out[rows] = _attend_padded(
-            q[rows].unsqueeze(1), keys, values, plen[:, None], plen + 1,
-            scale=scale, window=window, softcap=softcap,
+            q[rows].unsqueeze(1),
+            keys,
+            values,
+            plen[:, None],
+            plen + 1,
+            scale=scale,
+            window=window,
+            softcap=softcap,
         ).squeeze(1)
         done = set(singles)
     else:
@@ -244,9 +259,7 @@ def extend_attention(
             values = torch.cat([v_cache[slots], values])
         k_pos = torch.arange(keys.shape[0], device=q.device)
         q_pos = k_pos[n_prefix:]
-        out[q0:q1] = attend(
-            q[q0:q1], keys, values, q_pos, k_pos, scale=scale, window=window, softcap=softcap
-        )
+        out[q0:q1] = attend(q[q0:q1], keys, values, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
     return out
 
 
@@ -272,8 +285,15 @@ def decode_attention(
     if layout is None:
         return torch.zeros_like(q)
     return _attend_padded(
-        q.unsqueeze(1), k_cache[layout.idx], v_cache[layout.idx], layout.q_pos, layout.k_len,
-        scale=scale, window=window, softcap=softcap, mask=layout.mask(window),
+        q.unsqueeze(1),
+        k_cache[layout.idx],
+        v_cache[layout.idx],
+        layout.q_pos,
+        layout.k_len,
+        scale=scale,
+        window=window,
+        softcap=softcap,
+        mask=layout.mask(window),
     ).squeeze(1)
 
 
@@ -307,8 +327,11 @@ class _Memo:
 
     def get(self, tensors: tuple[torch.Tensor, ...], extra: tuple[object, ...]) -> tuple[bool, object]:
         key = (*(_version(t) for t in tensors), *extra)
-        hit = (len(self._refs) == len(tensors) and key == self._key
-               and all(r() is t for r, t in zip(self._refs, tensors, strict=True)))
+        hit = (
+            len(self._refs) == len(tensors)
+            and key == self._key
+            and all(r() is t for r, t in zip(self._refs, tensors, strict=True))
+        )
         return hit, self._value if hit else None
 
     def put(self, tensors: tuple[torch.Tensor, ...], extra: tuple[object, ...], value: object) -> None:
@@ -341,8 +364,11 @@ def _decode_layout(kv_indptr: torch.Tensor, kv_slots: torch.Tensor, device: torc
         ip = kv_indptr.to(device=device, dtype=torch.int64)
         k_len = ip[1:] - ip[:-1]
         layout = _DecodeLayout(
-            _padded_slots(kv_slots, ip[:-1], longest), k_len, k_len[:, None] - 1,
-            full=min(lens) == longest, none_empty=min(lens) > 0,
+            _padded_slots(kv_slots, ip[:-1], longest),
+            k_len,
+            k_len[:, None] - 1,
+            full=min(lens) == longest,
+            none_empty=min(lens) > 0,
         )
     _LAYOUT.put((kv_indptr, kv_slots), (str(device),), layout)
     return layout
@@ -370,6 +396,7 @@ def decode_attention_paged(
     keep = cols[None, :] < lens[:, None]
     slots = req_to_token[req_rows.long()][keep]  # row-major: request after request, in position order
     return decode_attention(q, k_cache, v_cache, indptr, slots, scale=scale, window=window, softcap=softcap)
+
 
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
