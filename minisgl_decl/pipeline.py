@@ -16,53 +16,61 @@ from .plan.build import LoadPlan, build_plan
 from .plan.checkpoint import CheckpointIndex, load_config, scan_checkpoint
 from .plan.execute import SAFETENSORS_NAMES, TORCH_DTYPES
 from .runtime.model import CompiledModel
-from .spec.load import load_spec
+from .spec.compile import compile_loaded, load_ir
+from .spec.ir import SpecIR
 from .spec.loaded import LoadedSpec
 
 
 @dataclass(frozen=True)
 class Compiled:
-    spec: LoadedSpec
+    spec: SpecIR
     config: ResolvedConfig
     graph: ModelGraph
     checkpoint: CheckpointIndex | None = None
     plan: LoadPlan | None = None
 
 
-def hf_config_for(spec: LoadedSpec, model_dir: str | Path | None) -> Mapping[str, Any]:
+def hf_config_for(spec: SpecIR, model_dir: str | Path | None) -> Mapping[str, Any]:
     if model_dir is not None:
         return load_config(Path(model_dir))
-    if not spec.spec.example_config:
+    if not spec.example_config:
         raise UserError(f"{spec.file}: no --model given and the spec has no `example_config`")
-    return spec.spec.example_config
+    return spec.example_config
+
+
+def as_ir(spec: SpecIR | LoadedSpec | str | Path) -> SpecIR:
+    """The typed form of a spec given as that form, a loaded document or a file (no catalogue checks)."""
+    if isinstance(spec, SpecIR):
+        return spec
+    return compile_loaded(spec) if isinstance(spec, LoadedSpec) else load_ir(spec)
 
 
 def compile_spec(
-    spec: LoadedSpec | str | Path,
+    spec: SpecIR | LoadedSpec | str | Path,
     model_dir: str | Path | None = None,
     tp: int = 1,
     hf_config: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Compiled:
-    """Validate-free compile of a loaded spec (or file); with `model_dir`, the loader plan for
+    """Validate-free compile of a spec (typed form, loaded document or file); with `model_dir`, the loader plan for
     loading parameters as `dtype` (recorded in the plan, whose casts show it)."""
-    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    ir = as_ir(spec)
     if tp < 1:
         raise UserError(f"--tp must be at least 1, got {tp}")
-    hf = hf_config if hf_config is not None else hf_config_for(loaded, model_dir)
-    config = resolve_config(loaded, hf)
-    graph = build_graph(loaded, config, tp)
+    hf = hf_config if hf_config is not None else hf_config_for(ir, model_dir)
+    config = resolve_config(ir, hf)
+    graph = build_graph(ir, config, tp)
     if model_dir is None:
-        return Compiled(loaded, config, graph)
+        return Compiled(ir, config, graph)
     ckpt = scan_checkpoint(model_dir)
     archs = list(ckpt.config.get("architectures") or [])
-    if archs and not set(archs) & set(loaded.spec.serves.architectures):
+    if archs and not set(archs) & set(ir.architectures):
         raise UserError(
-            f"{model_dir}: checkpoint architecture {', '.join(archs)} is not served by {loaded.file} "
-            f"(serves {', '.join(loaded.spec.serves.architectures)})"
+            f"{model_dir}: checkpoint architecture {', '.join(archs)} is not served by {ir.file} "
+            f"(serves {', '.join(ir.architectures)})"
         )
-    plan = build_plan(loaded, graph, ckpt, _dtype_name(dtype))
-    return Compiled(loaded, config, graph, ckpt, plan)
+    plan = build_plan(ir, graph, ckpt, _dtype_name(dtype))
+    return Compiled(ir, config, graph, ckpt, plan)
 
 
 def load_model(

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from minisgl_decl.parity.hf_reference import build_reference
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -31,7 +31,7 @@ def make_fused(
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / "llama_fused.yaml"
     spec_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    original = build_reference(load_spec(SPECS / "llama.yaml"), overrides, directory=out / "original")
+    original = build_reference(load_ir(SPECS / "llama.yaml"), overrides, directory=out / "original")
     fused = out / "fused"
     shutil.copytree(original, fused)
     t = load_file(str(fused / "model.safetensors"))

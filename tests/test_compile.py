@@ -16,7 +16,7 @@ from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.parity.run import parity_on_random_model
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.runtime.model import CompiledModel
-from minisgl_decl.spec.load import load_spec, load_spec_text
+from minisgl_decl.spec.compile import load_ir, load_ir_text
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +38,7 @@ def test_compile_writes_module_and_graph(tmp_path: Path) -> None:
 
 
 def test_runtime_executes_the_module_compile_writes(tmp_path: Path) -> None:
-    spec = load_spec(SPECS / "qwen3.yaml")
+    spec = load_ir(SPECS / "qwen3.yaml")
     build_reference(spec, directory=tmp_path / "ckpt")
     res = _cli("compile", str(SPECS / "qwen3.yaml"), "--model", str(tmp_path / "ckpt"), "-o", str(tmp_path))
     assert res.returncode == 0, res.stderr
@@ -51,10 +51,10 @@ def test_runtime_executes_the_module_compile_writes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "few", "many"), [("llama", 3, 30), ("gemma2", 4, 26)])
 def test_generated_module_does_not_grow_with_the_layer_count(name: str, few: int, many: int) -> None:
-    spec = load_spec(SPECS / f"{name}.yaml")
+    spec = load_ir(SPECS / f"{name}.yaml")
     lengths = []
     for layers in (few, many):
-        hf = {**spec.spec.example_config, "num_hidden_layers": layers}
+        hf = {**spec.example_config, "num_hidden_layers": layers}
         hf.pop("layer_types", None)
         graph = compile_spec(spec, hf_config=hf).graph
         assert graph.num_layers == layers
@@ -74,7 +74,7 @@ def test_generated_module_does_not_grow_with_the_layer_count(name: str, few: int
 def test_generated_module_without_cross_block_fusion_matches_transformers(old: str, new: str, expect: str) -> None:
     text = (SPECS / "llama.yaml").read_text()
     assert text.count(old) == 1
-    spec = load_spec_text(text.replace(old, new), "llama_variant.yaml")
+    spec = load_ir_text(text.replace(old, new), "llama_variant.yaml")
     assert expect in render_module(compile_spec(spec).graph, "llama_variant.yaml").source
     ok, worst = verdict(parity_on_random_model(spec))
     assert ok and worst < 1e-4
@@ -86,7 +86,7 @@ def test_non_finite_constants_compile() -> None:
         .read_text()
         .replace("    - logits = lm_head(norm(x))\n", "    - logits = lm_head(norm(x)) * 1e400\n")
     )
-    graph = compile_spec(load_spec_text(text, "inf.yaml")).graph
+    graph = compile_spec(load_ir_text(text, "inf.yaml")).graph
     model = CompiledModel(graph)  # compiles and executes the rendered source
     assert "logits = logits_4 * float('inf')" in model.rendered.source
 

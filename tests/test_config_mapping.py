@@ -7,13 +7,13 @@ from _helpers import SPECS
 
 from minisgl_decl.config.resolve import resolve_config
 from minisgl_decl.errors import SpecError
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 BASE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96, "vocab_size": 50}
 
 
 def _llama():
-    return load_spec(SPECS / "llama.yaml")
+    return load_ir(SPECS / "llama.yaml")
 
 
 def test_defaults_and_expressions() -> None:

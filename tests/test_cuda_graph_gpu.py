@@ -24,14 +24,14 @@ def _build(name: str, tmp: Path) -> tuple[Any, Any]:
     from minisgl_decl.parity.hf_reference import build_reference, load_reference
     from minisgl_decl.parity.run import quiet_transformers
     from minisgl_decl.pipeline import compile_spec, load_model
-    from minisgl_decl.spec.load import load_spec
+    from minisgl_decl.spec.compile import load_ir
 
     quiet_transformers()
-    spec = load_spec(SPECS / f"{name}.yaml")
+    spec = load_ir(SPECS / f"{name}.yaml")
     build_reference(spec, None, seed=3, directory=tmp)
     compiled = compile_spec(spec, tmp)
     model = load_model(compiled, device="cuda", dtype=torch.bfloat16)
-    hf = load_reference(tmp, spec.spec.serves.architectures[0])
+    hf = load_reference(tmp, spec.architectures[0])
     return model, hf
 
 

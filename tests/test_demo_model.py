@@ -19,7 +19,7 @@ from minisgl_decl.parity.hf_reference import load_reference
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.runtime.generate import greedy_generate
 from minisgl_decl.runtime.runner import ModelRunner
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 DEMO = ROOT / "models" / "smollm2-135m-instruct"
 
@@ -34,7 +34,7 @@ def demo() -> Path:
 
 
 def test_demo_model_parity(demo: Path) -> None:
-    spec = load_spec(SPECS / "llama.yaml")
+    spec = load_ir(SPECS / "llama.yaml")
     compiled = compile_spec(spec, demo)
     model = load_model(compiled)
     hf = load_reference(demo, "LlamaForCausalLM")
@@ -64,7 +64,7 @@ def test_demo_model_greedy_matches_transformers(demo: Path) -> None:
                 pad_token_id=tok.eos_token_id,
             )
         expected.append(out[0, len(prompt) :].tolist())
-    model = load_model(compile_spec(load_spec(SPECS / "llama.yaml"), demo))
+    model = load_model(compile_spec(load_ir(SPECS / "llama.yaml"), demo))
     got = greedy_generate(ModelRunner(model, 512), ids, 24, stop_ids=[tok.eos_token_id])
     assert got == expected, [tok.decode(g) for g in got] + [tok.decode(e) for e in expected]
     assert any(len(g) > 5 for g in got)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from minisgl_decl.parity.hf_reference import build_reference
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "smollm2-135m-instruct"
@@ -37,7 +37,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "bos_token_id": 1,
         "eos_token_id": 2,
     }
-    build_reference(load_spec(ROOT / "specs" / "llama.yaml"), overrides, seed=3, directory=out)
+    build_reference(load_ir(ROOT / "specs" / "llama.yaml"), overrides, seed=3, directory=out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEMO / name, out / name)
     return out

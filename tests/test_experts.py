@@ -12,14 +12,15 @@ from minisgl_decl.errors import SpecError
 from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.pipeline import compile_spec
 from minisgl_decl.plan.checkpoint import CheckpointError
-from minisgl_decl.spec.load import load_spec, load_spec_text
+from minisgl_decl.spec.compile import load_ir
+from minisgl_decl.spec.load import load_spec_text
 from minisgl_decl.validate import check_loaded
 
 
 @pytest.fixture(scope="module")
 def moe_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("moe")
-    build_reference(load_spec(SPECS / "qwen3_moe.yaml"), directory=d)
+    build_reference(load_ir(SPECS / "qwen3_moe.yaml"), directory=d)
     return d
 
 
@@ -74,8 +75,8 @@ def test_expert_index_needs_experts_count() -> None:
 
 
 def test_requires_refuses_checkpoints_the_spec_cannot_serve() -> None:
-    spec = load_spec(SPECS / "qwen3_moe.yaml")
-    cfg = {**spec.spec.example_config, "mlp_only_layers": [1]}
+    spec = load_ir(SPECS / "qwen3_moe.yaml")
+    cfg = {**spec.example_config, "mlp_only_layers": [1]}
     with pytest.raises(SpecError) as exc:
         compile_spec(spec, hf_config=cfg)
     (problem,) = exc.value.problems

@@ -16,6 +16,7 @@ from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.pipeline import compile_spec
 from minisgl_decl.plan.checkpoint import CheckpointError
 from minisgl_decl.plan.relayout import _source_index
+from minisgl_decl.spec.compile import compile_loaded, load_ir
 from minisgl_decl.spec.load import load_spec, load_spec_text
 from minisgl_decl.spec.loaded import LoadedSpec
 from minisgl_decl.validate import check_loaded
@@ -24,8 +25,8 @@ SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 def _graph(name: str, **overrides: object) -> ModelGraph:
-    spec = load_spec(SPECS / f"{name}.yaml")
-    return build_graph(spec, resolve_config(spec, {**spec.spec.example_config, **overrides}))
+    spec = load_ir(SPECS / f"{name}.yaml")
+    return build_graph(spec, resolve_config(spec, {**spec.example_config, **overrides}))
 
 
 def _calls(graph: ModelGraph) -> list[str]:
@@ -90,9 +91,10 @@ def _spec(body: str, tmp_path: Path) -> tuple[LoadedSpec, Path]:
 
 
 def test_calling_a_module_its_if_left_out_is_a_located_error(tmp_path: Path) -> None:
-    spec, path = _spec("      - x = n2(n1(x))", tmp_path)
+    loaded, path = _spec("      - x = n2(n1(x))", tmp_path)
+    spec = compile_loaded(loaded)
     with pytest.raises(SpecError) as exc:
-        build_graph(spec, resolve_config(spec, spec.spec.example_config))
+        build_graph(spec, resolve_config(spec, spec.example_config))
     (p,) = exc.value.problems
     lines = path.read_text().splitlines()
     line = next(k for k, t in enumerate(lines) if "n2: {if:" in t)
@@ -101,11 +103,12 @@ def test_calling_a_module_its_if_left_out_is_a_located_error(tmp_path: Path) -> 
 
 
 def test_a_guarded_call_builds_and_picks_the_branch_per_layer(tmp_path: Path) -> None:
-    spec, _ = _spec("      - x = n2(n1(x)) if extra and i == 1 else n1(x)", tmp_path)
-    assert check_loaded(spec) == []
-    graph = build_graph(spec, resolve_config(spec, spec.spec.example_config))
+    loaded, _ = _spec("      - x = n2(n1(x)) if extra and i == 1 else n1(x)", tmp_path)
+    assert check_loaded(loaded) == []
+    spec = compile_loaded(loaded)
+    graph = build_graph(spec, resolve_config(spec, spec.example_config))
     assert [c for c in _calls(graph) if c.startswith("layers")] == ["layers.0.n1", "layers.1.n1", "layers.1.n2"]
-    graph = build_graph(spec, resolve_config(spec, {**spec.spec.example_config, "extra_norm": False}))
+    graph = build_graph(spec, resolve_config(spec, {**spec.example_config, "extra_norm": False}))
     assert [c for c in _calls(graph) if c.startswith("layers")] == ["layers.0.n1", "layers.1.n1"]
 
 
@@ -145,7 +148,7 @@ def test_source_index_is_torch_permute(split: tuple[int, ...], order: tuple[int,
 
 @pytest.mark.parametrize("tp", [1, 2, 4])
 def test_per_head_fused_qkv_reads_only_this_ranks_rows(tp: int, tmp_path: Path) -> None:
-    spec = load_spec(SPECS / "gpt_neox.yaml")
+    spec = load_ir(SPECS / "gpt_neox.yaml")
     model = build_reference(spec, directory=tmp_path)
     plan = compile_spec(spec, model, tp=tp).plan
     heads, hd = 8, 16
@@ -167,7 +170,7 @@ def test_per_head_fused_qkv_reads_only_this_ranks_rows(tp: int, tmp_path: Path) 
 
 def test_layout_mistakes_are_checkpoint_errors(tmp_path: Path) -> None:
     text = (SPECS / "gpt_neox.yaml").read_text()
-    model = build_reference(load_spec(SPECS / "gpt_neox.yaml"), directory=tmp_path / "m")
+    model = build_reference(load_ir(SPECS / "gpt_neox.yaml"), directory=tmp_path / "m")
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         text.replace(

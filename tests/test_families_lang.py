@@ -13,6 +13,7 @@ import torch
 
 from minisgl_decl.config.resolve import resolve_config
 from minisgl_decl.errors import SpecError, UserError
+from minisgl_decl.spec.compile import load_ir
 from minisgl_decl.spec.find import find_spec, overlapping_specs
 from minisgl_decl.spec.load import load_spec
 from minisgl_decl.validate import validate_file
@@ -123,7 +124,7 @@ def test_specs_written_with_extends_resolve_to_complete_specs(name: str, parent:
     archs = spec.example_config["architectures"]
     assert archs == spec.serves.architectures and "LlamaForCausalLM" not in archs
     assert validate_file(SPECS / f"{name}.yaml") == []
-    resolve_config(load_spec(SPECS / f"{name}.yaml"), spec.example_config)  # no llama leftovers break it
+    resolve_config(load_ir(SPECS / f"{name}.yaml"), spec.example_config)  # no llama leftovers break it
 
 
 # --- find_spec and requires ------------------------------------------------------------------
@@ -142,8 +143,8 @@ def _pair(tmp_path: Path, req_a: str, req_b: str, vocab_a: int = 211) -> None:
 def test_find_spec_honours_requires(tmp_path: Path) -> None:
     _pair(tmp_path, "vocab > 1000", "vocab <= 1000")
     base = {"architectures": ["LlamaForCausalLM"]}
-    assert find_spec({**base, "vocab_size": 211}, [tmp_path]).spec.name == "two"
-    assert find_spec({**base, "vocab_size": 5000}, [tmp_path]).spec.name == "one"
+    assert find_spec({**base, "vocab_size": 211}, [tmp_path]).name == "two"
+    assert find_spec({**base, "vocab_size": 5000}, [tmp_path]).name == "one"
     with pytest.raises(UserError) as exc:
         find_spec(base, [tmp_path])  # vocab_size missing: neither can say it serves it
     assert "requires:" in str(exc.value) and "vocab_size" in str(exc.value)
@@ -156,12 +157,12 @@ def test_find_spec_names_broken_specs(tmp_path: Path) -> None:
         find_spec({"architectures": ["GPT2LMHeadModel"]}, [tmp_path])
     msg = str(exc.value)
     assert "1 spec(s) could not be loaded" in msg and "broken.yaml:1:1" in msg and "missing required key" in msg
-    assert find_spec({"architectures": ["LlamaForCausalLM"]}, [tmp_path]).spec.name == "llama"
+    assert find_spec({"architectures": ["LlamaForCausalLM"]}, [tmp_path]).name == "llama"
 
 
 def test_overlapping_specs_are_reported(tmp_path: Path) -> None:
     _pair(tmp_path, "vocab > 100", "vocab < 1000")  # both hold for the example's vocab 211
-    specs = [load_spec(tmp_path / "one.yaml"), load_spec(tmp_path / "two.yaml")]
+    specs = [load_ir(tmp_path / "one.yaml"), load_ir(tmp_path / "two.yaml")]
     (found,) = overlapping_specs(specs)
     assert "could both serve LlamaForCausalLM" in found[2]
     p = subprocess.run(
@@ -173,11 +174,11 @@ def test_overlapping_specs_are_reported(tmp_path: Path) -> None:
     )
     assert p.returncode == 1 and "could both serve" in p.stdout and "1 overlapping pair(s)" in p.stdout
     _pair(tmp_path, "vocab > 1000", "vocab <= 1000", vocab_a=5000)  # disjoint: no report
-    assert overlapping_specs([load_spec(tmp_path / "one.yaml"), load_spec(tmp_path / "two.yaml")]) == []
+    assert overlapping_specs([load_ir(tmp_path / "one.yaml"), load_ir(tmp_path / "two.yaml")]) == []
 
 
 def test_shipped_specs_do_not_overlap() -> None:
-    specs = [load_spec(p) for p in sorted(SPECS.glob("*.yaml"))]
+    specs = [load_ir(p) for p in sorted(SPECS.glob("*.yaml"))]
     assert overlapping_specs(specs) == []
 
 
@@ -206,7 +207,7 @@ def test_longrope_frequencies_match_transformers(max_pos: int) -> None:
         "pad_token_id": 0,
         "rope_parameters": {"rope_type": "longrope", "rope_theta": 5000.0, "short_factor": short, "long_factor": long},
     }
-    rope = resolve_config(load_spec(SPECS / "phi3.yaml"), hf)["rope"]
+    rope = resolve_config(load_ir(SPECS / "phi3.yaml"), hf)["rope"]
     inv_freq, scaling, dim = rope_frequencies(rope, 16)
     cfg = Phi3Config(**{k: v for k, v in hf.items() if k not in ("architectures", "model_type")})
     # transformers switches to the long factors once the sequence passes the original length
@@ -227,11 +228,11 @@ def test_longrope_needs_its_factors() -> None:
         "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0] * 8},
     }
     with pytest.raises(SpecError) as exc:
-        resolve_config(load_spec(SPECS / "phi3.yaml"), hf)
+        resolve_config(load_ir(SPECS / "phi3.yaml"), hf)
     assert "rope type `longrope` needs `long_factor`" in str(exc.value)
 
 
 @pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_spec_is_found_for_its_own_example(path: Path) -> None:
-    spec = load_spec(path)
-    assert find_spec(spec.spec.example_config, [SPECS]).file == str(path)
+    spec = load_ir(path)
+    assert find_spec(spec.example_config, [SPECS]).file == str(path)

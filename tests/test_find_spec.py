@@ -18,7 +18,7 @@ from minisgl_decl.spec.find import find_spec
     ],
 )
 def test_spec_is_chosen_by_architecture_then_model_type(config: dict, name: str) -> None:
-    assert find_spec(config, [SPECS]).spec.name == name
+    assert find_spec(config, [SPECS]).name == name
 
 
 def test_unknown_architecture_lists_what_is_served() -> None:

@@ -21,7 +21,8 @@ from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.plan.checkpoint import CheckpointError, scan_checkpoint
 from minisgl_decl.runtime.runner import ModelRunner
-from minisgl_decl.spec.load import load_spec, load_spec_text
+from minisgl_decl.spec.compile import load_ir
+from minisgl_decl.spec.load import load_spec_text
 from minisgl_decl.validate import check_loaded
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -31,7 +32,7 @@ LLAMA = SPECS / "llama.yaml"
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("good")
-    build_reference(load_spec(LLAMA), directory=d)
+    build_reference(load_ir(LLAMA), directory=d)
     return d
 
 

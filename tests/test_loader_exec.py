@@ -21,8 +21,7 @@ from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.plan import execute
 from minisgl_decl.plan.build import rule_for
 from minisgl_decl.plan.model import ParamPlan, RankPlan, Read
-from minisgl_decl.plan.rules import normalise_rules
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("llama")
     # kv_heads=1 (replicated at tp 2/4), prime vocab (padded), biases (1-d sharded params)
     build_reference(
-        load_spec(SPECS / "llama.yaml"),
+        load_ir(SPECS / "llama.yaml"),
         {"num_key_value_heads": 1, "vocab_size": 97, "attention_bias": True, "mlp_bias": True},
         directory=d,
     )
@@ -38,7 +37,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _expected_local(name: str, decl, spec, tensors, tp: int, rank: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    rule, i = rule_for(name, normalise_rules(spec))  # type: ignore[misc]
+    rule, i = rule_for(name, spec.weights.rules)  # type: ignore[misc]
     rule = rule.expand(i)
     full = torch.cat([tensors[s.key] for s in rule.sources], dim=rule.dim)
     if isinstance(decl.role, Replicated):
@@ -57,7 +56,7 @@ def _expected_local(name: str, decl, spec, tensors, tp: int, rank: int) -> torch
 @pytest.mark.parametrize("chunk", [execute.CHUNK_BYTES, 96])
 def test_every_rank_gets_its_slices(llama_dir: Path, tp: int, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(execute, "CHUNK_BYTES", chunk)  # 96 bytes: many chunks per tensor
-    spec = load_spec(SPECS / "llama.yaml")
+    spec = load_ir(SPECS / "llama.yaml")
     c = compile_spec(spec, llama_dir, tp)
     assert c.plan is not None
     tensors = load_file(str(llama_dir / "model.safetensors"))
@@ -73,7 +72,7 @@ def test_every_rank_gets_its_slices(llama_dir: Path, tp: int, chunk: int, monkey
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 def test_cast_on_load(llama_dir: Path, dtype: torch.dtype) -> None:
-    spec = load_spec(SPECS / "llama.yaml")
+    spec = load_ir(SPECS / "llama.yaml")
     c = compile_spec(spec, llama_dir, 2)
     assert c.plan is not None
     tensors = load_file(str(llama_dir / "model.safetensors"))
@@ -85,7 +84,7 @@ def test_cast_on_load(llama_dir: Path, dtype: torch.dtype) -> None:
 
 
 def test_plan_records_the_load_dtype(llama_dir: Path) -> None:
-    spec = load_spec(SPECS / "llama.yaml")
+    spec = load_ir(SPECS / "llama.yaml")
     c = compile_spec(spec, llama_dir, dtype=torch.bfloat16)
     assert c.plan is not None and c.plan.dtype == "BF16"
     casts = [op for p in c.plan.to_json()["ranks"][0]["params"] for op in p["ops"] if op["op"] == "cast"]
@@ -137,13 +136,13 @@ def test_no_pickle_no_mmap(llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch, "load", forbidden)
     monkeypatch.setattr("safetensors.safe_open", forbidden)
     monkeypatch.setattr("mmap.mmap", forbidden)
-    c = compile_spec(load_spec(SPECS / "llama.yaml"), llama_dir, 2)
+    c = compile_spec(load_ir(SPECS / "llama.yaml"), llama_dir, 2)
     assert c.plan is not None
     assert len(list(execute.materialise(c.plan.ranks[0], llama_dir))) == len(c.plan.ranks[0].params)
 
 
 def test_progress_bar_counts_every_byte(llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    c = compile_spec(load_spec(SPECS / "llama.yaml"), llama_dir, 2)
+    c = compile_spec(load_ir(SPECS / "llama.yaml"), llama_dir, 2)
     assert c.plan is not None
     seen: list[int] = []
     list(execute.materialise(c.plan.ranks[1], llama_dir, progress=seen.append))

@@ -7,6 +7,7 @@ prefill, a varlen batch, prefix+extend and paged decode.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from _helpers import SPECS
 
 from minisgl_decl.parity.check import verdict
 from minisgl_decl.parity.run import parity_on_random_model
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("llama", {}),  # llama3 rope scaling, head_dim 32 != 96/6, GQA 6:2, untied
@@ -85,12 +86,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("name", "overrides"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 def test_parity_with_transformers(name: str, overrides: dict[str, Any]) -> None:
-    spec = load_spec(SPECS / f"{name}.yaml")
+    spec = load_ir(SPECS / f"{name}.yaml")
     cfg = {k: v for k, v in overrides.items() if v is not None}
     dropped = [k for k, v in overrides.items() if v is None]
     if dropped:  # remove keys from the example config entirely (e.g. head_dim -> default)
-        example = {k: v for k, v in spec.spec.example_config.items() if k not in dropped}
-        spec = type(spec)(spec.spec.model_copy(update={"example_config": example}), spec.source_map)
+        example = {k: v for k, v in spec.example_config.items() if k not in dropped}
+        spec = dataclasses.replace(spec, example_config=example)
     results = parity_on_random_model(spec, cfg)
     ok, worst = verdict(results)
     assert ok, "\n".join(f"{r.name}: {r.max_abs_diff:.3e}" for r in results)
@@ -100,14 +101,13 @@ def test_parity_with_transformers(name: str, overrides: dict[str, Any]) -> None:
 
 def test_parity_detects_a_wrong_spec() -> None:
     """The check can fail: dropping Mistral's sliding window must break parity."""
-    import dataclasses
-
-    spec = load_spec(SPECS / "mistral.yaml")
-    layers = spec.spec.model.layers
-    attn = dict(layers.modules["attn"]["attention"] or {})
-    attn.pop("window")
-    modules = {**layers.modules, "attn": {"attention": attn}}
-    broken_model = spec.spec.model.model_copy(update={"layers": layers.model_copy(update={"modules": modules})})
-    broken = dataclasses.replace(spec, spec=spec.spec.model_copy(update={"model": broken_model}))
+    spec = load_ir(SPECS / "mistral.yaml")
+    layers = spec.layers
+    modules = tuple(
+        dataclasses.replace(m, args=tuple(a for a in m.args if a.name != "window")) if m.name == "attn" else m
+        for m in layers.modules
+    )
+    assert modules != layers.modules
+    broken = dataclasses.replace(spec, layers=dataclasses.replace(layers, modules=modules))
     ok, worst = verdict(parity_on_random_model(broken))
     assert not ok and worst > 1e-3

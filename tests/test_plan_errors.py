@@ -22,7 +22,7 @@ from minisgl_decl.cli.main import main
 from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.pipeline import compile_spec
 from minisgl_decl.plan.checkpoint import CheckpointError
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 LLAMA = str(SPECS / "llama.yaml")
 Q = "model.layers.1.self_attn.q_proj.weight"
@@ -33,7 +33,7 @@ QKV = "layers.{i}.attn.qkv.weight"
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("good")
-    build_reference(load_spec(LLAMA), directory=d)
+    build_reference(load_ir(LLAMA), directory=d)
     return d
 
 
@@ -126,7 +126,7 @@ def test_broken_tensor(
 ) -> None:
     d = _edit(good, tmp_path, change)
     with pytest.raises(CheckpointError) as exc:
-        compile_spec(load_spec(LLAMA), d, 2)
+        compile_spec(load_ir(LLAMA), d, 2)
     assert len(exc.value.problems) == 1, exc.value.problems  # one clear message
     _cli_fails(["compile", LLAMA, "--model", str(d), "--tp", "2"], capsys, *needles)
     _cli_fails(["check", LLAMA, "--model", str(d)], capsys, *needles)
@@ -140,7 +140,7 @@ def test_all_problems_at_once(good: Path, tmp_path: Path) -> None:
         t["model.layers.2.mlp.up_proj.weight"] = torch.zeros(136, 127)
 
     with pytest.raises(CheckpointError) as exc:
-        compile_spec(load_spec(LLAMA), _edit(good, tmp_path, many), 1)
+        compile_spec(load_ir(LLAMA), _edit(good, tmp_path, many), 1)
     text = "\n".join(exc.value.problems)
     assert len(exc.value.problems) == 4, text
     for needle in ("missing tensor", "unexpected tensor", "wrong dtype", "model.layers.2.mlp.up_proj.weight"):
@@ -165,7 +165,7 @@ def test_index_names_a_missing_shard(
     good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_alloc: None
 ) -> None:
     d = _sharded(good, tmp_path)
-    assert compile_spec(load_spec(LLAMA), d, 2).plan is not None  # the sharded copy itself is fine
+    assert compile_spec(load_ir(LLAMA), d, 2).plan is not None  # the sharded copy itself is fine
     (d / "model-00002-of-00002.safetensors").unlink()
     _cli_fails(
         ["compile", LLAMA, "--model", str(d)],
@@ -217,7 +217,7 @@ def test_tied_embeddings_follow_the_checkpoint(good: Path, tmp_path: Path, capsy
     cfg = json.loads((good / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
     shutil.copy(good / "model.safetensors", d / "model.safetensors")
-    c = compile_spec(load_spec(LLAMA), d, 2)
+    c = compile_spec(load_ir(LLAMA), d, 2)
     assert c.plan is not None
     lm = next(p for p in c.plan.ranks[1].params if p.name == "lm_head.weight")
     assert {r.key for r in lm.reads} == {"model.embed_tokens.weight"}

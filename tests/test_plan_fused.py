@@ -17,12 +17,12 @@ from minisgl_decl.parity.hf_reference import load_reference
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.plan.checkpoint import CheckpointError
 from minisgl_decl.runtime.runner import ModelRunner
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 
 def test_fused_checkpoint_matches_transformers(tmp_path: Path) -> None:
     spec_file, fused, original = make_fused(tmp_path)
-    c = compile_spec(load_spec(spec_file), fused, 1)
+    c = compile_spec(load_ir(spec_file), fused, 1)
     assert c.plan is not None
     qkv = next(p for p in c.plan.ranks[0].params if p.name == "layers.0.attn.qkv.weight")
     assert [r.key for r in qkv.reads] == ["model.layers.0.self_attn.qkv_proj.weight"]
@@ -35,7 +35,7 @@ def test_fused_checkpoint_matches_transformers(tmp_path: Path) -> None:
 
 def test_fused_split_at_tp4_takes_heads_from_each_segment(tmp_path: Path) -> None:
     spec_file, fused, _ = make_fused(tmp_path, {"num_key_value_heads": 1})
-    c = compile_spec(load_spec(spec_file), fused, 4)
+    c = compile_spec(load_ir(spec_file), fused, 4)
     assert c.plan is not None
     for rank in range(4):
         qkv = next(p for p in c.plan.ranks[rank].params if p.name == "layers.1.attn.qkv.weight")
@@ -50,7 +50,7 @@ def test_fused_split_at_tp4_takes_heads_from_each_segment(tmp_path: Path) -> Non
 def test_fused_tensor_that_does_not_split_evenly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec_file, fused, _ = make_fused(tmp_path, extra_row=True)
     with pytest.raises(CheckpointError) as exc:
-        compile_spec(load_spec(spec_file), fused, 2)
+        compile_spec(load_ir(spec_file), fused, 2)
     assert len(exc.value.problems) == 1
     assert main(["compile", str(spec_file), "--model", str(fused), "--tp", "2"]) == 1
     err = capsys.readouterr().err

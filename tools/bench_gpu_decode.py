@@ -129,9 +129,9 @@ def make_hf(cfg: dict[str, Any], directory: Path) -> Any:
 
 def load_ours(spec_name: str, directory: Path) -> Any:
     from minisgl_decl.pipeline import compile_spec, load_model
-    from minisgl_decl.spec.load import load_spec
+    from minisgl_decl.spec.compile import load_ir
 
-    compiled = compile_spec(load_spec(SPECS / f"{spec_name}.yaml"), directory)
+    compiled = compile_spec(load_ir(SPECS / f"{spec_name}.yaml"), directory)
     return load_model(compiled, device=DEV, dtype=BF16, progress=False)
 
 

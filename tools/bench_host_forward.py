@@ -26,7 +26,7 @@ from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.runtime.model import CompiledModel
 from minisgl_decl.runtime.runner import ModelRunner
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 _ARITH = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "llama.yaml")
+    spec = load_ir(Path(__file__).resolve().parent.parent / "specs" / "llama.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {
             "num_hidden_layers": a.layers,

@@ -21,7 +21,7 @@ from minisgl_decl.parity.run import quiet_transformers
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.runtime.cuda_graph import DecodeGraphs
 from minisgl_decl.runtime.runner import ModelRunner, StepBatch
-from minisgl_decl.spec.load import load_spec
+from minisgl_decl.spec.compile import load_ir
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -69,7 +69,7 @@ def decode(model: Any, mode: str, prompts: list[list[int]], forced: list[list[in
 def main() -> None:
     quiet_transformers()
     with tempfile.TemporaryDirectory() as tmp:
-        spec = load_spec(SPECS / "llama.yaml")
+        spec = load_ir(SPECS / "llama.yaml")
         build_reference(spec, None, seed=3, directory=tmp)
         model = load_model(compile_spec(spec, tmp), device="cuda", dtype=torch.bfloat16)
         gen = torch.Generator().manual_seed(4)

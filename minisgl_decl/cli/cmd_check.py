@@ -82,7 +82,7 @@ def _run_tp(args: argparse.Namespace) -> int:
         raise UserError(f"--tp {args.tp} does not match WORLD_SIZE={env.world_size} of this launch")
     if env.rank == 0:
         quiet_transformers()
-        print(_header(args, spec.spec.name, spec.spec.serves.architectures[0]), flush=True)
+        print(_header(args, spec.name, spec.architectures[0]), flush=True)
     comm = init_group(env, args.device)
     try:
         results = parity_on_rank(spec, comm, args.model, seed=args.seed)
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_tp(args)
     spec = load_valid_spec(args.spec)
     quiet_transformers()
-    print(_header(args, spec.spec.name, spec.spec.serves.architectures[0]), flush=True)
+    print(_header(args, spec.name, spec.architectures[0]), flush=True)
     if args.model:
         results = parity_on_checkpoint(spec, args.model, args.seed, args.device)
     else:

@@ -14,7 +14,6 @@ from ..errors import UserError, show
 from ..graph.build import STACK
 from ..pipeline import Compiled, compile_spec
 from ..plan.describe import describe_plan
-from ..plan.rules import normalise_rules
 from ..validate import load_valid_spec
 from .checks import check_count, check_input_dir, check_output_dir, check_output_file, write_atomic
 
@@ -71,7 +70,7 @@ def describe(c: Compiled) -> str:
         rhs = f"{op.kind}({', '.join(map(str, op.inputs))})" + (f" @ {op.module}" if op.module else "")
         out.append(f"  {', '.join(op.outputs)} = {rhs}")
     out += ["", "== weight rules (runtime parameter <- checkpoint) =="]
-    for r in normalise_rules(c.spec):
+    for r in c.spec.weights.rules:
         srcs = " ++ ".join(s.key + (" (transposed)" if s.transpose else "") for s in r.sources)
         extra = f"  [concat dim {r.dim}]" if len(r.sources) > 1 and r.dim else ""
         extra += f"  [+{r.add}]" if r.add else ""

@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     todos = text.count("# TODO")
-    print(f"wrote {out}: extends `{best.spec.spec.name}`" + (f", {todos} TODO(s)" if todos else ""))
+    print(f"wrote {out}: extends `{best.spec.name}`" + (f", {todos} TODO(s)" if todos else ""))
     return 0

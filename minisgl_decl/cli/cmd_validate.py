@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Problem, SpecError, UserError, show
+from ..spec.compile import load_ir
 from ..spec.find import overlapping_specs
-from ..spec.load import load_spec
 from ..validate import validate_file
 from .report_format import FORMATS, Reporter
 
@@ -58,7 +58,7 @@ def overlap_problems(files: list[Path]) -> list[Problem]:
     specs = []
     for f in files:
         try:
-            specs.append(load_spec(f))
+            specs.append(load_ir(f))
         except SpecError:
             continue  # reported above by validate_file
-    return [Problem(b.where(("serves",), key=True), why) for _, b, why in overlapping_specs(specs)]
+    return [Problem(b.serves_at, why) for _, b, why in overlapping_specs(specs)]

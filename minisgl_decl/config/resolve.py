@@ -14,9 +14,9 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import Problem, SpecError, UserError, show
-from ..spec.expr import ExprError, parse_expr
-from ..spec.loaded import LoadedSpec
-from ..spec.schema import ExprField, FromField, RopeField, ValueField
+from ..spec.expr import ExprError
+from ..spec.ir import Computed, ConfigEntry, Constant, FromHF, RopeFrom, SpecIR
+from ..spec.located import SpecExpr
 from .rope import normalise_rope
 
 _MISSING = object()
@@ -52,11 +52,11 @@ def hf_lookup(hf: Mapping[str, Any], key: str) -> Any:
     return _MISSING
 
 
-def _first_present(hf: Mapping[str, Any], keys: list[str]) -> Any:
+def _first_present(hf: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return _first_present_key(hf, keys)[1]
 
 
-def _first_present_key(hf: Mapping[str, Any], keys: list[str]) -> tuple[str | None, Any]:
+def _first_present_key(hf: Mapping[str, Any], keys: tuple[str, ...] | list[str]) -> tuple[str | None, Any]:
     for key in keys:
         value = hf_lookup(hf, key)
         if value is not _MISSING:
@@ -112,47 +112,32 @@ def _coerce(value: Any, kind: str) -> Any:
     return value
 
 
-def config_dependencies(entry: Any) -> frozenset[str]:
-    """Config names an entry's expressions read (parse errors are reported by spec checks)."""
-    source = None
-    if isinstance(entry, ExprField):
-        source = entry.expr
-    elif isinstance(entry, FromField) and isinstance(entry.default, str):
-        source = entry.default
-    if source is None:
-        return frozenset()
-    try:
-        return parse_expr(source).names
-    except ExprError:
-        return frozenset()
-
-
-def resolve_config(spec: LoadedSpec, hf: Mapping[str, Any]) -> ResolvedConfig:
+def resolve_config(spec: SpecIR, hf: Mapping[str, Any]) -> ResolvedConfig:
     """Evaluate every config entry of `spec` against `hf`; report all problems at once."""
-    entries = spec.spec.config
+    entries = spec.config
     values: dict[str, Any] = {}
     problems: list[Problem] = []
     pending = dict(entries)
     while pending:
         progressed = False
         for name, entry in list(pending.items()):
-            deps = config_dependencies(entry) & set(entries)
+            deps = entry.reads & set(entries)
             if not deps <= set(values):
                 continue
             del pending[name]
             progressed = True
             try:
-                values[name] = _resolve_entry(name, entry, hf, values)
+                values[name] = _resolve_entry(entry, hf, values)
             except (ExprError, TypeError, ValueError, ArithmeticError) as exc:
                 msg = exc.message if isinstance(exc, ExprError) else str(exc)
-                problems.append(Problem(spec.where(("config", name)), f"config `{name}`: {msg}"))
+                problems.append(Problem(entry.at, f"config `{name}`: {msg}"))
                 values[name] = None
             except SpecError as exc:
                 problems.extend(exc.problems)
                 values[name] = None
         if not progressed:
             for name in pending:
-                problems.append(Problem(spec.where(("config", name)), f"config `{name}` depends on itself"))
+                problems.append(Problem(entry.at, f"config `{name}` depends on itself"))
             break
     if not problems:
         problems = _unmet_requirements(spec, values)
@@ -161,23 +146,19 @@ def resolve_config(spec: LoadedSpec, hf: Mapping[str, Any]) -> ResolvedConfig:
     return ResolvedConfig(values=MappingProxyType(values), hf=MappingProxyType(dict(hf)))
 
 
-def _unmet_requirements(spec: LoadedSpec, values: dict[str, Any]) -> list[Problem]:
+def _unmet_requirements(spec: SpecIR, values: dict[str, Any]) -> list[Problem]:
     """`requires:` expressions that are false for this config (the spec cannot serve it)."""
     problems = []
-    for k, source in enumerate(spec.spec.requires):
+    for req in spec.requires:
         try:
-            expr = parse_expr(source)
-            ok = bool(expr.evaluate(values))
+            ok = bool(req.evaluate(values))
         except ExprError as exc:
-            problems.append(Problem(spec.where(("requires", k)), f"requires: {exc.message}"))
+            problems.append(Problem(req.node, f"requires: {exc.message}"))
             continue
         if not ok:
-            seen = ", ".join(f"{n}={values.get(n)!r}" for n in sorted(expr.names))
+            seen = ", ".join(f"{n}={values.get(n)!r}" for n in sorted(req.names))
             problems.append(
-                Problem(
-                    spec.where(("requires", k)),
-                    f"this checkpoint is not supported by the spec: `{source}` is false ({seen})",
-                )
+                Problem(req.node, f"this checkpoint is not supported by the spec: `{req.source}` is false ({seen})")
             )
     return problems
 
@@ -205,19 +186,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _resolve_entry(name: str, entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:
-    if isinstance(entry, RopeField):
-        return _resolve_rope(name, entry, hf)
-    return _plain(_resolve_value(entry, hf, values))
+def _resolve_entry(entry: ConfigEntry, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:
+    if isinstance(entry.source, RopeFrom):
+        return _resolve_rope(entry.name, entry.source, hf)
+    return _plain(_resolve_value(entry.source, hf, values))
 
 
 def _resolve_value(entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:
-    if isinstance(entry, ValueField):
+    if isinstance(entry, Constant):
         return entry.value
-    if isinstance(entry, ExprField):
-        return _coerce(parse_expr(entry.expr).evaluate(values), entry.type)
-    if isinstance(entry, FromField):
-        keys = [entry.from_] if isinstance(entry.from_, str) else list(entry.from_)
+    if isinstance(entry, Computed):
+        return _coerce(entry.expr.evaluate(values), entry.type)
+    if isinstance(entry, FromHF):
+        keys = list(entry.keys)
         key, value = _first_present_key(hf, keys)
         if key is not None:
             try:
@@ -225,8 +206,8 @@ def _resolve_value(entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) ->
             except TypeError as exc:
                 raise TypeError(f"HF config `{show(key)}`: {exc}") from None
         if value is _MISSING:
-            if isinstance(entry.default, str):
-                value = parse_expr(entry.default).evaluate(values)
+            if isinstance(entry.default, SpecExpr):
+                value = entry.default.evaluate(values)
             elif entry.default is None:
                 raise ValueError(f"the HF config has none of {', '.join(keys)} and the spec gives no `default`")
             else:
@@ -235,8 +216,7 @@ def _resolve_value(entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) ->
     raise TypeError(f"unknown config entry {entry!r}")
 
 
-def _resolve_rope(name: str, entry: RopeField, hf: Mapping[str, Any]) -> Any:
-    src = entry.rope
+def _resolve_rope(name: str, src: RopeFrom, hf: Mapping[str, Any]) -> Any:
     params = _first_present(hf, src.parameters_from)
     theta = _first_present(hf, src.theta_from)
     if theta is _MISSING and isinstance(params, Mapping):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,19 +12,14 @@ from ..catalogue import LayerKind, get_layer
 from ..catalogue.params import ParamDecl
 from ..catalogue.registry import LayerArgs
 from ..config.resolve import ResolvedConfig
-from ..errors import Problem, SpecError, UserError
-from ..spec.expr import ExprError, parse_expr
-from ..spec.loaded import LoadedSpec
-from ..spec.schema import MODULE_IF, split_module_decl
-from ..spec.yaml_source import PathKey
-from .dataflow import Scope, Stmt, parse_statements
+from ..errors import Location, Problem, SpecError, UserError
+from ..spec.dataflow import BODY_VAR, FORWARD_INPUT, FORWARD_OUTPUT, LAYER_INDEX, STACK
+from ..spec.expr import ExprError
+from ..spec.ir import ModuleDecl, SpecIR, Statements
+from ..spec.located import SpecExpr
 from .program import Block, EmitError, LayerOps, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
 
-FORWARD_INPUT = "tokens"
-FORWARD_OUTPUT = "logits"
-BODY_VAR = "x"
-STACK = "layers"
-LAYER_INDEX = "i"
+__all__ = ["BODY_VAR", "FORWARD_INPUT", "FORWARD_OUTPUT", "LAYER_INDEX", "STACK", "ModelGraph", "build_graph"]
 MAX_LAYERS = 4096
 
 
@@ -35,7 +30,7 @@ class ModuleNode:
     args: LayerArgs
     declared: tuple[ParamDecl, ...]  # every parameter the layer can have (some may be absent)
     cache_index: int | None
-    spec_path: PathKey
+    at: Location  # its declaration in the spec
 
     @property
     def params(self) -> tuple[ParamDecl, ...]:
@@ -101,62 +96,60 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _resolve_args(
-    spec: LoadedSpec, kind: LayerKind, raw: dict[str, Any] | None, env: dict[str, Any], where: PathKey
-) -> LayerArgs:
+def _resolve_args(kind: LayerKind, decl: ModuleDecl, env: dict[str, Any]) -> LayerArgs:
     values: dict[str, Any] = {}
     problems: list[Problem] = []
-    for name, value in (raw or {}).items():
+    for arg in decl.args:
+        value = arg.value
+        if not isinstance(value, SpecExpr):
+            values[arg.name] = value
+            continue
         try:
-            values[name] = parse_expr(value).evaluate(env) if isinstance(value, str) else value
+            values[arg.name] = value.evaluate(env)
         except ExprError as exc:
-            problems.append(Problem(spec.source_map.locate_in_scalar((*where, name), exc.offset), exc.message))
+            problems.append(Problem(value.inside(exc.offset), exc.message))
     if problems:
         raise SpecError(problems)
     try:
         return kind.Args(**values)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = (*where, *err["loc"][:1]) if err["loc"] else where
-            arg = err["loc"][0] if err["loc"] else ""
-            problems.append(
-                Problem(spec.where(loc), f"`{kind.name}` argument `{arg}` = {err.get('input')!r}: {err['msg']}")
-            )
+            name = str(err["loc"][0]) if err["loc"] else ""
+            at = decl.arg_at(name) if name else decl.layer_at
+            problems.append(Problem(at, f"`{kind.name}` argument `{name}` = {err.get('input')!r}: {err['msg']}"))
         raise SpecError(problems) from None
 
 
-def _module_nodes(
-    spec: LoadedSpec, modules: dict[str, Any], prefix: str, env: dict[str, Any], where: PathKey, tp: int
-) -> list[ModuleNode]:
+def _module_nodes(decls: tuple[ModuleDecl, ...], prefix: str, env: dict[str, Any], tp: int) -> list[ModuleNode]:
     nodes = []
-    for name, decl in modules.items():
-        condition, layer_name, raw = split_module_decl(decl)  # shape checked by spec checks
-        if not _holds(spec, condition, env, (*where, name, MODULE_IF)):
+    for decl in decls:
+        if not _holds(decl.condition, env):
             continue  # `if:` is false here: the module does not exist (no parameters, no call)
-        kind = get_layer(layer_name)
-        args = _resolve_args(spec, kind, raw, env, (*where, name, layer_name))
+        kind = get_layer(decl.layer)
+        args = _resolve_args(kind, decl, env)
         try:
             declared = tuple(kind.params(args))
             for p in declared:
                 if p.present:
-                    p.check_tp(tp, f"{prefix}{name}")
+                    p.check_tp(tp, f"{prefix}{decl.name}")
         except UserError as exc:
-            raise SpecError([Problem(spec.where((*where, name)), str(exc))]) from None
-        nodes.append(ModuleNode(f"{prefix}{name}", layer_name, args, declared, None, (*where, name)))
+            raise SpecError([Problem(decl.at, str(exc))]) from None
+        nodes.append(ModuleNode(f"{prefix}{decl.name}", decl.layer, args, declared, None, decl.at))
     return nodes
 
 
-def _holds(spec: LoadedSpec, condition: str | bool | None, env: dict[str, Any], where: PathKey) -> bool:
-    if condition is None or isinstance(condition, bool):
+def _holds(condition: SpecExpr | bool | None, env: dict[str, Any]) -> bool:
+    if not isinstance(condition, SpecExpr):
         return condition is not False
     try:
-        return bool(parse_expr(condition).evaluate(env))
+        return bool(condition.evaluate(env))
     except ExprError as exc:
-        raise SpecError([Problem(spec.source_map.locate_in_scalar(where, exc.offset), exc.message)]) from None
+        raise SpecError([Problem(condition.inside(exc.offset), exc.message)]) from None
 
 
-def _existing(spec: LoadedSpec, present: set[str], where: PathKey, prefix: str) -> Callable[[str], str]:
+def _existing(decls: tuple[ModuleDecl, ...], present: set[str], prefix: str) -> Callable[[str], str]:
     """Module name -> path in the graph; calling a module that its `if:` left out is an error."""
+    if_at = {d.name: d.if_at for d in decls}
 
     def path(name: str) -> str:
         full = f"{prefix}{name}"
@@ -165,7 +158,7 @@ def _existing(spec: LoadedSpec, present: set[str], where: PathKey, prefix: str) 
             raise SpecError(
                 [
                     Problem(
-                        spec.where((*where, name, MODULE_IF)),
+                        if_at[name],
                         f"module `{name}` does not exist in {where_layer} (its `if:` is false there) "
                         "but the dataflow calls it; choose the call with "
                         "`... if <condition> else ...` in the statement",
@@ -177,49 +170,22 @@ def _existing(spec: LoadedSpec, present: set[str], where: PathKey, prefix: str) 
     return path
 
 
-def _statements(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey) -> list[Stmt]:
-    parsed = parse_statements(lines, scope)
-    problems = [
-        Problem(spec.source_map.locate_in_scalar((*where, i), s.offset), s.message)
-        for i, s in enumerate(parsed)
-        if isinstance(s, ExprError)
-    ]
-    if problems:
-        raise SpecError(problems)
-    return [s for s in parsed if isinstance(s, Stmt)]
-
-
-def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelGraph:
+def build_graph(spec: SpecIR, config: ResolvedConfig, tp: int = 1) -> ModelGraph:
     """Resolve every module's arguments, build the dataflow program and fuse; errors are located."""
-    s = spec.spec
     env = config.as_dict()
     num_layers = _count(spec, env)
-    modules = _module_nodes(spec, s.model.modules, "", env, ("model", "modules"), tp)
+    modules = _module_nodes(spec.modules, "", env, tp)
     for i in range(num_layers):
-        modules += _module_nodes(
-            spec, s.model.layers.modules, f"{STACK}.{i}.", {**env, "i": i}, ("model", "layers", "modules"), tp
-        )
+        modules += _module_nodes(spec.layers.modules, f"{STACK}.{i}.", {**env, LAYER_INDEX: i}, tp)
     cache_index = 0
     numbered = []
     for m in modules:
         if get_layer(m.layer).uses_kv_cache:
-            m = ModuleNode(m.path, m.layer, m.args, m.declared, cache_index, m.spec_path)
+            m = replace(m, cache_index=cache_index)
             cache_index += 1
         numbered.append(m)
 
-    names = frozenset(env)
-    body = _statements(
-        spec,
-        s.model.layers.body,
-        Scope(frozenset(s.model.layers.modules), names | {LAYER_INDEX}, (BODY_VAR,)),
-        ("model", "layers", "body"),
-    )
-    forward = _statements(
-        spec,
-        s.model.forward,
-        Scope(frozenset(s.model.modules), names, (FORWARD_INPUT,), frozenset({STACK})),
-        ("model", "forward"),
-    )
+    body, forward = spec.layers.body, spec.forward
     fusable = {m.path: get_layer(m.layer).fuses_residual_add for m in numbered}
     present = {m.path for m in numbered}
     layers = []
@@ -230,27 +196,26 @@ def build_graph(spec: LoadedSpec, config: ResolvedConfig, tp: int = 1) -> ModelG
         top.ops.append(Op(STACK, (y,), (x,)))
         return y
 
-    top_path = _existing(spec, present, ("model", "modules"), "")
+    top_path = _existing(spec.modules, present, "")
     try:
         for i in range(num_layers):  # `if:` and conditional statements may make layers differ
             b = ProgramBuilder({**env, LAYER_INDEX: i})
             prefix = f"{STACK}.{i}."
-            exists = _existing(spec, present, ("model", "layers", "modules"), prefix)
-            out = b.emit_block(body, {BODY_VAR: BODY_VAR}, _local_names(exists, len(prefix)))[BODY_VAR]
+            exists = _existing(spec.layers.modules, present, prefix)
+            out = b.emit_block(body.stmts, {BODY_VAR: BODY_VAR}, _local_names(exists, len(prefix)))[BODY_VAR]
             ops = fuse_residual_norms(b.ops, lambda m, prefix=prefix: fusable[prefix + m])
             layers.append(LayerOps(tuple(ops), out))
-        final = top.emit_block(forward, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: stack})
+        final = top.emit_block(forward.stmts, {FORWARD_INPUT: FORWARD_INPUT}, top_path, {STACK: stack})
     except EmitError as exc:
-        where = ("model", "forward") if any(exc.stmt is st for st in forward) else ("model", "layers", "body")
-        loc = spec.source_map.locate_in_scalar((*where, exc.stmt.index), exc.offset)
-        raise SpecError([Problem(loc, exc.message)]) from None
+        where: Statements = forward if any(exc.stmt is st for st in forward.stmts) else body
+        raise SpecError([Problem(where.inside(exc.stmt.index, exc.offset), exc.message)]) from None
     if FORWARD_OUTPUT not in final:
-        raise SpecError([Problem(spec.where(("model", "forward")), "`forward` must assign `logits`")])
+        raise SpecError([Problem(forward.at, "`forward` must assign `logits`")])
     forward_ops = fuse_residual_norms(top.ops, lambda m: fusable[m])
     forward_ops = rename_outputs(forward_ops, {FORWARD_OUTPUT: final[FORWARD_OUTPUT]})
     block = Block(BODY_VAR, tuple(layers))
     program = fuse_residual_norms(unroll(forward_ops, block, STACK, top.counter), lambda m: fusable[m])
-    return ModelGraph(s.name, config, tp, num_layers, tuple(numbered), tuple(forward_ops), block, tuple(program))
+    return ModelGraph(spec.name, config, tp, num_layers, tuple(numbered), tuple(forward_ops), block, tuple(program))
 
 
 def _local_names(exists: Callable[[str], str], cut: int) -> Callable[[str], str]:
@@ -258,17 +223,17 @@ def _local_names(exists: Callable[[str], str], cut: int) -> Callable[[str], str]
     return lambda name: exists(name)[cut:]
 
 
-def _count(spec: LoadedSpec, env: dict[str, Any]) -> int:
-    repeat = spec.spec.model.layers.repeat
+def _count(spec: SpecIR, env: dict[str, Any]) -> int:
+    repeat = spec.layers.repeat
     try:
-        n = parse_expr(repeat).evaluate(env) if isinstance(repeat, str) else repeat
+        n = repeat.evaluate(env) if isinstance(repeat, SpecExpr) else repeat
     except ExprError as exc:
-        raise SpecError([Problem(spec.where(("model", "layers", "repeat")), exc.message)]) from None
+        raise SpecError([Problem(spec.layers.repeat_at, exc.message)]) from None
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LAYERS:
         raise SpecError(
             [
                 Problem(
-                    spec.where(("model", "layers", "repeat")),
+                    spec.layers.repeat_at,
                     f"repeat must be a layer count in 0..{MAX_LAYERS}, got {n!r}",
                 )
             ]

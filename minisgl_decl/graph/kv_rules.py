@@ -7,29 +7,16 @@ the second call at its line and column.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..catalogue import get_layer
+from ..catalogue import catalogue_names, get_layer
 from ..errors import Problem
-from ..spec.expr import ExprError
-from ..spec.loaded import LoadedSpec
-from ..spec.schema import split_module_decl
-from ..spec.yaml_source import PathKey
-from .build import STACK
-from .dataflow import BinOp, Call, Cond, Node, Scope, parse_statements
+from ..spec.dataflow import STACK, BinOp, Call, Cond, Node
+from ..spec.ir import ModuleDecl, Statements
 
 
-def kv_modules(modules: dict[str, Any]) -> set[str]:
-    """Names of the declared modules whose layer uses the KV cache (bad declarations are reported elsewhere)."""
-    out = set()
-    for name, decl in modules.items():
-        try:
-            _cond, layer, _raw = split_module_decl(decl)
-            if get_layer(layer).uses_kv_cache:
-                out.add(name)
-        except (KeyError, ValueError, TypeError, AttributeError):
-            continue
-    return out
+def kv_modules(modules: tuple[ModuleDecl, ...]) -> set[str]:
+    """Names of the declared modules whose layer uses the KV cache (unknown layers are reported elsewhere)."""
+    known = set(catalogue_names())
+    return {m.name for m in modules if m.layer in known and get_layer(m.layer).uses_kv_cache}
 
 
 def _calls(node: Node) -> list[Call]:
@@ -44,13 +31,11 @@ def _calls(node: Node) -> list[Call]:
     return []
 
 
-def kv_reuse(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey, once: set[str]) -> list[Problem]:
+def kv_reuse(statements: Statements, once: set[str]) -> list[Problem]:
     """A problem at every call of a module in `once` after its first call in the statement list."""
     problems: list[Problem] = []
     seen: set[str] = set()
-    for stmt in parse_statements(lines, scope):
-        if isinstance(stmt, ExprError):
-            continue
+    for stmt in statements.stmts:
         for call in _calls(stmt.value):
             if call.module not in once:
                 continue
@@ -58,7 +43,7 @@ def kv_reuse(spec: LoadedSpec, lines: list[str], scope: Scope, where: PathKey, o
                 what = "runs every layer's KV cache" if call.module == STACK else "owns a KV cache"
                 problems.append(
                     Problem(
-                        spec.source_map.locate_in_scalar((*where, stmt.index), call.offset),
+                        statements.inside(stmt.index, call.offset),
                         f"`{call.module}` {what} and is already called in this step; a second call "
                         "would write its cache twice (declare a second module instead)",
                     )

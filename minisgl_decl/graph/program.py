@@ -8,12 +8,12 @@ inputs), ``add``/``sub``/``mul``/``div`` (tensor or constant inputs), ``add_norm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..spec.expr import ExprError, parse_expr
-from .dataflow import BinOp, Call, Cond, Node, Scalar, Stmt, Var
+from ..spec.dataflow import BinOp, Call, Cond, Node, Scalar, Stmt, Var
+from ..spec.expr import ExprError
 
 Value = str | float  # a variable name or a folded constant
 
@@ -57,7 +57,7 @@ class EmitError(Exception):
 
 def _constant(node: Scalar, config: Mapping[str, Any]) -> float:
     try:
-        value = parse_expr(node.source).evaluate(config)
+        value = node.expr.evaluate(config)
     except ExprError as exc:
         raise ExprError(exc.message, node.offset + exc.offset) from None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -83,7 +83,7 @@ class ProgramBuilder:
 
     def emit_block(
         self,
-        stmts: list[Stmt],
+        stmts: Sequence[Stmt],
         env: dict[str, str],
         module_path: Callable[[str], str],
         expand: Mapping[str, Callable[[str], str]] | None = None,
@@ -114,7 +114,7 @@ class ProgramBuilder:
             return _constant(node, self.config)
         if isinstance(node, Cond):  # chosen now: only the taken branch is emitted
             try:
-                test = parse_expr(node.test.source).evaluate(self.config)
+                test = node.test.expr.evaluate(self.config)
             except ExprError as exc:
                 raise ExprError(exc.message, node.test.offset + exc.offset) from None
             taken = node.body if test else node.orelse

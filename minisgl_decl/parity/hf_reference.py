@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 
 from ..errors import UserError, show
 from ..limits import hint, limit
-from ..spec.loaded import LoadedSpec
+from ..spec.ir import SpecIR
 
 #: what transformers may raise on a bad checkpoint or config (its own errors derive from these)
 TRANSFORMERS_FAILURES = (
@@ -52,7 +52,7 @@ def _failed(what: str, exc: BaseException) -> UserError:
     return UserError(f"transformers could not {what}: {type(exc).__name__}: {text}")
 
 
-def _check_random_size(spec: LoadedSpec, cfg: Mapping[str, Any]) -> None:
+def _check_random_size(spec: SpecIR, cfg: Mapping[str, Any]) -> None:
     """Refuse a random reference model larger than MAX_RANDOM_PARAMS before transformers allocates it."""
     from ..pipeline import compile_spec
 
@@ -72,7 +72,7 @@ def _check_random_size(spec: LoadedSpec, cfg: Mapping[str, Any]) -> None:
 
 
 def build_reference(
-    spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0, directory: str | Path | None = None
+    spec: SpecIR, overrides: Mapping[str, Any] | None = None, seed: int = 0, directory: str | Path | None = None
 ) -> Path:
     """Build a random model with the transformers class of the spec from its `example_config`.
 
@@ -81,11 +81,11 @@ def build_reference(
     """
     from transformers import AutoConfig
 
-    if not spec.spec.example_config:
+    if not spec.example_config:
         raise UserError(f"{spec.file}: `check` without --model needs an `example_config` in the spec")
-    cfg_dict = {**spec.spec.example_config, **(overrides or {})}
-    arch = spec.spec.serves.architectures[0]
-    model_type = cfg_dict.get("model_type") or (spec.spec.serves.model_types or [None])[0]
+    cfg_dict = {**spec.example_config, **(overrides or {})}
+    arch = spec.architectures[0]
+    model_type = cfg_dict.get("model_type") or (spec.model_types or (None,))[0]
     if model_type is None:
         raise UserError(f"{spec.file}: example_config needs `model_type`")
     cls = _architecture_class(arch)
@@ -105,7 +105,7 @@ def build_reference(
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.08)
-    out = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix=f"minisgl-{spec.spec.name}-"))
+    out = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix=f"minisgl-{spec.name}-"))
     model.save_pretrained(out, safe_serialization=True)
     return out
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..pipeline import compile_spec, load_model
 from ..runtime.runner import ModelRunner
-from ..spec.loaded import LoadedSpec
+from ..spec.ir import SpecIR
 from .check import CheckResult, hf_reference_fn, run_parity_checks
 from .hf_reference import build_reference, load_reference
 
@@ -25,12 +25,12 @@ def quiet_transformers() -> None:
 
 
 def parity_on_checkpoint(
-    spec: LoadedSpec, model_dir: str | Path, seed: int = 0, device: str = "cpu"
+    spec: SpecIR, model_dir: str | Path, seed: int = 0, device: str = "cpu"
 ) -> list[CheckResult]:
     """Float32 parity; on CUDA both sides run there (ours through the Triton kernels)."""
     compiled = compile_spec(spec, model_dir)
     assert compiled.checkpoint is not None
-    arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
+    arch = compiled.checkpoint.config.get("architectures") or spec.architectures
     hf = load_reference(model_dir, arch[0]).to(device)
     model = load_model(compiled, device=device)
     vocab = int(hf.config.get_text_config().vocab_size)
@@ -40,7 +40,7 @@ def parity_on_checkpoint(
 
 
 def parity_on_random_model(
-    spec: LoadedSpec, overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu"
+    spec: SpecIR, overrides: Mapping[str, Any] | None = None, seed: int = 0, device: str = "cpu"
 ) -> list[CheckResult]:
     with tempfile.TemporaryDirectory(prefix="minisgl-check-") as tmp:
         build_reference(spec, overrides, seed=seed, directory=tmp)

@@ -34,8 +34,8 @@ from ..errors import UserError
 from ..pipeline import compile_spec, load_model
 from ..runtime.distributed import GroupComm, init_group, rank_env, shutdown
 from ..runtime.runner import ModelRunner
-from ..spec.load import load_spec
-from ..spec.loaded import LoadedSpec
+from ..spec.compile import load_ir
+from ..spec.ir import SpecIR
 from .check import CheckResult, hf_reference_fn, run_parity_checks
 from .hf_reference import build_reference, load_reference
 
@@ -48,7 +48,7 @@ def _placeholder_reference(vocab: int) -> Callable[[list[int]], torch.Tensor]:
 
 
 def parity_on_rank(
-    spec: LoadedSpec,
+    spec: SpecIR,
     comm: GroupComm,
     model_dir: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -81,7 +81,7 @@ def parity_on_rank(
         def load_hf() -> str:
             nonlocal reference
             assert compiled.checkpoint is not None
-            arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
+            arch = compiled.checkpoint.config.get("architectures") or spec.architectures
             hf = load_reference(reference_dir or path, arch[0]).to(device)
             reference = hf_reference_fn(hf, device)
             return str(int(hf.config.get_text_config().vocab_size))
@@ -114,7 +114,7 @@ def run_cases(cases: list[dict[str, Any]], comm: GroupComm) -> list[dict[str, An
     out: list[dict[str, Any]] = []
     for case in cases:
         try:
-            spec = load_spec(case["spec"])
+            spec = load_ir(case["spec"])
             seed = int(case.get("seed", 0))
             results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed, case.get("reference"))
             out.append({"case": case, "results": [[r.name, r.max_abs_diff] for r in results]})

@@ -15,46 +15,38 @@ from typing import Any
 from ..catalogue.params import ParamDecl, Replicated
 from ..errors import Problem, SpecError
 from ..graph.build import ModelGraph
-from ..spec.expr import ExprError, parse_expr
-from ..spec.loaded import LoadedSpec
+from ..spec.expr import ExprError
+from ..spec.ir import SpecIR
+from ..spec.located import SpecExpr, written
+from ..spec.rules import SourceRef, WeightRule, rule_for
 from .checkpoint import CheckpointError, CheckpointIndex, TensorInfo
 from .checks import check_sources, dtype_problems, expected_part_shape, source_shape
 from .model import LoadPlan, ParamPlan, Range, RankPlan, Read
 from .relayout import layout_problems, relayout
-from .rules import SourceRef, WeightRule, ignore_regexes, normalise_rules, pattern_regex
 
 __all__ = ["LoadPlan", "ParamPlan", "RankPlan", "Read", "build_plan", "rule_for"]
 
 
-def rule_for(name: str, rules: list[WeightRule]) -> tuple[WeightRule, int | None] | None:
-    for rule in rules:
-        if "{i}" in rule.target:
-            m = pattern_regex(rule.target).match(name)
-            if m:
-                return rule, int(m.group("i"))
-        elif rule.target == name:
-            return rule, None
-    return None
-
-
-def _tied(rule: WeightRule, config: dict[str, Any], spec: LoadedSpec) -> bool:
-    if rule.tied_to is None:
-        return False
-    cond = rule.tied_if
-    if isinstance(cond, bool) or cond is None:
-        return bool(cond)
+def _evaluate(value: SpecExpr | Any, config: dict[str, Any]) -> Any:
+    """A rule's expression (`tied_if`, `experts`) for this config; its errors located in the spec."""
+    if not isinstance(value, SpecExpr):
+        return value
     try:
-        return bool(parse_expr(cond).evaluate(config))
+        return value.evaluate(config)
     except ExprError as exc:
-        raise SpecError([Problem(spec.where((*rule.spec_path, "tied_if")), exc.message)]) from None
+        raise SpecError([Problem(value.node, exc.message)]) from None
 
 
-def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype: str = "F32") -> LoadPlan:
+def _tied(rule: WeightRule, config: dict[str, Any]) -> bool:
+    return rule.tied_to is not None and bool(_evaluate(rule.tied_if, config))
+
+
+def build_plan(spec: SpecIR, graph: ModelGraph, ckpt: CheckpointIndex, dtype: str = "F32") -> LoadPlan:
     """The plan for every rank of `graph.tp`; raises `CheckpointError` listing every problem.
 
     Needs only the checkpoint's headers: nothing is read or allocated here.
     """
-    rules = normalise_rules(spec)
+    rules = spec.weights.rules
     config = graph.config.as_dict()
     problems: list[str] = []
     warnings: list[str] = []
@@ -64,7 +56,7 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
     for name, decl, _module in graph.parameters:
         found = rule_for(name, rules)
         if found is None:
-            where = spec.where(("weights", "params"), key=True)
+            where = spec.weights.params_at
             problems.append(
                 f"parameter `{name}` ({decl.role_name}, shape {list(decl.shape)}) has no weight "
                 f"rule: expected an entry under weights.params ({where.file}:{where.line})"
@@ -73,8 +65,8 @@ def build_plan(spec: LoadedSpec, graph: ModelGraph, ckpt: CheckpointIndex, dtype
         rule, i = found
         rule = rule.expand(i)
         parts: list[_Part] = []
-        for e, part_decl, part_rule in _expert_parts(name, decl, rule, config, spec, problems):
-            infos = _sources(name, part_decl, part_rule, config, spec, ckpt, consumed, problems, warnings)
+        for e, part_decl, part_rule in _expert_parts(name, decl, rule, config, problems):
+            infos = _sources(name, part_decl, part_rule, config, ckpt, consumed, problems, warnings)
             if infos is not None:
                 problems.extend(check_sources(name, part_decl, part_rule, infos))
                 problems.extend(layout_problems(name, part_rule, infos, config))
@@ -112,15 +104,12 @@ _Part = tuple[int | None, ParamDecl, WeightRule, list[tuple[SourceRef, TensorInf
 
 
 def _expert_parts(
-    name: str, decl: ParamDecl, rule: WeightRule, config: dict[str, Any], spec: LoadedSpec, problems: list[str]
+    name: str, decl: ParamDecl, rule: WeightRule, config: dict[str, Any], problems: list[str]
 ) -> list[tuple[int | None, ParamDecl, WeightRule]]:
     """The whole parameter, or one part per expert for a rule with `experts:` (stacked along dim 0)."""
     if rule.experts is None:
         return [(None, decl, rule)]
-    try:
-        n = parse_expr(rule.experts).evaluate(config) if isinstance(rule.experts, str) else rule.experts
-    except ExprError as exc:
-        raise SpecError([Problem(spec.where((*rule.spec_path, "experts")), exc.message)]) from None
+    n = _evaluate(rule.experts, config)
     if not decl.shape or n != decl.shape[0]:
         problems.append(
             f"`{name}` stacks {n!r} experts (rule {rule.location}) but the parameter's leading "
@@ -135,7 +124,6 @@ def _sources(
     decl: ParamDecl,
     rule: WeightRule,
     config: dict[str, Any],
-    spec: LoadedSpec,
     ckpt: CheckpointIndex,
     consumed: set[str],
     problems: list[str],
@@ -143,8 +131,7 @@ def _sources(
 ) -> list[tuple[SourceRef, TensorInfo]] | None:
     """The checkpoint tensors a rule reads (the tied source when tied); None if any is missing."""
     sources = rule.sources
-    if _tied(rule, config, spec):
-        assert rule.tied_to is not None
+    if rule.tied_to is not None and _tied(rule, config):
         sources = (rule.tied_to,)
         for s in rule.sources:
             if s.key in ckpt.tensors:
@@ -162,7 +149,7 @@ def _sources(
             if rule.tied_to is not None and sources is rule.sources:
                 hint = (
                     f"; the config does not tie it to `{rule.tied_to.key}` "
-                    f"(tied_if: {rule.tied_if!r} is false), so the checkpoint must hold it"
+                    f"(tied_if: {written(rule.tied_if)} is false), so the checkpoint must hold it"
                 )
             own = sources is rule.sources
             shape = expected_part_shape(decl, rule, k) if own else str(list(decl.shape))
@@ -186,9 +173,9 @@ def _at_expert(e: int | None, reads: list[Read]) -> list[Read]:
     return [Read(r.key, r.file, r.offset, r.shape, r.dtype, r.src, ((e, e + 1), *r.dst), r.transpose) for r in reads]
 
 
-def _unconsumed(spec: LoadedSpec, ckpt: CheckpointIndex, consumed: set[str]) -> list[str]:
-    ignored = ignore_regexes(spec)
-    where = spec.where(("weights",), key=True)
+def _unconsumed(spec: SpecIR, ckpt: CheckpointIndex, consumed: set[str]) -> list[str]:
+    ignored = spec.weights.ignore
+    where = spec.weights.at
     return [
         f"unexpected tensor `{key}` {info.dtype} {list(info.shape)} in {info.file}: expected every "
         f"checkpoint tensor to be read by a weight rule or matched by weights.ignore "

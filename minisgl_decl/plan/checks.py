@@ -7,8 +7,8 @@ expected against what was found, so one report says everything that is wrong.
 from __future__ import annotations
 
 from ..catalogue.params import ParamDecl, Sharded
+from ..spec.rules import SourceRef, WeightRule
 from .checkpoint import TensorInfo
-from .rules import SourceRef, WeightRule
 
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 

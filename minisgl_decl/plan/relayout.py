@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from math import prod
 from typing import Any
 
-from ..spec.expr import ExprError, parse_expr
+from ..spec.expr import ExprError
+from ..spec.located import SpecExpr
+from ..spec.rules import Layout, SourceRef, WeightRule
 from .checkpoint import TensorInfo
 from .model import Read
-from .rules import Layout, SourceRef, WeightRule
 
 
 def layout_sizes(layout: Layout, config: Mapping[str, Any]) -> tuple[int, ...]:
@@ -26,7 +27,7 @@ def layout_sizes(layout: Layout, config: Mapping[str, Any]) -> tuple[int, ...]:
     sizes = []
     for v in layout.split:
         try:
-            n = parse_expr(v).evaluate(dict(config)) if isinstance(v, str) else v
+            n = v.evaluate(config) if isinstance(v, SpecExpr) else v
         except ExprError as exc:
             raise ValueError(f"layout split `{v}`: {exc.message}") from None
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:

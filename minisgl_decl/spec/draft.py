@@ -27,8 +27,8 @@ import yaml
 
 from ..errors import UserError
 from .find import load_spec_set, serves_architecture, unmet_requirements
-from .loaded import LoadedSpec
-from .schema import FromField, RuleSpec, SourceSpec
+from .ir import FromHF, SpecIR
+from .rules import WeightRule
 
 _INDEX = re.compile(r"\\\{[ie]\\\}")
 
@@ -41,7 +41,7 @@ class Checkpoint:
 
 @dataclass
 class Match:
-    spec: LoadedSpec
+    spec: SpecIR
     serves: bool
     requires_ok: bool
     unread: list[str] = field(default_factory=list)  # checkpoint tensors no rule reads
@@ -82,47 +82,26 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
     return Checkpoint(config, sorted(tensors) if tensors else None)
 
 
-def _rule_keys(rule: Any) -> list[tuple[str, bool]]:
-    """(checkpoint key pattern, required) of a weight rule; tied/bias-style alternatives are optional."""
-
-    def key(src: Any) -> str:
-        return src.key if isinstance(src, SourceSpec) else str(src)
-
-    if rule is None:
-        return []
-    if isinstance(rule, str):
-        return [(rule, True)]
-    if isinstance(rule, list):
-        return [(key(s), True) for s in rule]
-    if isinstance(rule, RuleSpec):
-        out = [(key(s), True) for s in (rule.concat or [])]
-        if rule.from_ is not None:
-            out.append((key(rule.from_), rule.tied_to is None))
-        if rule.tied_to is not None:
-            out.append((key(rule.tied_to), True))
-        return out
-    return []
+def _rule_keys(rule: WeightRule) -> list[tuple[str, bool]]:
+    """(checkpoint key pattern, required) of a weight rule; a source the rule may be tied away from is optional."""
+    optional = rule.tied_to is not None and len(rule.sources) == 1
+    out = [(s.key, not optional) for s in rule.sources]
+    return out + ([(rule.tied_to.key, True)] if rule.tied_to is not None else [])
 
 
 def _pattern(key: str) -> re.Pattern[str]:
     return re.compile(_INDEX.sub(r"\\d+", re.escape(key)) + "$")
 
 
-def match_spec(spec: LoadedSpec, ckpt: Checkpoint) -> Match:
-    s = spec.spec
+def match_spec(spec: SpecIR, ckpt: Checkpoint) -> Match:
     m = Match(spec, serves_architecture(spec, ckpt.config), not unmet_requirements(spec, ckpt.config))
-    hf_keys = [
-        k
-        for e in s.config.values()
-        if isinstance(e, FromField)
-        for k in ([e.from_] if isinstance(e.from_, str) else e.from_)
-    ]
+    hf_keys = [k for e in spec.config.values() if isinstance(e.source, FromHF) for k in e.source.keys]
     m.config_total = len(hf_keys)
     m.config_missing = [k for k in hf_keys if k.split(".")[0] not in ckpt.config]
     if ckpt.tensors is None:
         return m
-    keys = [kr for rule in s.weights.params.values() for kr in _rule_keys(rule)]
-    readers = [_pattern(k) for k, _ in keys] + [_pattern(k) for k in s.weights.ignore]
+    keys = [kr for rule in spec.weights.rules for kr in _rule_keys(rule)]
+    readers = [_pattern(k) for k, _ in keys] + [_pattern(k) for k in spec.weights.ignore_patterns]
     m.unread = [t for t in ckpt.tensors if not any(p.match(t) for p in readers)]
     m.missing = sorted(
         {
@@ -158,23 +137,23 @@ def draft_spec(ckpt: Checkpoint, out: Path, dirs: list[Path]) -> tuple[str, Matc
     model_type = ckpt.config.get("model_type")
     lines = [
         f"# Drafted by `minisgl-decl new` from {'a checkpoint' if ckpt.tensors is not None else 'a config.json'}:",
-        f"# closest spec `{best.spec.spec.name}` ({parent.name}). Check it with `minisgl-decl check {out}"
+        f"# closest spec `{best.spec.name}` ({parent.name}). Check it with `minisgl-decl check {out}"
         + (" --model DIR`." if ckpt.tensors is None else "`."),
         "spec_version: 1",
         f"extends: {extends}",
         f"name: {_name(out, ckpt.config)}",
-        f"description: {best.spec.spec.description or 'Drafted from ' + best.spec.spec.name}",
+        f"description: {best.spec.description or 'Drafted from ' + best.spec.name}",
     ]
     todos: list[str] = []
     if not archs:
         todos.append("the config names no `architectures`: fill in serves.architectures")
     if not best.serves:
         todos.append(
-            f"`{best.spec.spec.name}` does not serve {archs or model_type}: compare its modules "
+            f"`{best.spec.name}` does not serve {archs or model_type}: compare its modules "
             "with the HF modeling file"
         )
     if not best.requires_ok:
-        todos.append(f"`{best.spec.spec.name}`'s requires: do not hold for this config")
+        todos.append(f"`{best.spec.name}`'s requires: do not hold for this config")
     if best.unread:
         todos.append(
             "checkpoint tensors no weight rule reads (add rules or `weights.ignore`): "
@@ -198,7 +177,7 @@ def draft_spec(ckpt: Checkpoint, out: Path, dirs: list[Path]) -> tuple[str, Matc
     example = {k: ckpt.config[k] for k in ("architectures", "model_type") if k in ckpt.config}
     if example:
         lines.append(
-            f"# `compile`/`check` without --model: {best.spec.spec.name}'s small example_config as this "
+            f"# `compile`/`check` without --model: {best.spec.name}'s small example_config as this "
             "architecture.\n# TODO: add the config keys this architecture has that it lacks"
         )
         lines.append(yaml.safe_dump({"example_config": example}, sort_keys=False, default_flow_style=None).rstrip())

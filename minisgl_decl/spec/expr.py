@@ -199,7 +199,7 @@ def parse_expr(source: str) -> Expr:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExprError(f"expression syntax error: {exc.msg}", _skip_spaces(source, (exc.offset or 1) - 1)) from None
+        raise ExprError(f"expression syntax error: {exc.msg}", skip_spaces(source, (exc.offset or 1) - 1)) from None
     except (RecursionError, MemoryError, ValueError):
         raise ExprError("expression nested too deeply to parse") from None
     depth, deepest = _depth(tree)
@@ -244,7 +244,7 @@ def parse_expr(source: str) -> Expr:
     return Expr(source=source, tree=tree, names=frozenset(names))
 
 
-def _skip_spaces(source: str, offset: int) -> int:
+def skip_spaces(source: str, offset: int) -> int:
     offset = max(offset, 0)
     while offset < len(source) - 1 and source[offset] == " ":
         offset += 1

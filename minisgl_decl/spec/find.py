@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError, UserError
-from .load import load_spec
-from .loaded import LoadedSpec
+from .compile import load_ir
+from .ir import SpecIR
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,12 @@ def default_spec_dirs() -> list[Path]:
 class SpecSet:
     """The specs found in some directories: those that load, and those that do not (with why)."""
 
-    specs: list[LoadedSpec]
+    specs: list[SpecIR]
     broken: list[tuple[Path, SpecError]]
 
 
 def load_spec_set(dirs: list[Path]) -> SpecSet:
-    specs: list[LoadedSpec] = []
+    specs: list[SpecIR] = []
     broken: list[tuple[Path, SpecError]] = []
     seen: set[Path] = set()
     for d in dirs:
@@ -45,46 +45,39 @@ def load_spec_set(dirs: list[Path]) -> SpecSet:
                 continue
             seen.add(path.resolve())
             try:
-                specs.append(load_spec(path))
+                specs.append(load_ir(path))
             except SpecError as exc:
                 broken.append((path, exc))
     return SpecSet(specs, broken)
 
 
-def serves_architecture(spec: LoadedSpec, hf_config: Mapping[str, Any]) -> bool:
+def serves_architecture(spec: SpecIR, hf_config: Mapping[str, Any]) -> bool:
     """Does the spec serve one of the config's `architectures` (or its `model_type` if it names none)?"""
     archs = set(hf_config.get("architectures") or [])
     if archs:
-        return bool(archs & set(spec.spec.serves.architectures))
-    return hf_config.get("model_type") in spec.spec.serves.model_types
+        return bool(archs & set(spec.architectures))
+    return hf_config.get("model_type") in spec.model_types
 
 
-def unmet_requirements(spec: LoadedSpec, hf_config: Mapping[str, Any]) -> list[str]:
+def unmet_requirements(spec: SpecIR, hf_config: Mapping[str, Any]) -> list[str]:
     """Why the spec's `requires:` rule this config out (empty: they hold).
 
     Only the config names the requirements read (and what those depend on) are resolved,
     so a partial config.json is judged on what the requirements actually need.
     """
-    if not spec.spec.requires:
+    if not spec.requires:
         return []
-    from ..config.resolve import config_dependencies, resolve_config
-    from .expr import ExprError, parse_expr
+    from ..config.resolve import resolve_config
 
-    entries = spec.spec.config
+    entries = spec.config
     needed: set[str] = set()
-    todo: list[str] = []
-    for source in spec.spec.requires:
-        try:
-            todo += sorted(parse_expr(source).names & set(entries))
-        except ExprError as exc:
-            return [f"`requires:` does not parse: {exc.message}"]
+    todo = sorted({n for req in spec.requires for n in req.names} & set(entries))
     while todo:
         name = todo.pop()
         if name not in needed:
             needed.add(name)
-            todo += sorted(config_dependencies(entries[name]) & set(entries))
-    subset = {n: e for n, e in entries.items() if n in needed}
-    narrowed = replace(spec, spec=spec.spec.model_copy(update={"config": subset}))
+            todo += sorted(entries[name].reads & set(entries))
+    narrowed = replace(spec, config={n: e for n, e in entries.items() if n in needed})
     try:
         resolve_config(narrowed, hf_config)
     except SpecError as exc:
@@ -99,7 +92,7 @@ def _broken_note(broken: list[tuple[Path, SpecError]]) -> str:
     return f"; {len(broken)} spec(s) could not be loaded (run `minisgl-decl validate`):\n" + "\n".join(lines)
 
 
-def find_spec(hf_config: Mapping[str, Any], dirs: list[Path] | None = None) -> LoadedSpec:
+def find_spec(hf_config: Mapping[str, Any], dirs: list[Path] | None = None) -> SpecIR:
     """The first spec serving the config's architecture whose `requires:` hold for it."""
     archs = sorted(set(hf_config.get("architectures") or []))
     wanted = ", ".join(archs) or str(hf_config.get("model_type") or "(no architectures in config.json)")
@@ -122,7 +115,7 @@ def find_spec(hf_config: Mapping[str, Any], dirs: list[Path] | None = None) -> L
             + _broken_note(found.broken)
             + "\npass --spec"
         )
-    seen = sorted({a for spec in found.specs for a in spec.spec.serves.architectures})
+    seen = sorted({a for spec in found.specs for a in spec.architectures})
     raise UserError(
         f"no spec serves {wanted}; "
         f"searched {', '.join(map(str, searched)) or '(no specs/ directory)'} (serving: {', '.join(seen)})"
@@ -131,7 +124,7 @@ def find_spec(hf_config: Mapping[str, Any], dirs: list[Path] | None = None) -> L
     )
 
 
-def overlapping_specs(specs: list[LoadedSpec]) -> list[tuple[LoadedSpec, LoadedSpec, str]]:
+def overlapping_specs(specs: list[SpecIR]) -> list[tuple[SpecIR, SpecIR, str]]:
     """Pairs of specs that could both serve one checkpoint: (spec, other, why).
 
     What is checked: for every ordered pair (A, B) of different specs, A's `example_config`
@@ -141,10 +134,10 @@ def overlapping_specs(specs: list[LoadedSpec]) -> list[tuple[LoadedSpec, LoadedS
     whichever comes first. Specs whose example configs are disjoint under each other's
     `requires:` (say, a dense and an MoE spec for one architecture) do not overlap.
     """
-    found: list[tuple[LoadedSpec, LoadedSpec, str]] = []
+    found: list[tuple[SpecIR, SpecIR, str]] = []
     reported: set[frozenset[str]] = set()
     for a in specs:
-        example = a.spec.example_config
+        example = a.example_config
         if not example or unmet_requirements(a, example):
             continue  # no example, or one its own spec refuses (validate reports that on its own)
         for b in specs:
@@ -159,8 +152,8 @@ def overlapping_specs(specs: list[LoadedSpec]) -> list[tuple[LoadedSpec, LoadedS
                 (
                     a,
                     b,
-                    f"spec `{a.spec.name}` ({a.file}) and spec `{b.spec.name}` ({b.file}) could both "
-                    f"serve {archs}: `{b.spec.name}`'s requires hold for `{a.spec.name}`'s example_config; "
+                    f"spec `{a.name}` ({a.file}) and spec `{b.name}` ({b.file}) could both "
+                    f"serve {archs}: `{b.name}`'s requires hold for `{a.name}`'s example_config; "
                     "add `requires:` to one of them that rules out the other's checkpoints",
                 )
             )

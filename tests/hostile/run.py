@@ -73,9 +73,9 @@ def run_subprocess(case: Case, repo: Path, timeout: float) -> tuple[str, int | N
 def good_checkpoint(directory: Path) -> Path:
     sys.path.insert(0, str(HERE))
     from minisgl_decl.parity.hf_reference import build_reference
-    from minisgl_decl.spec.load import load_spec
+    from minisgl_decl.spec.compile import load_ir
 
-    build_reference(load_spec(HERE / "specs" / "llama.yaml"), directory=directory)
+    build_reference(load_ir(HERE / "specs" / "llama.yaml"), directory=directory)
     return directory
 
 
