@@ -91,3 +91,37 @@ def test_type_mismatch_is_reported() -> None:
     with pytest.raises(SpecError) as exc:
         resolve_config(_llama(), {**BASE, "num_attention_heads": 4.5})
     assert "expected an integer" in str(exc.value)
+
+
+def _llama3_rope(low: object, high: object) -> dict[str, object]:
+    rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "original_max_position_embeddings": 64}
+    return {**BASE, "rope_parameters": {**rope, "low_freq_factor": low, "high_freq_factor": high}}
+
+
+def _rope_problem(cfg: dict[str, object]) -> str:
+    """The one problem of resolving `cfg`, which must stand at the spec's `rope:` entry."""
+    with pytest.raises(SpecError) as exc:
+        resolve_config(_llama(), cfg)
+    (problem,) = exc.value.problems
+    lines = (SPECS / "llama.yaml").read_text().splitlines()
+    assert problem.location.line == next(i for i, t in enumerate(lines) if t.startswith("  rope:")) + 1
+    return problem.message
+
+
+def test_llama3_rope_zero_low_freq_factor_is_a_config_error() -> None:
+    message = _rope_problem(_llama3_rope(0, 4.0))  # used to be an AssertionError when the rope was built
+    assert message.startswith("config `rope`: rope type `llama3`: `low_freq_factor` = 0, but it must be a positive")
+    assert "fix it in the checkpoint's config.json" in message
+
+
+def test_llama3_rope_equal_freq_factors_is_a_config_error() -> None:
+    message = _rope_problem(_llama3_rope(2.0, 2.0))  # used to divide by high - low == 0
+    assert "`low_freq_factor` and `high_freq_factor` are both 2" in message
+    assert "`high_freq_factor` must be larger" in message and "config.json" in message
+
+
+def test_llama3_rope_frequencies_stay_finite_for_valid_factors() -> None:
+    from minisgl_decl.catalogue.rotary import rope_frequencies
+
+    inv_freq, _, _ = rope_frequencies(resolve_config(_llama(), _llama3_rope(1, 4))["rope"], 16)
+    assert bool(inv_freq.isfinite().all()) and bool((inv_freq > 0).all())

@@ -24,19 +24,26 @@ def rope_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, flo
     return inv_freq, scaling, dim
 
 
+def _need(value: float | None, key: str, rope: RopeConfig) -> float:
+    """A parameter `config/rope.py` guarantees for this rope type (a direct `RopeConfig` may lack it)."""
+    if value is None:
+        raise UserError(f"rope type `{rope.type}` needs `{key}`")
+    return value
+
+
 def _default(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
     return inv_freq, 1.0
 
 
 def _linear(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
-    assert rope.factor is not None
-    return inv_freq / rope.factor, 1.0
+    return inv_freq / _need(rope.factor, "factor", rope), 1.0
 
 
 def _llama3(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
-    assert rope.factor and rope.low_freq_factor and rope.high_freq_factor and rope.original_max_position
-    factor, low, high = rope.factor, rope.low_freq_factor, rope.high_freq_factor
-    old_len = rope.original_max_position
+    factor = _need(rope.factor, "factor", rope)
+    low = _need(rope.low_freq_factor, "low_freq_factor", rope)
+    high = _need(rope.high_freq_factor, "high_freq_factor", rope)
+    old_len = _need(rope.original_max_position, "original_max_position_embeddings", rope)
     low_wavelen, high_wavelen = old_len / low, old_len / high
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
@@ -47,8 +54,7 @@ def _llama3(rope: RopeConfig, inv_freq: torch.Tensor, dim: int) -> tuple[torch.T
 
 
 def _yarn(rope: RopeConfig, base_freq: torch.Tensor, dim: int) -> tuple[torch.Tensor, float]:
-    assert rope.original_max_position is not None
-    orig = rope.original_max_position
+    orig = _need(rope.original_max_position, "original_max_position_embeddings", rope)
     factor = rope.factor if rope.factor is not None else (rope.max_position or orig) / orig
 
     def mscale(scale: float, m: float = 1.0) -> float:
@@ -90,10 +96,11 @@ def _longrope(rope: RopeConfig, base_freq: torch.Tensor, dim: int) -> tuple[torc
     sqrt(1 + ln(factor) / ln(original_max_position)) with factor = `factor` or
     max_position / original_max_position (1.0 when factor <= 1), unless given.
     """
-    assert rope.short_factor is not None and rope.long_factor is not None and rope.original_max_position
-    orig = rope.original_max_position
+    orig = _need(rope.original_max_position, "original_max_position_embeddings", rope)
     longer = rope.max_position is not None and rope.max_position > orig
     factors = rope.long_factor if longer else rope.short_factor
+    if factors is None:
+        raise UserError(f"rope type `longrope` needs `{'long' if longer else 'short'}_factor`")
     if len(factors) != dim // 2:
         raise UserError(
             f"longrope: {'long' if longer else 'short'}_factor has {len(factors)} entries; "

@@ -188,7 +188,7 @@ def _plain(value: Any) -> Any:
 
 def _resolve_entry(entry: ConfigEntry, hf: Mapping[str, Any], values: dict[str, Any]) -> Any:
     if isinstance(entry.source, RopeFrom):
-        return _resolve_rope(entry.name, entry.source, hf)
+        return _resolve_rope(entry.source, hf)
     return _plain(_resolve_value(entry.source, hf, values))
 
 
@@ -216,7 +216,7 @@ def _resolve_value(entry: Any, hf: Mapping[str, Any], values: dict[str, Any]) ->
     raise TypeError(f"unknown config entry {entry!r}")
 
 
-def _resolve_rope(name: str, src: RopeFrom, hf: Mapping[str, Any]) -> Any:
+def _resolve_rope(src: RopeFrom, hf: Mapping[str, Any]) -> Any:
     params = _first_present(hf, src.parameters_from)
     theta = _first_present(hf, src.theta_from)
     if theta is _MISSING and isinstance(params, Mapping):
@@ -232,7 +232,6 @@ def _resolve_rope(name: str, src: RopeFrom, hf: Mapping[str, Any]) -> Any:
             partial_rotary_factor=_finite(prf, "partial_rotary_factor", float),
             max_position=_finite(max_pos, "max_position_embeddings", int),
             original_max_position=_finite(orig, "original_max_position_embeddings", int),
-            where=f"config `{name}`",
         )
     except UserError as exc:
         raise ValueError(str(exc)) from None

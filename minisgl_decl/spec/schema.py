@@ -15,8 +15,6 @@ SPEC_VERSION = 1
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
 Scalar = int | float | bool | str | None
-# A value in a module's arguments: a literal, or a string holding an expression over config names.
-ArgValue = int | float | bool | str | None | list[Any]
 
 
 #: the key of a module declaration holding its condition: `q_norm: {if: qk_norm, layernorm: {...}}`
