@@ -24,9 +24,7 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def parity_on_checkpoint(
-    spec: SpecIR, model_dir: str | Path, seed: int = 0, device: str = "cpu"
-) -> list[CheckResult]:
+def parity_on_checkpoint(spec: SpecIR, model_dir: str | Path, seed: int = 0, device: str = "cpu") -> list[CheckResult]:
     """Float32 parity; on CUDA both sides run there (ours through the Triton kernels)."""
     compiled = compile_spec(spec, model_dir)
     assert compiled.checkpoint is not None

@@ -149,8 +149,7 @@ def draft_spec(ckpt: Checkpoint, out: Path, dirs: list[Path]) -> tuple[str, Matc
         todos.append("the config names no `architectures`: fill in serves.architectures")
     if not best.serves:
         todos.append(
-            f"`{best.spec.name}` does not serve {archs or model_type}: compare its modules "
-            "with the HF modeling file"
+            f"`{best.spec.name}` does not serve {archs or model_type}: compare its modules with the HF modeling file"
         )
     if not best.requires_ok:
         todos.append(f"`{best.spec.name}`'s requires: do not hold for this config")

@@ -14,8 +14,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 SPEC_VERSION = 1
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")]
-Scalar = int | float | bool | str | None
-
 
 #: the key of a module declaration holding its condition: `q_norm: {if: qk_norm, layernorm: {...}}`
 MODULE_IF = "if"
@@ -38,13 +36,6 @@ def _module_decl(decl: dict[str, Any]) -> dict[str, Any]:
 #: name -> {catalogue_layer: {arg: value}}, optionally with `if: <expression>` (the module exists only
 #: where it holds; in the layer stack it may use the layer index `i`)
 ModuleDecl = Annotated[dict[str, Any], AfterValidator(_module_decl)]
-
-
-def split_module_decl(decl: dict[str, Any]) -> tuple[str | bool | None, str, dict[str, Any] | None]:
-    """(condition or None, layer name, raw arguments) of a module declaration with one layer."""
-    rest = {k: v for k, v in decl.items() if k != MODULE_IF}
-    ((layer, raw),) = rest.items()
-    return decl.get(MODULE_IF), layer, raw
 
 
 class Strict(BaseModel):
