@@ -9,6 +9,7 @@ Whether names exist in the catalogue or the config is `validate.py`'s job, on th
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import Problem, SpecError
@@ -205,13 +206,13 @@ class _Compiler:
             architectures=tuple(s.serves.architectures),
             model_types=tuple(s.serves.model_types),
             serves_at=self.where(("serves",), key=True),
-            config=config,
+            config=MappingProxyType(config),
             modules=top,
             layers=layers,
             forward=forward,
             weights=weights,
             requires=requires,
-            example_config=s.example_config,
+            example_config=MappingProxyType(s.example_config),
             example_at=self.where(("example_config",)),
         )
 
