@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from .context import CacheLayout
 from .params import ParamDecl, TPInfo
 from .shard import Shard, allocate
 
@@ -38,6 +39,10 @@ class LayerKind(ABC):
         with ``.when(False)``.
         """
 
+    def cache_layout(self, args: Any, tp: int) -> CacheLayout:
+        """Per-token KV-cache shapes of one rank (layers with `uses_kv_cache` override this)."""
+        raise TypeError(f"catalogue layer `{self.name}` owns no KV cache")
+
     @abstractmethod
     def module(self, args: Any, shard: Shard) -> nn.Module:
         """The module without its parameters (`build` allocates them from the declarations)."""
@@ -63,6 +68,7 @@ _ENTRIES: dict[str, str] = {
     "activation": "elementwise:Activation",
     "position_embedding": "positions:PositionEmbedding",
     "moe": "moe:MoE",
+    "latent_attention": "latent_attention:LatentAttention",
 }
 _CACHE: dict[str, LayerKind] = {}
 
