@@ -23,7 +23,7 @@ Tensor parallelism splits heads (``q``/``q_b``, ``kv_b`` rows, ``o`` columns); `
 from __future__ import annotations
 
 import torch
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 from torch import nn
 
 import minisgl_kernels as kernels
@@ -41,16 +41,20 @@ from .tp_linear import ColumnLinear, RowLinear
 class LatentAttentionArgs(LayerArgs):
     hidden: PositiveInt
     heads: PositiveInt
-    q_rank: PositiveInt | None = None  # low-rank q (q_a -> q_a_norm -> q_b); None: one q projection
-    kv_rank: PositiveInt  # width of the cached latent
-    nope_dim: PositiveInt  # per-head q/k features without rope
-    rope_dim: PositiveInt  # per-head q features with rope; the shared rope key's width
-    v_dim: PositiveInt  # per-head value width
+    q_rank: PositiveInt | None = Field(
+        None, description="Rank of the low-rank q (q_a -> q_a_norm -> q_b); null: one q projection"
+    )
+    kv_rank: PositiveInt = Field(description="Width of the compressed latent cached per token (kv_lora_rank)")
+    nope_dim: PositiveInt = Field(description="Per-head q/k features without rope (qk_nope_head_dim)")
+    rope_dim: PositiveInt = Field(description="Per-head q features with rope, and the shared rope key's width")
+    v_dim: PositiveInt = Field(description="Per-head value width (v_head_dim)")
     rope: RopeConfig | None = None
-    rope_interleave: bool = False  # rope features stored as interleaved pairs
-    eps: float = 1e-6  # of q_a_norm and kv_a_norm (RMSNorm)
-    bias: bool = False  # biases on q_a, kv_a and o
-    scale: float | None = None  # softmax scale; default (nope_dim + rope_dim) ** -0.5
+    rope_interleave: bool = Field(
+        False, description="The rope features of q and k are stored as interleaved pairs (x0, x1), (x2, x3), ..."
+    )
+    eps: float = Field(1e-6, description="Epsilon of q_a_norm and kv_a_norm (RMSNorm)")
+    bias: bool = Field(False, description="Biases on q_a, kv_a and the output projection")
+    scale: float | None = Field(None, description="Softmax scale; null: (nope_dim + rope_dim) ** -0.5")
 
 
 class LatentAttentionModule(nn.Module):
@@ -84,10 +88,7 @@ class LatentAttentionModule(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         t, h = x.shape[0], self.heads_local
-        if self.q_rank is None:
-            q = self.q(x)
-        else:
-            q = self.q_b(kernels.rmsnorm(self.q_a(x), self.q_a_norm, self.eps))
+        q = self.q(x) if self.q_rank is None else self.q_b(kernels.rmsnorm(self.q_a(x), self.q_a_norm, self.eps))
         q_nope, q_rope = q.view(t, h, self.nope + self.rope_dim).split([self.nope, self.rope_dim], dim=-1)
         latent, k_rope = self.kv_a(x).split([self.kv_rank, self.rope_dim], dim=-1)
         latent = kernels.rmsnorm(latent.contiguous(), self.kv_a_norm, self.eps)

@@ -14,10 +14,10 @@ finishes the block.
 
 from __future__ import annotations
 
-import torch
 from typing import Literal
 
-from pydantic import PositiveInt, model_validator
+import torch
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -37,11 +37,15 @@ class MoEArgs(LayerArgs):
     top_k: PositiveInt
     act: str = "silu"
     norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
-    scoring: Literal["softmax", "sigmoid"] = "softmax"
-    score_bias: bool = False  # a per-expert bias added to the scores for the choice only
-    groups: PositiveInt = 1  # expert groups (consecutive experts)
-    topk_groups: PositiveInt | None = None  # groups kept before the top-k; default all
-    routed_scale: float = 1.0  # multiplies the routed experts' weights
+    scoring: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="Router scores: softmax over all experts, or an independent sigmoid per expert"
+    )
+    score_bias: bool = Field(
+        False, description="A learned per-expert bias (`router.score_bias`) added to the scores for the choice only"
+    )
+    groups: PositiveInt = Field(1, description="Expert groups (consecutive experts); a group scores its best two")
+    topk_groups: PositiveInt | None = Field(None, description="Groups kept before the top-k choice; null: all groups")
+    routed_scale: float = Field(1.0, description="Multiplies the routed experts' weights (after renormalising)")
 
     @model_validator(mode="after")
     def _k(self) -> MoEArgs:
@@ -53,9 +57,13 @@ class MoEArgs(LayerArgs):
         if kept > self.groups:
             raise ValueError(f"topk_groups ({kept}) cannot exceed groups ({self.groups})")
         if self.groups > 1 and self.experts // self.groups < 2:
-            raise ValueError(f"a group's score sums its two best experts: groups ({self.groups}) must leave 2 or more experts each")
+            raise ValueError(
+                f"a group's score sums its two best experts: groups ({self.groups}) must leave 2 or more experts each"
+            )
         if self.top_k > kept * (self.experts // self.groups):
-            raise ValueError(f"top_k ({self.top_k}) exceeds the experts of the kept groups ({kept} x {self.experts // self.groups})")
+            raise ValueError(
+                f"top_k ({self.top_k}) exceeds the experts of the kept groups ({kept} x {self.experts // self.groups})"
+            )
         return self
 
 
