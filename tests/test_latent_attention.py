@@ -70,6 +70,12 @@ def test_kv_cache_holds_the_compressed_latent_and_rope_key(tp: int) -> None:
     assert width < full / 4
 
 
+def test_only_latent_attention_opts_out_of_cuda_graphs() -> None:
+    deepseek = CompiledModel(compile_spec(load_spec(SPEC), None).graph)
+    llama = CompiledModel(compile_spec(load_spec(SPECS / "llama.yaml"), None).graph)
+    assert (deepseek.not_graph_capturable, llama.not_graph_capturable) == (["latent_attention"], [])
+
+
 def test_attention_cache_layout_is_per_kv_head() -> None:
     args = get_layer("attention").Args(hidden=16, heads=8, kv_heads=2, head_dim=4)
     layout = get_layer("attention").cache_layout(args, 4)  # 2 kv heads on 4 ranks: one each

@@ -132,6 +132,7 @@ class LatentAttention(LayerKind):
     summary = "multi-head latent attention: low-rank q and kv, decoupled rope key, compressed KV cache"
     Args = LatentAttentionArgs
     uses_kv_cache = True
+    graph_capturable = False  # the torch reference's cache store masks on the host side (no Triton kernel yet)
 
     def params(self, args: LatentAttentionArgs) -> list[ParamDecl]:
         h, qk = args.heads, args.nope_dim + args.rope_dim

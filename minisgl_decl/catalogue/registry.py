@@ -30,6 +30,8 @@ class LayerKind(ABC):
     fuses_residual_add: ClassVar[bool] = False
     #: reads/writes the KV cache (gets a cache index at build time)
     uses_kv_cache: ClassVar[bool] = False
+    #: its decode forward can be captured in a CUDA graph (no host synchronisation)
+    graph_capturable: ClassVar[bool] = True
 
     @abstractmethod
     def params(self, args: Any) -> list[ParamDecl]:

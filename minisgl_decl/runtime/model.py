@@ -43,6 +43,8 @@ class CompiledModel(nn.Module):
         self._paths: dict[str, nn.Module] = {}
         self.cache_modules: list[nn.Module] = []
         self.cache_layouts: list[CacheLayout] = []  # what each cache module stores per token (its layer declares it)
+        #: catalogue layers whose decode forward cannot run inside a CUDA graph
+        self.not_graph_capturable = sorted({n.layer for n in graph.modules if not get_layer(n.layer).graph_capturable})
         with torch.device(device):  # parameters are meta placeholders; buffers are real
             for node in graph.modules:
                 module = get_layer(node.layer).build(node.args, self.tp)
