@@ -222,3 +222,10 @@ def test_routing_arguments_are_checked(args: dict[str, Any], message: str) -> No
 
     with pytest.raises(ValidationError, match=message):
         get_layer("moe").Args(**{"dim": 8, "ffn": 8, "experts": 8, "top_k": 2, **args})
+
+
+def test_odd_rope_dim_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="rope_dim must be even"):
+        get_layer("latent_attention").Args(hidden=8, heads=2, kv_rank=4, nope_dim=2, rope_dim=3, v_dim=2)

@@ -23,7 +23,7 @@ Tensor parallelism splits heads (``q``/``q_b``, ``kv_b`` rows, ``o`` columns); `
 from __future__ import annotations
 
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 import minisgl_kernels as kernels
@@ -55,6 +55,12 @@ class LatentAttentionArgs(LayerArgs):
     eps: float = Field(1e-6, description="Epsilon of q_a_norm and kv_a_norm (RMSNorm)")
     bias: bool = Field(False, description="Biases on q_a, kv_a and the output projection")
     scale: float | None = Field(None, description="Softmax scale; null: (nope_dim + rope_dim) ** -0.5")
+
+    @model_validator(mode="after")
+    def _even_rope(self) -> LatentAttentionArgs:
+        if self.rope_dim % 2:
+            raise ValueError(f"rope_dim must be even (rope rotates feature pairs), got {self.rope_dim}")
+        return self
 
 
 class LatentAttentionModule(nn.Module):
