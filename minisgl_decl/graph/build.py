@@ -16,7 +16,7 @@ from ..errors import Location, Problem, SpecError, UserError
 from ..spec.dataflow import BODY_VAR, FORWARD_INPUT, FORWARD_OUTPUT, LAYER_INDEX, STACK
 from ..spec.expr import ExprError
 from ..spec.ir import ModuleDecl, SpecIR, Statements
-from ..spec.located import SpecExpr
+from ..spec.located import SpecExpr, evaluate
 from .program import Block, EmitError, LayerOps, Op, ProgramBuilder, fuse_residual_norms, rename_outputs, unroll
 
 __all__ = ["BODY_VAR", "FORWARD_INPUT", "FORWARD_OUTPUT", "LAYER_INDEX", "STACK", "ModelGraph", "build_graph"]
@@ -226,7 +226,7 @@ def _local_names(exists: Callable[[str], str], cut: int) -> Callable[[str], str]
 def _count(spec: SpecIR, env: dict[str, Any]) -> int:
     repeat = spec.layers.repeat
     try:
-        n = repeat.evaluate(env) if isinstance(repeat, SpecExpr) else repeat
+        n = evaluate(repeat, env)
     except ExprError as exc:
         raise SpecError([Problem(spec.layers.repeat_at, exc.message)]) from None
     if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LAYERS:

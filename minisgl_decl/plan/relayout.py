@@ -16,7 +16,7 @@ from math import prod
 from typing import Any
 
 from ..spec.expr import ExprError
-from ..spec.located import SpecExpr
+from ..spec.located import evaluate
 from ..spec.rules import Layout, SourceRef, WeightRule
 from .checkpoint import TensorInfo
 from .model import Read
@@ -27,7 +27,7 @@ def layout_sizes(layout: Layout, config: Mapping[str, Any]) -> tuple[int, ...]:
     sizes = []
     for v in layout.split:
         try:
-            n = v.evaluate(config) if isinstance(v, SpecExpr) else v
+            n = evaluate(v, config)
         except ExprError as exc:
             raise ValueError(f"layout split `{v}`: {exc.message}") from None
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
