@@ -122,3 +122,10 @@ def load_reference(directory: str | Path, architecture: str) -> Any:
     except TRANSFORMERS_FAILURES as exc:
         raise _failed(f"load {show(directory)} as `{show(architecture)}`", exc) from None
     return model.eval()
+
+
+def float64_copy(model: Any) -> Any:
+    """A float64 copy of transformers' model: the reference for its own float32 noise."""
+    import copy
+
+    return copy.deepcopy(model).to(torch.float64).eval()
