@@ -14,6 +14,7 @@ outputs that are rank-local shards (their shape differs from transformers') are 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -86,6 +87,7 @@ class ModuleDiff:
     max_abs_diff: float
     relative: float  # max |Δ| / max |transformers' output|
     noise_floor: float  # max |transformers fp32 - fp64| at this module
+    nonfinite: str | None = None  # "ours", "transformers'" or "both": whose output holds NaN/Inf
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,13 @@ class Diagnosis:
             ]
         f = self.first
         where = f"layer {f.layer}" if f.layer is not None else "outside the layer stack"
-        out = [
-            f"first divergence ({self.input}), {where}: ours `{f.ours}` <-> transformers `{f.hf}`",
-            f"  max|Δ| = {f.max_abs_diff:.3e}, relative {f.relative:.2e} "
-            f"(transformers' own noise there {f.noise_floor:.1e}, allowed {self.multiple:g}x)",
-        ]
+        size = (
+            f"  non-finite output ({'on both sides' if f.nonfinite == 'both' else f.nonfinite + ' only'})"
+            if f.nonfinite is not None
+            else f"  max|Δ| = {f.max_abs_diff:.3e}, relative {f.relative:.2e} "
+            f"(transformers' own noise there {f.noise_floor:.1e}, allowed {self.multiple:g}x)"
+        )
+        out = [f"first divergence, {where}: ours `{f.ours}` <-> transformers `{f.hf}` (on {self.input})", size]
         if self.last_agreeing is not None:
             a = self.last_agreeing
             out.append(f"  last agreeing: `{a.ours}` <-> `{a.hf}` (max|Δ| {a.max_abs_diff:.1e})")
@@ -162,17 +166,27 @@ def _compare(
     if not ours or len(ours) != len(ref) or len(ref) != len(ref64):
         return None
     diff = scale = floor = 0.0
+    bad_ours = bad_ref = False
     for o, r, r64 in zip(ours, ref, ref64, strict=True):
         if r is None or r64 is None or o.numel() != r.numel() or o.shape[0] != r.shape[0]:
             return None
         o = o.reshape(r.shape).double().cpu()
+        bad_ours |= not bool(torch.isfinite(o).all())
+        bad_ref |= not bool(torch.isfinite(r).all())
+        if bad_ours or bad_ref:
+            continue
         diff = max(diff, float((o - r).abs().max()))
         scale = max(scale, float(r.abs().max()))
         floor = max(floor, float((r64 - r).abs().max()))
+    if bad_ours or bad_ref:
+        who = "both" if bad_ours and bad_ref else "ours" if bad_ours else "transformers'"
+        return ModuleDiff(pair.ours, pair.hf, pair.layer, math.nan, math.nan, math.nan, who)
     return ModuleDiff(pair.ours, pair.hf, pair.layer, diff, diff / scale if scale > 0 else diff, floor)
 
 
 def _diverges(d: ModuleDiff, multiple: float) -> bool:
+    if d.nonfinite is not None:
+        return True
     return d.max_abs_diff > multiple * d.noise_floor and d.relative > REL_MIN
 
 
@@ -182,12 +196,13 @@ def diagnose(
     mmap: ModuleMap,
     replay: list[Scenario],
     check: str,
-    hf: tuple[nn.Module, nn.Module] | None,
+    hf: tuple[nn.Module, nn.Module | None] | None,
     multiple: float,
     device: str | torch.device = "cpu",
 ) -> Diagnosis | None:
-    """Replay `replay` on ours (every rank) and compare with `hf` = (float32, float64) models
-    where given; None on ranks without the reference."""
+    """Replay `replay` on ours (every rank) and compare with `hf` = (float32, float64 or None)
+    models where given; None on ranks without the reference. Without a float64 model the
+    floor is 0 and only `REL_MIN` separates rounding from divergence."""
     ours_modules = {p.ours: model.module(p.ours) for p in mmap.pairs}
     ours_modules.update({u: model.module(u) for u in mmap.unpaired})
     recorded = []
@@ -204,7 +219,7 @@ def diagnose(
     result = Diagnosis(check, replay[-1].name if replay else check, None, None, (), 0, multiple)
     for sc, calls in recorded:
         ref = _record_hf(hf[0], names, sc.requests, device)
-        ref64 = _record_hf(hf[1], names, sc.requests, device)
+        ref64 = _record_hf(hf[1], names, sc.requests, device) if hf[1] is not None else ref
         last: ModuleDiff | None = None
         between: list[str] = []
         compared = 0

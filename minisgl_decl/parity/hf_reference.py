@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +126,42 @@ def load_reference(directory: str | Path, architecture: str) -> Any:
     return model.eval()
 
 
-def float64_copy(model: Any) -> Any:
-    """A float64 copy of transformers' model: the reference for its own float32 noise."""
-    import copy
+def float64_copy(model: Any, device: str | torch.device = "cpu") -> Any | None:
+    """A float64 copy of transformers' model (the reference for its own float32 noise), with
+    the eager experts path (grouped GEMMs take no float64); None where this model cannot
+    run in float64 (then checks fall back to the absolute tolerance)."""
+    twin = copy.deepcopy(model).to(torch.float64).eval()
+    if hasattr(twin, "set_experts_implementation"):
+        with contextlib.suppress(TRANSFORMERS_FAILURES):  # if not, the trial forward below decides
+            twin.set_experts_implementation("eager")
+    try:
+        with torch.inference_mode():
+            twin(torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=False)
+    except TRANSFORMERS_FAILURES:
+        return None
+    return twin
 
-    return copy.deepcopy(model).to(torch.float64).eval()
+
+def key_renamer(model: Any) -> Callable[[str], str]:
+    """Checkpoint key -> the parameter name in `model`, through transformers' own load-time
+    conversions (e.g. GPT-NeoX `embed_out.*` -> `lm_head.*`, per-expert tensors -> stacked);
+    the identity where this transformers has none."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+    except TRANSFORMERS_FAILURES:
+        return lambda key: key
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    names = dict.fromkeys(n for n, _ in model.named_parameters())
+    prefix = getattr(model, "base_model_prefix", None)
+
+    def rename(key: str) -> str:
+        try:
+            return str(rename_source_key(key, renamings, converters, prefix, names)[0])
+        except TRANSFORMERS_FAILURES:
+            return key
+
+    return rename

@@ -3,8 +3,8 @@
 Each of our modules' parameters are read from checkpoint keys named by the spec's weight
 rules; the dotted prefix those keys share (`model.layers.3.self_attn.q_proj.weight`,
 `...k_proj.weight`, `...o_proj.weight` -> `model.layers.3.self_attn`) names the
-transformers module holding the same weights. The prefix is walked up to the nearest name
-transformers' model really has (checkpoint keys can be renamed on load). A pairing is
+transformers module holding the same weights. Keys are first renamed the way transformers renames them on
+load, and the prefix is walked up to the nearest name its model really has. A pairing is
 dropped when it cannot be one-to-one: two of our modules on the same transformers module,
 or ours on a transformers module that contains another pairing's (e.g. our routed experts
 on HF's whole MoE block that also holds the shared expert we keep apart).
@@ -12,7 +12,8 @@ on HF's whole MoE block that also holds the shared expert we keep apart).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..graph.build import STACK, ModelGraph
@@ -37,11 +38,16 @@ class ModuleMap:
         return next((p.hf for p in self.pairs if p.ours == ours), None)
 
 
-def _module_of_key(key: str) -> list[str]:
-    """`a.b.c.weight` -> [a, b, c]; a key with a placeholder (`experts.{e}.w`) stops before it."""
-    parts = key.split(".")
-    cut = next((n for n, p in enumerate(parts) if "{" in p), None)
-    return parts[:cut] if cut is not None else parts[:-1]
+def _module_of_key(key: str, rename: Callable[[str], str]) -> list[str]:
+    """The module path of a checkpoint key in transformers' model: `a.b.c.weight` -> [a, b, c].
+
+    A key with a placeholder (`experts.{e}.w1.weight`) is renamed for two values of it and
+    cut where they differ: per-expert modules -> their list, stacked experts -> their module.
+    """
+    if "{" not in key:
+        return rename(key).split(".")[:-1]
+    a, b = (rename(re.sub(r"\{\w+\}", str(v), key)).split(".")[:-1] for v in (0, 1))
+    return _common([a, b])
 
 
 def _common(paths: list[list[str]]) -> list[str]:
@@ -68,8 +74,11 @@ def _contains(outer: str, inner: str) -> bool:
     return outer == "" or inner.startswith(outer + ".")
 
 
-def module_map(spec: LoadedSpec, graph: ModelGraph, hf_modules: Collection[str]) -> ModuleMap:
-    """Pair each of our modules that has parameters with a module name in `hf_modules`."""
+def module_map(
+    spec: LoadedSpec, graph: ModelGraph, hf_modules: Collection[str], rename: Callable[[str], str] = str
+) -> ModuleMap:
+    """Pair each of our modules that has parameters with a module name in `hf_modules`;
+    `rename` maps a checkpoint key to transformers' parameter name (`hf_reference.key_renamer`)."""
     rules = normalise_rules(spec)
     keys: dict[str, list[str]] = {}  # our module path -> checkpoint keys of its parameters
     for name, _decl, node in graph.parameters:
@@ -81,7 +90,7 @@ def module_map(spec: LoadedSpec, graph: ModelGraph, hf_modules: Collection[str])
     names = set(hf_modules)
     candidate: dict[str, str | None] = {}
     for path, ks in keys.items():
-        prefix = _common([_module_of_key(k) for k in ks])
+        prefix = _common([_module_of_key(k, rename) for k in ks])
         while prefix and ".".join(prefix) not in names:
             prefix.pop()
         candidate[path] = ".".join(prefix) if prefix else None

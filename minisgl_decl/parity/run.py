@@ -25,7 +25,7 @@ from .check import (
     run_parity_checks,
 )
 from .diagnose import Diagnosis, diagnose, scenarios
-from .hf_reference import build_reference, float64_copy, load_reference
+from .hf_reference import build_reference, float64_copy, key_renamer, load_reference
 from .modmap import module_map
 
 KV_SLOTS = 256
@@ -49,7 +49,7 @@ def diagnose_failure(
     compiled: Compiled,
     model: CompiledModel,
     new_runner: Callable[[], ModelRunner],
-    hf: tuple[nn.Module, nn.Module] | None,
+    hf: tuple[nn.Module, nn.Module | None] | None,
     vocab: int,
     seed: int,
     failing: int,
@@ -59,7 +59,8 @@ def diagnose_failure(
     """Replay check `failing` with module outputs recorded; the comparison where `hf` is given."""
     inputs = Inputs.draw(vocab, seed)
     names = [n for n, _ in hf[0].named_modules()] if hf is not None else []
-    mmap = module_map(compiled.spec, compiled.graph, names)
+    rename = key_renamer(hf[0]) if hf is not None else str
+    mmap = module_map(compiled.spec, compiled.graph, names, rename)
     replay = scenarios(inputs, failing)
     return diagnose(model, new_runner, mmap, replay, check_names(inputs)[failing], hf, multiple, device)
 
@@ -82,14 +83,15 @@ def check_checkpoint(
     assert compiled.checkpoint is not None
     arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
     hf = load_reference(reference_dir or model_dir, arch[0]).to(device)
-    hf64 = float64_copy(hf)
+    hf64 = float64_copy(hf, device)
     model = load_model(compiled, device=device)
     vocab = int(hf.config.get_text_config().vocab_size)
 
     def new_runner() -> ModelRunner:
         return ModelRunner(model, KV_SLOTS, device=device)
 
-    results = run_parity_checks(new_runner, hf_reference_fn(hf, device), vocab, seed, hf_reference_fn(hf64, device))
+    ref64 = hf_reference_fn(hf64, device) if hf64 is not None else None
+    results = run_parity_checks(new_runner, hf_reference_fn(hf, device), vocab, seed, ref64)
     failing = first_failing(results, tolerance, multiple)
     if failing is None:
         return ParityReport(results, None)
