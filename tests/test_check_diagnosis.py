@@ -209,7 +209,11 @@ def test_cli_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
     assert main(["check", str(spec)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[5].startswith("FAIL max_abs_diff=") and "noise_floor=" in out[5] and "tolerance=0.0001" in out[5]
+    assert "tolerance 0.0001 or 10 x noise floor" in out[0]
+    for line in out[1:5]:  # each check: ours, its floor and the bound they make, and the mark
+        assert "max|Δlogit| = " in line and "noise floor " in line and "-> bound 1.0e-04" in line
+        assert line.endswith("FAIL")
+    assert out[5].startswith("FAIL max_abs_diff=")
     assert out[6].startswith(
         "first divergence, layer 0: ours `layers.0.attn_norm` <-> transformers `model.layers.0.input_layernorm`"
     )
