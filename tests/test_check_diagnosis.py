@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from minisgl_decl.cli.main import main
 from minisgl_decl.parity.check import CheckResult, first_failing, verdict
 from minisgl_decl.parity.diagnose import Diagnosis
-from minisgl_decl.parity.hf_reference import build_reference, float64_copy, key_renamer, load_reference
+from minisgl_decl.parity.hf_reference import as_float64, build_reference, key_renamer, load_reference
 from minisgl_decl.parity.modmap import module_map
 from minisgl_decl.parity.run import check_checkpoint, check_random_model, diagnose_failure
 from minisgl_decl.pipeline import compile_spec, load_model
@@ -144,10 +144,9 @@ def test_correct_specs_show_no_diverging_module(name: str, tmp_path: Path) -> No
     compiled = compile_spec(spec, directory)
     model = load_model(compiled)
     hf = load_reference(directory, spec.spec.serves.architectures[0])
-    pair = (hf, float64_copy(hf))
     vocab = int(hf.config.get_text_config().vocab_size)
     for check in (0, 3):  # prefill, and the decode steps through the paged KV cache
-        d = diagnose_failure(compiled, model, lambda: ModelRunner(model, 256), pair, vocab, 0, check, 10.0)
+        d = diagnose_failure(compiled, model, lambda: ModelRunner(model, 256), hf, vocab, 0, check, 10.0)
         assert d is not None and d.first is None, d
         assert d.compared >= 3 * compiled.graph.num_layers  # at least norm, attention, mlp per layer
 
@@ -195,6 +194,25 @@ def test_floor_is_measured_on_every_check() -> None:
     for r in report.results:
         assert r.noise_floor is not None and 0 < r.noise_floor < 1e-3, r
     assert report.diagnosis is None
+
+
+def test_float64_in_place_gives_the_model_back_unchanged(tmp_path: Path) -> None:
+    spec = load_spec(SPECS / "qwen3_moe.yaml")
+    hf = load_reference(build_reference(spec, directory=tmp_path / "m"), spec.spec.serves.architectures[0])
+    before = {n: p.clone() for n, p in hf.state_dict().items()}
+    impl = hf.config._experts_implementation
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.inference_mode():
+        logits = hf(ids).logits
+    with as_float64(hf) as hf64:
+        assert hf64 is hf and next(hf.parameters()).dtype == torch.float64
+        with torch.inference_mode():
+            assert hf64(ids).logits.dtype == torch.float64
+    after = hf.state_dict()
+    assert all(after[n].dtype == t.dtype and torch.equal(after[n], t) for n, t in before.items())
+    assert hf.config._experts_implementation == impl
+    with torch.inference_mode():
+        assert torch.equal(hf(ids).logits, logits)
 
 
 # --- command line ----------------------------------------------------------------------

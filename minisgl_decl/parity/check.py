@@ -60,6 +60,10 @@ class Inputs:
         batch = {0: ids(1), 1: ids(7), 2: ids(16)}
         return Inputs(seq, batch, ids(20))
 
+    def sequences(self) -> list[list[int]]:
+        """Every sequence the checks ask transformers for."""
+        return [self.seq, *self.batch.values(), self.other]
+
 
 PREFIX, EXTEND = 9, 10  # cached prefix + extend check
 DECODE_START = (4, 9)  # prompt lengths of the two decode requests

@@ -25,6 +25,7 @@ from ..runtime.model import CompiledModel
 from ..runtime.runner import ModelRunner
 from .capture import recording
 from .check import DECODE_START, DECODE_STEPS, EXTEND, PREFIX, Inputs, check_names
+from .hf_reference import as_float64
 from .modmap import ModuleMap, ModulePair
 
 REL_MIN = 1e-5
@@ -196,13 +197,14 @@ def diagnose(
     mmap: ModuleMap,
     replay: list[Scenario],
     check: str,
-    hf: tuple[nn.Module, nn.Module | None] | None,
+    hf: nn.Module | None,
     multiple: float,
     device: str | torch.device = "cpu",
 ) -> Diagnosis | None:
-    """Replay `replay` on ours (every rank) and compare with `hf` = (float32, float64 or None)
-    models where given; None on ranks without the reference. Without a float64 model the
-    floor is 0 and only `REL_MIN` separates rounding from divergence."""
+    """Replay `replay` on ours (every rank) and compare with transformers' `hf` where given
+    (float32, and float64 in place for the floor); None on ranks without the reference.
+    Where the model cannot run in float64 the floor is 0 and only `REL_MIN` separates
+    rounding from divergence."""
     ours_modules = {p.ours: model.module(p.ours) for p in mmap.pairs}
     ours_modules.update({u: model.module(u) for u in mmap.unpaired})
     recorded = []
@@ -218,8 +220,9 @@ def diagnose(
     names = [p.hf for p in mmap.pairs]
     result = Diagnosis(check, replay[-1].name if replay else check, None, None, (), 0, multiple)
     for sc, calls in recorded:
-        ref = _record_hf(hf[0], names, sc.requests, device)
-        ref64 = _record_hf(hf[1], names, sc.requests, device) if hf[1] is not None else ref
+        ref = _record_hf(hf, names, sc.requests, device)
+        with as_float64(hf, device) as hf64:
+            ref64 = _record_hf(hf64, names, sc.requests, device) if hf64 is not None else ref
         last: ModuleDiff | None = None
         between: list[str] = []
         compared = 0

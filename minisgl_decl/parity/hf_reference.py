@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,20 +125,31 @@ def load_reference(directory: str | Path, architecture: str) -> Any:
     return model.eval()
 
 
-def float64_copy(model: Any, device: str | torch.device = "cpu") -> Any | None:
-    """A float64 copy of transformers' model (the reference for its own float32 noise), with
-    the eager experts path (grouped GEMMs take no float64); None where this model cannot
-    run in float64 (then checks fall back to the absolute tolerance)."""
-    twin = copy.deepcopy(model).to(torch.float64).eval()
-    if hasattr(twin, "set_experts_implementation"):
-        with contextlib.suppress(TRANSFORMERS_FAILURES):  # if not, the trial forward below decides
-            twin.set_experts_implementation("eager")
+@contextlib.contextmanager
+def as_float64(model: Any, device: str | torch.device = "cpu") -> Iterator[Any | None]:
+    """transformers' model converted to float64 in place for the block (the reference for its
+    own float32 noise), then back: float32 -> float64 -> float32 is exact, and no second copy
+    of a large model is held. Experts run their eager path there (grouped GEMMs take no
+    float64). Yields None where the model cannot run in float64: checks then have no floor."""
+    impl = getattr(model.config, "_experts_implementation", None)
+    can_set = hasattr(model, "set_experts_implementation")
+    model.to(torch.float64)
     try:
-        with torch.inference_mode():
-            twin(torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=False)
-    except TRANSFORMERS_FAILURES:
-        return None
-    return twin
+        if can_set:
+            with contextlib.suppress(TRANSFORMERS_FAILURES):  # if not, the trial forward below decides
+                model.set_experts_implementation("eager")
+        try:
+            with torch.inference_mode():
+                model(torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=False)
+            usable = True
+        except TRANSFORMERS_FAILURES:
+            usable = False
+        yield model if usable else None
+    finally:
+        model.to(torch.float32)
+        if can_set and isinstance(impl, str):
+            with contextlib.suppress(TRANSFORMERS_FAILURES):
+                model.set_experts_implementation(impl)
 
 
 def key_renamer(model: Any) -> Callable[[str], str]:

@@ -19,13 +19,14 @@ from .check import (
     DEFAULT_TOLERANCE,
     CheckResult,
     Inputs,
+    Reference,
     check_names,
     first_failing,
     hf_reference_fn,
     run_parity_checks,
 )
 from .diagnose import Diagnosis, diagnose, scenarios
-from .hf_reference import build_reference, float64_copy, key_renamer, load_reference
+from .hf_reference import as_float64, build_reference, key_renamer, load_reference
 from .modmap import module_map
 
 KV_SLOTS = 256
@@ -45,11 +46,22 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def float64_reference(hf: nn.Module, vocab: int, seed: int, device: str = "cpu") -> Reference | None:
+    """transformers' float64 logits of every sequence the checks use (`Inputs.draw(vocab, seed)`),
+    computed up front with the model converted in place; None where it cannot run in float64."""
+    with as_float64(hf, device) as hf64:
+        if hf64 is None:
+            return None
+        ref = hf_reference_fn(hf64, device)
+        logits = {tuple(ids): ref(ids) for ids in Inputs.draw(vocab, seed).sequences()}
+    return lambda ids: logits[tuple(ids)]
+
+
 def diagnose_failure(
     compiled: Compiled,
     model: CompiledModel,
     new_runner: Callable[[], ModelRunner],
-    hf: tuple[nn.Module, nn.Module | None] | None,
+    hf: nn.Module | None,
     vocab: int,
     seed: int,
     failing: int,
@@ -58,8 +70,8 @@ def diagnose_failure(
 ) -> Diagnosis | None:
     """Replay check `failing` with module outputs recorded; the comparison where `hf` is given."""
     inputs = Inputs.draw(vocab, seed)
-    names = [n for n, _ in hf[0].named_modules()] if hf is not None else []
-    rename = key_renamer(hf[0]) if hf is not None else str
+    names = [n for n, _ in hf.named_modules()] if hf is not None else []
+    rename = key_renamer(hf) if hf is not None else str
     mmap = module_map(compiled.spec, compiled.graph, names, rename)
     replay = scenarios(inputs, failing)
     return diagnose(model, new_runner, mmap, replay, check_names(inputs)[failing], hf, multiple, device)
@@ -83,19 +95,18 @@ def check_checkpoint(
     assert compiled.checkpoint is not None
     arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
     hf = load_reference(reference_dir or model_dir, arch[0]).to(device)
-    hf64 = float64_copy(hf, device)
-    model = load_model(compiled, device=device)
     vocab = int(hf.config.get_text_config().vocab_size)
+    ref64 = float64_reference(hf, vocab, seed, device)  # before our model: peak memory as without it
+    model = load_model(compiled, device=device)
 
     def new_runner() -> ModelRunner:
         return ModelRunner(model, KV_SLOTS, device=device)
 
-    ref64 = hf_reference_fn(hf64, device) if hf64 is not None else None
     results = run_parity_checks(new_runner, hf_reference_fn(hf, device), vocab, seed, ref64)
     failing = first_failing(results, tolerance, multiple)
     if failing is None:
         return ParityReport(results, None)
-    found = diagnose_failure(compiled, model, new_runner, (hf, hf64), vocab, seed, failing, multiple, device)
+    found = diagnose_failure(compiled, model, new_runner, hf, vocab, seed, failing, multiple, device)
     return ParityReport(results, found)
 
 

@@ -41,9 +41,16 @@ from ..runtime.distributed import GroupComm, init_group, rank_env, shutdown
 from ..runtime.runner import ModelRunner
 from ..spec.load import load_spec
 from ..spec.loaded import LoadedSpec
-from .check import DEFAULT_NOISE_MULTIPLE, DEFAULT_TOLERANCE, first_failing, hf_reference_fn, run_parity_checks
-from .hf_reference import build_reference, float64_copy, load_reference
-from .run import ParityReport, diagnose_failure
+from .check import (
+    DEFAULT_NOISE_MULTIPLE,
+    DEFAULT_TOLERANCE,
+    Reference,
+    first_failing,
+    hf_reference_fn,
+    run_parity_checks,
+)
+from .hf_reference import build_reference, load_reference
+from .run import ParityReport, diagnose_failure, float64_reference
 
 KV_SLOTS = 256
 
@@ -83,20 +90,21 @@ def parity_on_rank(
         compiled = compile_spec(spec, path, tp=comm.size)
         assert compiled.checkpoint is not None
         device = comm.device
-        model = load_model(compiled, comm.rank, progress=False, device=device)
-        hf: tuple[Any, Any] | None = None
+        hf: Any = None
+        ref64: Reference | None = None
 
-        def load_hf() -> str:
-            nonlocal hf
+        def load_hf() -> str:  # and its float64 logits, before our model: peak memory as without them
+            nonlocal hf, ref64
             assert compiled.checkpoint is not None
             arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
-            hf32 = load_reference(reference_dir or path, arch[0]).to(device)
-            hf = (hf32, float64_copy(hf32, device))
-            return str(int(hf32.config.get_text_config().vocab_size))
+            hf = load_reference(reference_dir or path, arch[0]).to(device)
+            vocab = int(hf.config.get_text_config().vocab_size)
+            ref64 = float64_reference(hf, vocab, seed, str(device))
+            return str(vocab)
 
         vocab = int(_from_rank0(comm, load_hf))
-        ref = hf_reference_fn(hf[0], device) if hf is not None else _placeholder_reference(vocab)
-        ref64 = hf_reference_fn(hf[1], device) if hf is not None and hf[1] is not None else None
+        model = load_model(compiled, comm.rank, progress=False, device=device)
+        ref = hf_reference_fn(hf, device) if hf is not None else _placeholder_reference(vocab)
 
         def new_runner() -> ModelRunner:
             return ModelRunner(model, KV_SLOTS, comm=comm, device=device)
