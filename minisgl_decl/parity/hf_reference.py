@@ -154,7 +154,7 @@ def as_float64(model: Any, device: str | torch.device = "cpu") -> Iterator[Any |
 
 def key_renamer(model: Any) -> Callable[[str], str]:
     """Checkpoint key -> the parameter name in `model`, through transformers' own load-time
-    conversions (e.g. GPT-NeoX `embed_out.*` -> `lm_head.*`, per-expert tensors -> stacked);
+    conversions (e.g. a renamed output head `embed_out.*` -> `lm_head.*`, per-expert tensors -> stacked);
     the identity where this transformers has none."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
