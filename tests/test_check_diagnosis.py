@@ -134,7 +134,7 @@ def test_nan_weight_on_both_sides_is_located(tmp_path: Path) -> None:
 # --- no false alarm, pairing, verdict ----------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2_moe", "gpt_neox"])
+@pytest.mark.parametrize("name", ["llama", "qwen2_moe", "gpt_neox", "deepseek_v3"])
 def test_correct_specs_show_no_diverging_module(name: str, tmp_path: Path) -> None:
     """Replaying a check on a correct spec compares every paired module and flags none."""
     spec = load_spec(SPECS / f"{name}.yaml")
