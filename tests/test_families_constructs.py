@@ -178,7 +178,7 @@ def test_layout_mistakes_are_checkpoint_errors(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(CheckpointError) as exc:
-        compile_spec(load_spec(bad), model)
+        compile_spec(load_ir(bad), model)
     assert "layout order [1, 0, 0] is not a permutation" in str(exc.value)
     bad.write_text(
         text.replace(
@@ -186,5 +186,5 @@ def test_layout_mistakes_are_checkpoint_errors(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(CheckpointError) as exc:
-        compile_spec(load_spec(bad), model)
+        compile_spec(load_ir(bad), model)
     assert "layout split [8, 4, 16] covers 512 along dim 0, the tensor has 384" in str(exc.value)
