@@ -18,15 +18,16 @@ from minisgl_kernels._util import cdiv, head_dim_block, interpreting, next_pow2,
 from minisgl_kernels.attention_jit import extend_attention_kernel
 from minisgl_kernels.decode_fused_jit import decode_fused_kernel
 from minisgl_kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
+from minisgl_kernels.options import AttentionOptions
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 
 
-def _score_params(scale: float, softcap: float | None) -> tuple[float, float]:
-    if softcap is None:
-        return scale * LOG2E, 0.0
-    return scale / softcap, softcap * LOG2E
+def _score_params(opts: AttentionOptions) -> tuple[float, float]:
+    if opts.softcap is None:
+        return opts.scale * LOG2E, 0.0
+    return opts.scale / opts.softcap, opts.softcap * LOG2E
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -115,10 +116,7 @@ def extend_attention_triton(
     v_cache: torch.Tensor | None,
     prefix_indptr: torch.Tensor | None,
     prefix_slots: torch.Tensor | None,
-    *,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
+    opts: AttentionOptions,
     max_seqlen_q: int | None,
     out: torch.Tensor,
 ) -> None:
@@ -134,7 +132,7 @@ def extend_attention_triton(
     has_prefix = prefix_indptr is not None
     kc = k_cache if k_cache is not None else k
     vc = v_cache if v_cache is not None else v
-    score_scale, cap_log2 = _score_params(scale, softcap)
+    score_scale, cap_log2 = _score_params(opts)
     args = (
         q,
         k,
@@ -159,7 +157,7 @@ def extend_attention_triton(
         vc.stride(1),
         score_scale,
         cap_log2,
-        window or 0,
+        opts.window or 0,
         min(next_pow2(max_seqlen_q), 4096),
     )
     meta: dict[str, Any] = {
@@ -168,8 +166,8 @@ def extend_attention_triton(
         "HEAD_DIM": head_dim,
         "BLOCK_D": block_d,
         "HAS_PREFIX": has_prefix,
-        "SOFTCAP": softcap is not None,
-        "WINDOW": window is not None,
+        "SOFTCAP": opts.softcap is not None,
+        "WINDOW": opts.window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
 
@@ -238,10 +236,8 @@ def decode_attention_triton(
     v_cache: torch.Tensor,
     kv_indptr: torch.Tensor,
     kv_slots: torch.Tensor,
+    opts: AttentionOptions,
     *,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
     num_splits: int | None,
     out: torch.Tensor,
     fused: bool | None = None,
@@ -266,19 +262,19 @@ def decode_attention_triton(
     else:
         o_part = torch.empty((batch, num_q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
-    score_scale, cap_log2 = _score_params(scale, softcap)
+    score_scale, cap_log2 = _score_params(opts)
     paged = kv_lens is not None
     head = (q, k_cache, v_cache, kv_indptr, kv_lens if kv_lens is not None else kv_indptr, kv_slots, o_part, lse_part)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
-    tail = (score_scale, cap_log2, window or 0, num_splits, row_stride)
+    tail = (score_scale, cap_log2, opts.window or 0, num_splits, row_stride)
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads,
         "GROUP": group,
         "GROUP_PAD": max(16, next_pow2(group)),
         "HEAD_DIM": head_dim,
         "BLOCK_D": block_d,
-        "SOFTCAP": softcap is not None,
-        "WINDOW": window is not None,
+        "SOFTCAP": opts.softcap is not None,
+        "WINDOW": opts.window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
         "PAGED": paged,
     }

@@ -65,8 +65,8 @@ class AttentionModule(nn.Module):
         self.split = list(shard.split("qkv.weight"))  # local q | k | v rows
         self.head_dim = args.head_dim
         self.q_local, self.kv_local = self.split[0] // args.head_dim, self.split[1] // args.head_dim
-        self.scale = args.scale if args.scale is not None else args.head_dim**-0.5
-        self.window, self.softcap = args.window, args.softcap
+        scale = args.scale if args.scale is not None else args.head_dim**-0.5
+        self.opts = kernels.AttentionOptions(scale, args.window, args.softcap)
         self.qkv = ColumnLinear()
         self.o = RowLinear()
         self.rotary = Rotary(args.rope, args.head_dim) if args.rope is not None else None
@@ -104,18 +104,11 @@ class AttentionModule(nn.Module):
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
         if self.rotary is not None:  # q/k norm, rope in place on q and k, and the KV store: one launch
             n = self.norm_q
-            norms = (
-                {
-                    "q_norm": self.q_norm,
-                    "k_norm": self.k_norm,
-                    "norm_eps": n.eps,
-                    "norm_offset": n.offset,
-                    "norm_cast_before_weight": n.cast_before_weight,
-                }
-                if fuse_norm
-                else None
-            )
-            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots, norms=norms)
+            norm = None
+            if fuse_norm and self.q_norm is not None and self.k_norm is not None:
+                norm = kernels.HeadNorm(self.q_norm, self.k_norm, n.eps, n.offset, n.cast_before_weight)
+            store = kernels.KVStore(v, k_cache, v_cache, ctx.out_slots)
+            self.rotary(q, k, ctx.positions, store=store, norm=norm)
         else:
             kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
         if ctx.is_decode and ctx.kv_slots is None:  # slots read from the request table (CUDA graphs)
@@ -127,9 +120,7 @@ class AttentionModule(nn.Module):
                 ctx.req_to_token,
                 ctx.req_rows,
                 ctx.seq_lens,
-                scale=self.scale,
-                window=self.window,
-                softcap=self.softcap,
+                opts=self.opts,
             )
         elif ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
@@ -139,9 +130,7 @@ class AttentionModule(nn.Module):
                 v_cache,
                 ctx.kv_indptr,
                 ctx.kv_slots,
-                scale=self.scale,
-                window=self.window,
-                softcap=self.softcap,
+                opts=self.opts,
             )
         else:
             o = kernels.extend_attention(
@@ -153,9 +142,7 @@ class AttentionModule(nn.Module):
                 v_cache,
                 ctx.prefix_indptr,
                 ctx.prefix_slots,
-                scale=self.scale,
-                window=self.window,
-                softcap=self.softcap,
+                opts=self.opts,
                 max_seqlen_q=ctx.max_seqlen_q,
             )
         return self.o(o.reshape(t, self.split[0]), ctx.comm)
