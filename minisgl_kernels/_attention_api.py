@@ -73,7 +73,7 @@ def extend_attention(
         pi = _checks.tensor("prefix_indptr", prefix_indptr, ndim=1, dtypes=_I, device=q.device)
         _checks.dims("prefix_indptr", pi, (cu.shape[0],))
         _checks.tensor("prefix_slots", prefix_slots, ndim=1, dtypes=_I, device=q.device)
-    _checks.attention_options(opts)
+    _checks.attention_options(opts, q)
     if max_seqlen_q is not None and (not isinstance(max_seqlen_q, int) or max_seqlen_q < 0):
         raise ValueError(f"max_seqlen_q must be None or a non-negative int, got {max_seqlen_q!r}")
     if out is not None:
@@ -122,7 +122,7 @@ def decode_attention(
     ip = _checks.tensor("kv_indptr", kv_indptr, ndim=1, dtypes=_I, device=q.device)
     _checks.dims("kv_indptr", ip, (q.shape[0] + 1,))
     _checks.tensor("kv_slots", kv_slots, ndim=1, dtypes=_I, device=q.device)
-    _checks.attention_options(opts)
+    _checks.attention_options(opts, q)
     if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= 64):
         raise ValueError(f"num_splits must be None or an int in [1, 64], got {num_splits!r}")
     if out is not None:
@@ -184,7 +184,7 @@ def decode_attention_paged(
     _checks.dims("req_rows", rows, (q.shape[0],))
     lens = _checks.tensor("seq_lens", seq_lens, ndim=1, dtypes=_I, device=q.device)
     _checks.dims("seq_lens", lens, (q.shape[0],))
-    _checks.attention_options(opts)
+    _checks.attention_options(opts, q)
     if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= 64):
         raise ValueError(f"num_splits must be None or an int in [1, 64], got {num_splits!r}")
     if out is not None:

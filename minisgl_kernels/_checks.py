@@ -77,12 +77,15 @@ def heads(num_q_heads: int, num_kv_heads: int) -> None:
         raise ValueError(f"num_q_heads ({num_q_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
 
 
-def attention_options(opts: object) -> None:
-    """The scalar options checked themselves on construction; here only the type."""
+def attention_options(opts: object, q: torch.Tensor) -> None:
+    """The scalar options checked themselves on construction; here the type and the sinks."""
     from minisgl_kernels.options import AttentionOptions
 
     if not isinstance(opts, AttentionOptions):
         raise ValueError(f"opts must be a minisgl_kernels.AttentionOptions, got {type(opts).__name__}")
+    if opts.sinks is not None:
+        sinks = tensor("sinks", opts.sinks, ndim=1, dtypes=FLOAT_DTYPES, device=q.device)
+        dims("sinks", sinks, (q.shape[1],))
 
 
 def out_like(name: str, out: object, like: torch.Tensor) -> torch.Tensor:

@@ -70,10 +70,11 @@ def _prune_decode(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any
 
 _extend_tuned = triton.autotune(
     _EXTEND_CONFIGS,
-    key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW"],
+    key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW", "SINKS"],
     prune_configs_by={"early_config_prune": _prune_extend},
 )(extend_attention_kernel)
 _DECODE_KEY = ["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"]
+_FUSED_KEY = [*_DECODE_KEY, "SINKS"]
 _decode_tuned = triton.autotune(
     _DECODE_CONFIGS,
     key=_DECODE_KEY,
@@ -81,7 +82,7 @@ _decode_tuned = triton.autotune(
 )(decode_split_kernel)
 _fused_tuned = triton.autotune(  # every launch leaves the counters at 0, so tuning runs are safe
     _DECODE_CONFIGS,
-    key=_DECODE_KEY,
+    key=_FUSED_KEY,
     prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_fused_kernel)
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
@@ -143,6 +144,7 @@ def extend_attention_triton(
         cu_seqlens_q,
         prefix_indptr if has_prefix else cu_seqlens_q,
         prefix_slots if has_prefix else cu_seqlens_q,
+        opts.sinks if opts.sinks is not None else q,
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -168,6 +170,7 @@ def extend_attention_triton(
         "HAS_PREFIX": has_prefix,
         "SOFTCAP": opts.softcap is not None,
         "WINDOW": opts.window is not None,
+        "SINKS": opts.sinks is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
 
@@ -280,10 +283,12 @@ def decode_attention_triton(
     }
     grid = (num_kv_heads, batch, num_splits)
     fixed = _fixed(_DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "PREFETCH_SLOTS": 1, "num_warps": 4, "num_stages": 2})
+    sinks = opts.sinks if opts.sinks is not None else q
     if fused:
         counters = decode_counters(q.device, 1 if num_splits == 1 else batch * num_kv_heads)
-        args = (*head, counters, out, *strides, out.stride(0), out.stride(1), *tail)
+        args = (*head, counters, out, sinks, *strides, out.stride(0), out.stride(1), *tail)
         kernel, tuned = decode_fused_kernel, _fused_tuned
+        meta["SINKS"] = opts.sinks is not None
     else:
         args = (*head, *strides, *tail)
         kernel, tuned = decode_split_kernel, _decode_tuned
@@ -297,6 +302,7 @@ def decode_attention_triton(
         o_part,
         lse_part,
         out,
+        sinks,
         out.stride(0),
         out.stride(1),
         NUM_Q_HEADS=num_q_heads,
@@ -304,5 +310,6 @@ def decode_attention_triton(
         SPLITS_PAD=next_pow2(num_splits),
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
+        SINKS=opts.sinks is not None,
         num_warps=4 if num_splits * block_d <= 8192 else 8,
     )

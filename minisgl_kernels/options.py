@@ -30,12 +30,16 @@ class AttentionOptions:
 
     ``scale``: the softmax scale of ``q.k``. ``window``: sliding window (HF semantics: a query
     at position p sees keys at positions j with ``p - window < j <= p``). ``softcap``:
-    ``s = softcap * tanh(s / softcap)`` on the scaled scores, before masking.
+    ``s = softcap * tanh(s / softcap)`` on the scaled scores, before masking. ``sinks``: one
+    learned logit per query head ([Hq] float tensor) that joins each row's softmax
+    denominator (compared with the final scores) and contributes no value, so a query can
+    attend "nowhere"; the output is ``sum_j v_j exp(s_j) / (exp(sink) + sum_j exp(s_j))``.
     """
 
     scale: float
     window: int | None = None
     softcap: float | None = None
+    sinks: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         _positive("scale", self.scale, optional=False)

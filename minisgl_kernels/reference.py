@@ -90,8 +90,17 @@ def attend(
     if opts.window is not None:
         visible &= k_pos[None, :] > q_pos[:, None] - opts.window
     scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    probs = _softmax(scores, None if opts.sinks is None else _f32(opts.sinks)[:, None, None])
     return torch.matmul(probs, vf).transpose(0, 1).to(q.dtype)
+
+
+def _softmax(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last dim; with ``sinks`` (broadcast to scores[..., :1]) one more logit
+    per row joins the denominator and is dropped after. Rows with no visible key give 0."""
+    if sinks is None:
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    joined = torch.cat((scores, sinks.expand(*scores.shape[:-1], 1)), dim=-1)
+    return torch.softmax(joined, dim=-1)[..., :-1]
 
 
 def _bounds(indptr: torch.Tensor, name: str, total: int) -> list[int]:
@@ -124,7 +133,7 @@ def _attend_padded(
         mask = _padded_mask(q_pos, k_len, k.shape[1], opts.window)
     visible = mask.visible
     softcap = opts.softcap
-    if softcap is None:  # one fused op; rows with no visible key are zeroed
+    if softcap is None and opts.sinks is None:  # one fused op; rows with no visible key are zeroed
         o = F.scaled_dot_product_attention(
             _f32(q).transpose(1, 2),
             _f32(k).transpose(1, 2),
@@ -141,9 +150,11 @@ def _attend_padded(
     kf = _f32(k).permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
     vf = _f32(v).permute(0, 2, 1, 3).unsqueeze(2)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * opts.scale  # [B, Hkv, g, n, L]
-    scores = softcap * torch.tanh(scores / softcap)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    sinks = None if opts.sinks is None else _f32(opts.sinks).reshape(1, hkv, g, 1, 1)
+    probs = _softmax(scores, sinks)
     out = torch.matmul(probs, vf)  # [B, Hkv, g, n, D]
     return _as(out.permute(0, 3, 1, 2, 4).reshape(b, n, hq, d), q.dtype)
 
