@@ -85,3 +85,29 @@ class RopeOptions:
     scaling: float = 1.0
     norm: HeadNorm | None = None
     store: KVStore | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class MoEOptions:
+    """Variations of the routed experts' MLP: ``gate_up_bias`` [E, 2F] (gate | up, like
+    ``gate_up``) added to the projection, then ``act(g) * (u + up_offset)`` where, with a
+    ``limit``, g is clamped to ``<= limit`` and u to ``[-limit, limit]``, and ``alpha`` is
+    silu's sigmoid slope (``g * sigmoid(alpha * g)``). The defaults are the plain gated MLP;
+    anything else runs the torch path (the Triton kernel has none of these).
+    """
+
+    gate_up_bias: torch.Tensor | None = None
+    alpha: float = 1.0
+    limit: float | None = None
+    up_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("alpha", self.alpha, optional=False)
+        _positive("limit", self.limit, optional=True)
+        if not (isinstance(self.up_offset, (int, float)) and math.isfinite(self.up_offset)):
+            raise ValueError(f"up_offset must be a finite number, got {self.up_offset!r}")
+
+    @property
+    def plain(self) -> bool:
+        """The plain gated MLP (what the Triton kernel computes)."""
+        return self.gate_up_bias is None and self.alpha == 1.0 and self.limit is None and self.up_offset == 0.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from minisgl_kernels.options import AttentionOptions, RopeOptions
+from minisgl_kernels.options import AttentionOptions, MoEOptions, RopeOptions
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -557,21 +557,35 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     act: str,
+    opts: MoEOptions | None = None,
 ) -> torch.Tensor:
     """Routed experts, one expert at a time: for each token t and choice j with expert
     ``e = topk_ids[t, j]``: ``out[t] += weight[t, j] * down[e] @ (act(gate_e x) * up_e x)``.
 
-    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``.
+    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``; ``opts`` as
+    :class:`MoEOptions` (bias, clamp, up offset, silu slope).
     """
     from torch.nn import functional as F
 
+    o = opts if opts is not None else MoEOptions()
     ffn = down.shape[2]
     fn = activation(act)
+    if o.alpha != 1.0:  # silu with a sigmoid slope (checked by the entry point)
+        alpha = o.alpha
+
+        def fn(g: torch.Tensor) -> torch.Tensor:
+            return g * torch.sigmoid(g * alpha)
+
     weights = topk_weights.to(x.dtype)
     out = torch.zeros_like(x)
     for e in torch.unique(topk_ids).tolist():
         token, slot = torch.where(topk_ids == e)
-        gate, up = F.linear(x[token], gate_up[e]).split(ffn, dim=-1)
+        bias = None if o.gate_up_bias is None else o.gate_up_bias[e]
+        gate, up = F.linear(x[token], gate_up[e], bias).split(ffn, dim=-1)
+        if o.limit is not None:
+            gate, up = gate.clamp(max=o.limit), up.clamp(min=-o.limit, max=o.limit)
+        if o.up_offset != 0.0:
+            up = up + o.up_offset
         y = F.linear(fn(gate) * up, down[e]) * weights[token, slot, None]
         out.index_add_(0, token, y)
     return out
