@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 import minisgl_kernels as kernels
@@ -36,7 +36,9 @@ class AttentionArgs(LayerArgs):
     scale: float | None = None  # softmax scale; default head_dim ** -0.5
     window: int | None = None  # sliding window (keys with pos > q_pos - window)
     softcap: float | None = None  # attention logit soft-cap
-    sinks: bool = False  # a learned logit per query head in the softmax denominator (attention sinks)
+    sinks: bool = Field(
+        False, description="Attention sinks: a learned logit per query head joins the softmax denominator"
+    )
 
     @model_validator(mode="after")
     def _gqa(self) -> AttentionArgs:

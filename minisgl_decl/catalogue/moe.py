@@ -10,7 +10,7 @@ finishes the block.
 from __future__ import annotations
 
 import torch
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,11 +30,13 @@ class MoEArgs(LayerArgs):
     top_k: PositiveInt
     act: str = "silu"
     norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
-    router_bias: bool = False  # the router is a linear layer with a bias
-    expert_bias: bool = False  # a bias on each expert's gate|up and down projections
-    act_alpha: float = 1.0  # silu's sigmoid slope: g * sigmoid(act_alpha * g)
-    act_limit: float | None = None  # clamp g to <= limit and u to [-limit, limit] before the activation
-    up_offset: float = 0.0  # act(g) * (u + up_offset)
+    router_bias: bool = Field(False, description="The router is a linear layer with a bias")
+    expert_bias: bool = Field(False, description="A bias on each expert's gate|up and down projections")
+    act_alpha: float = Field(1.0, description="Slope of silu's sigmoid: g * sigmoid(act_alpha * g)")
+    act_limit: float | None = Field(
+        None, description="Clamp g to <= limit and u to [-limit, limit] before the activation; null: no clamp"
+    )
+    up_offset: float = Field(0.0, description="The gated product is act(g) * (u + up_offset)")
 
     @model_validator(mode="after")
     def _k(self) -> MoEArgs:

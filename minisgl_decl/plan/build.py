@@ -183,9 +183,7 @@ def _sources(
     return infos
 
 
-def _expert_slab(
-    name: str, s: SourceRef, info: TensorInfo, rule: WeightRule, problems: list[str]
-) -> TensorInfo | None:
+def _expert_slab(name: str, s: SourceRef, info: TensorInfo, rule: WeightRule, problems: list[str]) -> TensorInfo | None:
     """Expert e's slab of a tensor stacking all experts along dim 0: contiguous in the file
     (row-major), so it is read as a tensor of its own at a later offset."""
     assert s.stacked is not None
