@@ -73,9 +73,8 @@ def fused_moe(
     x [T, dim]; gate_up [E, 2F, dim] (gate rows, then up rows); down [E, dim, F];
     topk_weights, topk_ids [T, top_k]. The Triton path sorts pairs by expert on the device
     (no host sync) and runs two grouped GEMMs; ids outside 0..E-1 are not checked there.
-    ``opts`` (:class:`MoEOptions`: a gate|up bias, clamped / offset / sloped activation)
-    other than the defaults runs the torch path on every device (``backend="triton"``
-    refuses it).
+    ``opts`` (:class:`MoEOptions`): a gate|up bias and a clamped / offset / sloped
+    activation, fused into the gate|up kernel's epilogue on the Triton path.
     """
     import torch
 
@@ -101,11 +100,11 @@ def fused_moe(
     if opts.gate_up_bias is not None:
         bias = _checks.tensor("gate_up_bias", opts.gate_up_bias, ndim=2, dtypes=_F, device=xt.device)
         _checks.dims("gate_up_bias", bias, (e, two_f))
+        if not bias.is_contiguous():
+            raise ValueError("gate_up_bias must be contiguous")
     if opts.alpha != 1.0 and act != "silu":
         raise ValueError(f"alpha (the sigmoid slope) applies to silu only, got act {act!r}")
-    if not opts.plain and backend == "triton":
-        raise ValueError("the Triton MoE kernel has no gate_up bias, clamp, up offset or alpha: use the torch backend")
-    if not opts.plain or not use_triton(xt, backend):
+    if not use_triton(xt, backend):
         from minisgl_kernels import reference
 
         if ids.numel() and not bool(((ids >= 0) & (ids < e)).all()):  # a host read: reference only
@@ -114,5 +113,5 @@ def fused_moe(
     from minisgl_kernels.moe_launch import fused_moe_triton
 
     out = torch.empty_like(xt)
-    fused_moe_triton(xt, gu, dn, w.to(xt.dtype).contiguous(), ids, act, out)
+    fused_moe_triton(xt, gu, dn, w.to(xt.dtype).contiguous(), ids, act, out, opts)
     return out

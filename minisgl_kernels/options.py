@@ -92,8 +92,7 @@ class MoEOptions:
     """Variations of the routed experts' MLP: ``gate_up_bias`` [E, 2F] (gate | up, like
     ``gate_up``) added to the projection, then ``act(g) * (u + up_offset)`` where, with a
     ``limit``, g is clamped to ``<= limit`` and u to ``[-limit, limit]``, and ``alpha`` is
-    silu's sigmoid slope (``g * sigmoid(alpha * g)``). The defaults are the plain gated MLP;
-    anything else runs the torch path (the Triton kernel has none of these).
+    silu's sigmoid slope (``g * sigmoid(alpha * g)``). The defaults are the plain gated MLP.
     """
 
     gate_up_bias: torch.Tensor | None = None

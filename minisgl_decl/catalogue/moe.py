@@ -70,8 +70,8 @@ class MoEModule(nn.Module):
         weights = weights.to(x.dtype)
         alpha, limit, offset = self.act_opts
         opts = kernels.MoEOptions(self.gate_up_bias, alpha, limit, offset)
-        # grouped GEMMs over the routed experts (Triton on CUDA for the plain gated MLP; the
-        # per-expert torch loop elsewhere and for biases or a clamped activation)
+        # grouped GEMMs over the routed experts, the gate|up bias and activation options in
+        # the epilogue (Triton on CUDA; the per-expert torch loop elsewhere)
         out = ctx.comm.all_reduce(kernels.fused_moe(x, self.gate_up, self.down, weights, chosen, self.act, opts))
         if self.down_bias is not None:  # sum_j w[t, j] * down_bias[e_j]
             out = out + (weights.unsqueeze(-1) * self.down_bias[chosen]).sum(dim=1)
