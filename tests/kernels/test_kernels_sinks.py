@@ -18,7 +18,9 @@ def _sinks(hq: int, device: str, seed: int) -> torch.Tensor:
     return (torch.randn(hq, generator=gen) * 2.0).to(device)
 
 
-def _with_sinks_f64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, scale: float, window):
+def _with_sinks_f64(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, scale: float, window: int | None
+) -> torch.Tensor:
     """One request without a prefix, float64: softmax over [scores | sink], the sink column dropped."""
     n, hq, _ = q.shape
     group = hq // k.shape[1]
@@ -109,7 +111,8 @@ def test_decode_kernels_with_sinks(device: str, case: tuple, fused: bool, num_sp
     attention_launch.decode_attention_triton(**inp, opts=opts, num_splits=num_splits, out=out, fused=fused)
     want = kernels.decode_attention(**inp, opts=opts, backend="torch")
     assert_close(out, want, TOL[inp["q"].dtype])
-    assert torch.all(out[1] == 0) if case[0][1] == 0 else True  # an empty request stays 0
+    if case[0][1] == 0:
+        assert torch.all(out[1] == 0)  # an empty request stays 0
 
 
 @pytest.mark.parametrize("device", DEVICES)
