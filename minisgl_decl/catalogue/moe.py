@@ -61,6 +61,14 @@ class MoEModule(nn.Module):
         self.split = list(shard.split("gate_up"))  # local gate rows, local up rows of each expert
         self.act = kernel_activation(args.act)
         self.act_opts = (args.act_alpha, args.act_limit, args.up_offset)
+        self._opts: kernels.MoEOptions | None = None
+
+    def _options(self) -> kernels.MoEOptions:
+        """The kernel's options, built once (again when the bias tensor is replaced: load, move)."""
+        if self._opts is None or self._opts.gate_up_bias is not self.gate_up_bias:
+            alpha, limit, offset = self.act_opts
+            self._opts = kernels.MoEOptions(self.gate_up_bias, alpha, limit, offset)
+        return self._opts
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         probs = F.softmax(F.linear(x, self.router.weight, self.router.bias), dim=-1, dtype=torch.float)
@@ -68,8 +76,7 @@ class MoEModule(nn.Module):
         if self.norm:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
-        alpha, limit, offset = self.act_opts
-        opts = kernels.MoEOptions(self.gate_up_bias, alpha, limit, offset)
+        opts = self._options()
         # grouped GEMMs over the routed experts, the gate|up bias and activation options in
         # the epilogue (Triton on CUDA; the per-expert torch loop elsewhere)
         out = ctx.comm.all_reduce(kernels.fused_moe(x, self.gate_up, self.down, weights, chosen, self.act, opts))

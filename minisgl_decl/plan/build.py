@@ -173,9 +173,10 @@ def _sources(
             continue
         consumed.add(s.key)
         if s.stacked is not None:
-            info = _expert_slab(name, s, info, rule, problems)
-            if info is None:
+            slab = _expert_slab(name, s.key, s.stacked, info, rule, problems)
+            if slab is None:
                 continue
+            info = slab
         infos.append((s, info))
     if len(infos) != len(sources):
         problems.extend(dtype_problems(name, rule, infos))
@@ -183,15 +184,16 @@ def _sources(
     return infos
 
 
-def _expert_slab(name: str, s: SourceRef, info: TensorInfo, rule: WeightRule, problems: list[str]) -> TensorInfo | None:
-    """Expert e's slab of a tensor stacking all experts along dim 0: contiguous in the file
-    (row-major), so it is read as a tensor of its own at a later offset."""
-    assert s.stacked is not None
-    e, n = s.stacked
+def _expert_slab(
+    name: str, key: str, stacked: tuple[int, int], info: TensorInfo, rule: WeightRule, problems: list[str]
+) -> TensorInfo | None:
+    """Expert e's slab (``stacked = (e, n)``) of a tensor stacking all n experts along dim 0:
+    contiguous in the file (row-major), so it is read as a tensor of its own at a later offset."""
+    e, n = stacked
     if len(info.shape) < 2 or info.shape[0] != n:
         if e == 0:
             problems.append(
-                f"`{s.key}` ({info.file}) for `{name}` has no `{{e}}` in its key, so it must stack all {n} "
+                f"`{key}` ({info.file}) for `{name}` has no `{{e}}` in its key, so it must stack all {n} "
                 f"experts along dim 0; found shape {list(info.shape)} (rule {rule.location})"
             )
         return None
