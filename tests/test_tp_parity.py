@@ -74,6 +74,7 @@ FAMILIES_TP2 = (
     "gpt2",
     "olmoe",
     "deepseek_v3",
+    "gpt_oss",
 )
 FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     # parallel residual; kv=1 < tp: the per-head k norm row and full-width k stats on replicated heads
@@ -82,6 +83,7 @@ FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),
     ("phi", {"qk_layernorm": True}),
     ("deepseek_v3", {"q_lora_rank": None}),  # latent attention with one q_proj
+    ("gpt_oss", {"num_key_value_heads": 1}),  # kv=1 < tp: replicated kv heads beside per-rank sinks
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import Location
 from .located import SpecExpr
@@ -27,10 +27,13 @@ class SourceRef:
     key: str  # pattern, may hold {i}
     transpose: bool = False
     layout: Layout | None = None
+    # (expert, experts): one expert's slab of a tensor stacking every expert along dim 0 (a
+    # source without `{e}` in a rule with `experts:`)
+    stacked: tuple[int, int] | None = None
 
     def expand(self, i: int | None, pattern: str = INDEX) -> SourceRef:
         key = self.key.replace(pattern, str(i)) if i is not None else self.key
-        return SourceRef(key, self.transpose, self.layout)
+        return SourceRef(key, self.transpose, self.layout, self.stacked)
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,12 @@ class WeightRule:
         """file:line of the rule, for checkpoint messages."""
         return f"{self.at.file}:{self.at.line}"
 
-    def for_expert(self, e: int) -> WeightRule:
-        """The per-expert rule: `{e}` filled in, no stacking (its target is one expert's slice)."""
+    def for_expert(self, e: int, n: int) -> WeightRule:
+        """The per-expert rule (expert e of n): `{e}` filled in, or expert e's slab of a source
+        that stacks all experts; no stacking (its target is one expert's slice)."""
         return WeightRule(
             f"{self.target}[{e}]",
-            tuple(s.expand(e, EXPERT) for s in self.sources),
+            tuple(s.expand(e, EXPERT) if EXPERT in s.key else replace(s, stacked=(e, n)) for s in self.sources),
             self.dim,
             self.add,
             None,
