@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from minisgl_kernels._util import cdiv, next_pow2, sm_count
-from minisgl_kernels.norm_jit import rmsnorm_kernel
+from minisgl_kernels.norm_jit import rmsnorm_kernel, rmsnorm_persistent_kernel
 
 MAX_HIDDEN = 65536
 # Defaults, from side-by-side timings on an H100 (tools/bench_kernels.py --compare, docs/perf.md):
@@ -84,8 +84,11 @@ def rmsnorm_triton(
     if evict is None:
         evict = EVICT_FIRST_PLAIN if residual is None else EVICT_FIRST_RESIDUAL
     tiles = cdiv(n_rows, block_m)
+    if per_sm <= 0 and not evict:  # the original kernel
+        rmsnorm_kernel[(tiles,)](*args, **meta)
+        return
     grid = tiles if per_sm <= 0 else min(tiles, per_sm * sm_count(x.device))
-    rmsnorm_kernel[(grid,)](
+    rmsnorm_persistent_kernel[(grid,)](
         *args,
         **meta,
         EVICT="evict_first" if evict else "",

@@ -2,7 +2,7 @@
 
 Run on a CUDA machine from the repo root: ``PYTHONPATH=$PWD python tools/bench_kernels.py``
 (``--compare``: only the side-by-side old/candidate timings of RMSNorm grids and decode;
-``--merge``: the separate per-tile RMSNorm kernel against the merged one;
+``--merge``: the two RMSNorm kernels side by side, as a merge into one would run them;
 ``--confirm``: the adopted defaults against the old code).
 Checks correctness first, then times medians with ``triton.testing.do_bench`` (which also
 flushes L2 between runs; inputs rotate among copies as well). Prints a markdown table last
@@ -18,7 +18,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import minisgl_kernels as kernels
@@ -490,50 +489,9 @@ def compare(confirm: bool) -> None:
     print("\n" + "\n".join(lines))
 
 
-# The per-tile RMSNorm kernel as it was before the merge (minisgl_kernels/norm_jit.py had two
-# kernels); kept here only to time it beside the merged kernel (--merge).
-@triton.jit
-def separate_tile_kernel(
-    X,
-    R,
-    W,
-    Y,
-    S,  # input, residual (or X), weight, normed output, sum output (or Y)
-    stride_x,
-    stride_r,
-    stride_y,
-    stride_s,  # row strides, in elements
-    n_rows,
-    n_cols,
-    eps,
-    offset,
-    BLOCK_M: tl.constexpr,  # rows per program
-    BLOCK_N: tl.constexpr,  # next power of two >= n_cols
-    HAS_RESIDUAL: tl.constexpr,
-    CAST_BEFORE_WEIGHT: tl.constexpr,
-):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    if HAS_RESIDUAL:
-        r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
-        summed = (x.to(tl.float32) + r.to(tl.float32)).to(S.dtype.element_ty)
-        tl.store(S + rows[:, None] * stride_s + cols[None, :], summed, mask=mask)
-        xf = summed.to(tl.float32)
-    else:
-        xf = x.to(tl.float32)
-    mean_sq = tl.sum(xf * xf, axis=1) / n_cols
-    normed = xf * tl.rsqrt(mean_sq + eps)[:, None]
-    if CAST_BEFORE_WEIGHT:
-        normed = normed.to(Y.dtype.element_ty).to(tl.float32)
-    w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32) + offset
-    y = normed * w[None, :]
-    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
-
-
 def merge_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
-    """The separate per-tile kernel (old) vs the merged kernel, alternating, same launch shapes."""
+    """The per-tile kernel (`rmsnorm_kernel`) vs the loop kernel (`rmsnorm_persistent_kernel`) launched
+    with one program per tile, i.e. what a merge into one kernel would run; alternating, same shapes."""
     from minisgl_kernels import norm_launch
     from minisgl_kernels._util import next_pow2
 
@@ -548,10 +506,12 @@ def merge_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
     warps = 4 if block_n <= 2048 else (8 if block_n <= 8192 else 16)
     evict = norm_launch.EVICT_FIRST_RESIDUAL if fused else norm_launch.EVICT_FIRST_PLAIN
 
+    from minisgl_kernels.norm_jit import rmsnorm_kernel
+
     def old(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         y = torch.empty_like(x)
         s = torch.empty_like(x) if fused else y
-        separate_tile_kernel[(triton.cdiv(m, block_m),)](
+        rmsnorm_kernel[(triton.cdiv(m, block_m),)](
             x, r if fused else x, w, y, s, h, h, h, h, m, h, 1e-6, 0.0,
             BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=fused, CAST_BEFORE_WEIGHT=True, num_warps=warps,
         )  # fmt: skip
@@ -561,19 +521,19 @@ def merge_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
         y, s = torch.empty_like(x), (torch.empty_like(x) if fused else None)
         norm_launch.rmsnorm_triton(
             x, w, 1e-6, offset=0.0, cast_before_weight=True, out=y,
-            residual=r if fused else None, residual_out=s, evict_first=hint,
+            residual=r if fused else None, residual_out=s, evict_first=hint, programs_per_sm=1 << 20,
         )  # fmt: skip
         return y
 
-    variants = [("separate kernel (old)", old), ("merged, no hint", new)]
+    variants = [("rmsnorm_kernel (per tile)", old), ("loop kernel, one tile each, no hint", new)]
     if evict:
-        variants.append(("merged, evict_first (default)", lambda x, r: new(x, r, True)))
+        variants.append(("loop kernel, one tile each, evict_first (plain default)", lambda x, r: new(x, r, True)))
     x, r = nxt()
     for label, fn in variants:
         got = fn(x, r)
         want = old(x, r)
         if not torch.equal(got, want):
-            raise SystemExit(f"merge: {label} differs from the old kernel at M={m} fused={fused}")
+            raise SystemExit(f"merge: {label} differs from rmsnorm_kernel at M={m} fused={fused}")
     for rnd in range(2):
         for label, fn in variants:
             us = bench(lambda fn=fn: fn(*nxt()))
@@ -599,7 +559,7 @@ def merge() -> None:
             torch.cuda.empty_cache()
     lines = [
         head,
-        f"copy ceiling {ceiling:.2f} TB/s; outputs bit-identical to the old kernel (checked first)",
+        f"copy ceiling {ceiling:.2f} TB/s; outputs bit-identical between the kernels (checked first)",
         "",
         "| kernel | variant | us | TB/s | of copy |",
         "|---|---|---|---|---|",
