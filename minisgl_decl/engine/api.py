@@ -146,6 +146,7 @@ class EngineConfig:
     max_running: int = 256  # most requests decoding at once
     prefix_cache: bool = True
     cuda_graph: bool = True
+    overlap: bool | None = None  # overlap scheduling; None: on for CUDA, off for the CPU
     seed: int = 0
 
 
