@@ -94,6 +94,14 @@ def build_app(engine: EngineClient, tokenizer: Any, model_name: str, api_key: st
 
     @app.get("/health")
     async def health() -> PlainTextResponse:
+        if not engine.alive():  # a failed engine thread (or TP rank) must not look healthy to a load balancer
+            raise APIError(
+                503,
+                "the engine is not running (it stopped or failed; see the server log): restart the server",
+                None,
+                "engine_unavailable",
+                "service_unavailable_error",
+            )
         return PlainTextResponse("ok")
 
     @app.get("/metrics")
