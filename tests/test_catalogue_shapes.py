@@ -46,7 +46,14 @@ CASES: dict[str, list[dict[str, Any]]] = {
         for b in (False, True)
     ],
     "softcap": [{"cap": 30.0}, {}],
-    "moe": [{"dim": 8, "ffn": 12, "experts": 3, "top_k": 2}],
+    "moe": [
+        {"dim": 8, "ffn": 12, "experts": 3, "top_k": 2},
+        {"dim": 8, "ffn": 12, "experts": 8, "top_k": 3, "scoring": "sigmoid", "score_bias": True, "groups": 4},
+    ],
+    "latent_attention": [
+        {"hidden": 16, "heads": 12, "q_rank": 6, "kv_rank": 10, "nope_dim": 4, "rope_dim": 2, "v_dim": 3},
+        {"hidden": 16, "heads": 12, "kv_rank": 10, "nope_dim": 4, "rope_dim": 2, "v_dim": 3, "bias": True},
+    ],
     "activation": [{"fn": "sigmoid"}],
     "position_embedding": [{"max_positions": 16, "dim": 8}],
 }
@@ -74,6 +81,23 @@ EXPECTED: dict[tuple[str, int, int], dict[str, tuple[int, ...]]] = {
     ("attention", 3, 4): {"q_norm": (12, 4), "k_norm": (12, 4), "q_norm_bias": (12, 4), "k_norm_bias": (12, 4)},
     ("attention", 4, 4): {"qkv.weight": ((3 + 1 + 1) * 4, 16), "q_norm": (12,), "k_norm": (4,)},
     ("position_embedding", 0, 2): {"weight": (16, 8)},
+    ("moe", 1, 2): {"router.weight": (8, 8), "router.score_bias": (8,), "gate_up": (8, 12, 8), "down": (8, 8, 6)},
+    # latent attention: heads split (3 of 12 on each of 4 ranks), the low-rank projections replicated
+    ("latent_attention", 0, 4): {
+        "q_a.weight": (6, 16),
+        "q_a_norm": (6,),
+        "q_b.weight": (3 * (4 + 2), 6),
+        "kv_a.weight": (10 + 2, 16),
+        "kv_a_norm": (10,),
+        "kv_b.weight": (3 * (4 + 3), 10),
+        "o.weight": (16, 3 * 3),
+    },
+    ("latent_attention", 1, 3): {
+        "q.weight": (4 * (4 + 2), 16),
+        "kv_a.bias": (12,),
+        "kv_b.weight": (4 * (4 + 3), 10),
+        "o.bias": (16,),
+    },
 }
 
 

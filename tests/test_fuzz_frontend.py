@@ -115,7 +115,7 @@ def _combine(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         st.tuples(st.sampled_from(["-", "not ", "+"]), children).map(lambda t: f"{t[0]}{t[1]}"),
         st.tuples(
             st.sampled_from(
-                ["min", "max", "abs", "int", "float", "len", "str", "sum", "round", "range", "sqrt", "bool"]
+                ["min", "max", "abs", "int", "float", "len", "str", "sum", "round", "range", "sqrt", "log", "bool"]
             ),
             st.lists(children, min_size=1, max_size=2),
         ).map(lambda t: f"{t[0]}({', '.join(t[1])})"),

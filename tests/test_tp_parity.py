@@ -56,6 +56,7 @@ FAMILIES_TP2 = (
     "cohere",
     "gpt2",
     "olmoe",
+    "deepseek_v3",
 )
 FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     # parallel residual; kv=1 < tp: the per-head k norm row and full-width k stats on replicated heads
@@ -63,6 +64,7 @@ FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     ("olmo2", {"num_key_value_heads": 1}),
     ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),
     ("phi", {"qk_layernorm": True}),
+    ("deepseek_v3", {"q_lora_rank": None}),  # latent attention with one q_proj
 )
 
 

@@ -9,7 +9,7 @@ from torch import nn
 import minisgl_kernels as kernels
 
 from ..config.rope import RopeConfig
-from .context import ForwardBatch
+from .context import CacheLayout, ForwardBatch
 from .params import ParamDecl, Segment, merged_column, replicated, row
 from .qk_norm import QKNorm, QKNormScope, QKNormType, qk_norm_params
 from .registry import LayerArgs, LayerKind
@@ -179,6 +179,10 @@ class Attention(LayerKind):
                 args.qk_norm, args.qk_norm_scope, args.qk_norm_bias, args.heads, args.kv_heads, args.head_dim
             ),
         ]
+
+    def cache_layout(self, args: AttentionArgs, tp: int) -> CacheLayout:
+        kv_local = qkv_segments(args)[1].local_units(tp)
+        return CacheLayout((kv_local, args.head_dim), (kv_local, args.head_dim))
 
     def module(self, args: AttentionArgs, shard: Shard) -> nn.Module:
         return AttentionModule(args, shard)

@@ -35,9 +35,29 @@ class SingleRank:
         return t
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """What one cache-owning layer stores per token (KV slot) on one rank: the per-slot shapes of
+    its `k` and `v` cache tensors. Attention: both `(kv_heads_local, head_dim)`; latent attention:
+    `k` is `(latent + rope,)` and `v` is `(0,)` (its values are a prefix of the cached vector)."""
+
+    k: tuple[int, ...]
+    v: tuple[int, ...]
+
+    def elements(self) -> int:
+        """Numbers stored per token (both tensors)."""
+        n_k = n_v = 1
+        for d in self.k:
+            n_k *= d
+        for d in self.v:
+            n_v *= d
+        return n_k + n_v
+
+
 @dataclass
 class KVCache:
-    """Paged KV cache, page size 1: `k[layer]` is [num_slots, kv_heads_local, head_dim]."""
+    """Paged KV cache, page size 1: `k[layer]` is [num_slots, *layout.k] (attention:
+    [num_slots, kv_heads_local, head_dim]), `v[layer]` likewise; see `CacheLayout`."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]

@@ -1,4 +1,11 @@
-"""Routed mixture of experts: softmax router, top-k, gated expert MLPs (Mixtral, Qwen3-MoE).
+"""Routed mixture of experts: a router, top-k, gated expert MLPs (Mixtral, Qwen3-MoE, ...).
+
+Routing options: `scoring` softmax (probabilities over all experts) or sigmoid (an
+independent score per expert); `score_bias` adds a learned per-expert bias to the scores
+for the choice only (the weights stay the unbiased scores); `groups`/`topk_groups` first
+keep the `topk_groups` expert groups whose two best (biased) scores sum highest and choose
+the top-k among their experts only; `norm_topk_prob` renormalises the chosen weights;
+`routed_scale` multiplies them at the end.
 
 Tensor parallelism shards every expert like a dense gated MLP (each rank holds a slice of
 every expert's ffn), so the router and the routing are replicated and one all-reduce
@@ -7,8 +14,10 @@ finishes the block.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,11 +37,33 @@ class MoEArgs(LayerArgs):
     top_k: PositiveInt
     act: str = "silu"
     norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
+    scoring: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="Router scores: softmax over all experts, or an independent sigmoid per expert"
+    )
+    score_bias: bool = Field(
+        False, description="A learned per-expert bias (`router.score_bias`) added to the scores for the choice only"
+    )
+    groups: PositiveInt = Field(1, description="Expert groups (consecutive experts); a group scores its best two")
+    topk_groups: PositiveInt | None = Field(None, description="Groups kept before the top-k choice; null: all groups")
+    routed_scale: float = Field(1.0, description="Multiplies the routed experts' weights (after renormalising)")
 
     @model_validator(mode="after")
     def _k(self) -> MoEArgs:
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        if self.experts % self.groups:
+            raise ValueError(f"groups ({self.groups}) must divide experts ({self.experts})")
+        kept = self.topk_groups if self.topk_groups is not None else self.groups
+        if kept > self.groups:
+            raise ValueError(f"topk_groups ({kept}) cannot exceed groups ({self.groups})")
+        if self.groups > 1 and self.experts // self.groups < 2:
+            raise ValueError(
+                f"a group's score sums its two best experts: groups ({self.groups}) must leave 2 or more experts each"
+            )
+        if self.top_k > kept * (self.experts // self.groups):
+            raise ValueError(
+                f"top_k ({self.top_k}) exceeds the experts of the kept groups ({kept} x {self.experts // self.groups})"
+            )
         return self
 
 
@@ -43,14 +74,35 @@ class MoEModule(nn.Module):
     def __init__(self, args: MoEArgs, shard: Shard) -> None:
         super().__init__()
         self.top_k, self.norm = args.top_k, args.norm_topk_prob
+        self.sigmoid = args.scoring == "sigmoid"
+        self.groups = args.groups
+        self.topk_groups = args.topk_groups if args.topk_groups is not None else args.groups
+        self.routed_scale = args.routed_scale
         self.split = list(shard.split("gate_up"))  # local gate rows, local up rows of each expert
         self.act = kernel_activation(args.act)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
-        probs = F.softmax(F.linear(x, self.router.weight), dim=-1, dtype=torch.float)
-        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [T, top_k] float32, expert ids [T, top_k]) for each token."""
+        if self.sigmoid:  # sigmoid routers score in float32 from the start (as transformers does)
+            scores = torch.sigmoid(F.linear(x.float(), self.router.weight.float()))
+        else:
+            scores = F.softmax(F.linear(x, self.router.weight), dim=-1, dtype=torch.float)
+        bias = self.router.score_bias
+        choice = scores + bias.float() if bias is not None else scores
+        if self.groups > 1 and self.topk_groups < self.groups:
+            grouped = choice.view(choice.shape[0], self.groups, -1)
+            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+            kept = torch.topk(group_scores, self.topk_groups, dim=-1)[1]
+            mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)
+            choice = grouped.masked_fill(~mask.unsqueeze(-1), float("-inf")).view_as(choice)
+        chosen = torch.topk(choice, self.top_k, dim=-1)[1]
+        weights = scores.gather(1, chosen)
         if self.norm:
             weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights * self.routed_scale, chosen
+
+    def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
+        weights, chosen = self.route(x)
         # grouped GEMMs over the routed experts (Triton on CUDA; the per-expert loop elsewhere)
         out = kernels.fused_moe(x, self.gate_up, self.down, weights.to(x.dtype), chosen, self.act)
         return ctx.comm.all_reduce(out)
@@ -58,7 +110,7 @@ class MoEModule(nn.Module):
 
 class MoE(LayerKind):
     name = "moe"
-    summary = "routed experts: softmax router, top-k (optionally renormalised), gated expert MLPs"
+    summary = "routed experts: softmax or sigmoid router (bias, grouped top-k, scale), gated expert MLPs"
     Args = MoEArgs
 
     def params(self, args: MoEArgs) -> list[ParamDecl]:
@@ -66,6 +118,7 @@ class MoE(LayerKind):
         e, d, f = args.experts, args.dim, args.ffn
         return [
             replicated("router.weight", (e, d)),
+            replicated("router.score_bias", (e,)).when(args.score_bias),
             expert_stacked("gate_up", (e, 2 * f, d), 1, (Segment("gate rows", f, 1), Segment("up rows", f, 1))),
             expert_stacked("down", (e, d, f), 2, (Segment("ffn columns", f, 1),)),
         ]

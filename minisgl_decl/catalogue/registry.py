@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from .context import CacheLayout
 from .params import ParamDecl, TPInfo
 from .shard import Shard, allocate
 
@@ -29,6 +30,8 @@ class LayerKind(ABC):
     fuses_residual_add: ClassVar[bool] = False
     #: reads/writes the KV cache (gets a cache index at build time)
     uses_kv_cache: ClassVar[bool] = False
+    #: its decode forward can be captured in a CUDA graph (no host synchronisation)
+    graph_capturable: ClassVar[bool] = True
 
     @abstractmethod
     def params(self, args: Any) -> list[ParamDecl]:
@@ -37,6 +40,10 @@ class LayerKind(ABC):
         The same names for any arguments: one the arguments switch off is declared
         with ``.when(False)``.
         """
+
+    def cache_layout(self, args: Any, tp: int) -> CacheLayout:
+        """Per-token KV-cache shapes of one rank (layers with `uses_kv_cache` override this)."""
+        raise TypeError(f"catalogue layer `{self.name}` owns no KV cache")
 
     @abstractmethod
     def module(self, args: Any, shard: Shard) -> nn.Module:
@@ -63,6 +70,7 @@ _ENTRIES: dict[str, str] = {
     "activation": "elementwise:Activation",
     "position_embedding": "positions:PositionEmbedding",
     "moe": "moe:MoE",
+    "latent_attention": "latent_attention:LatentAttention",
 }
 _CACHE: dict[str, LayerKind] = {}
 

@@ -55,7 +55,15 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
     )
     if comm is None or comm.rank == 0:
         announce(loaded, tokens, chunk, max_model_len(config, loaded))
-    if config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1):
+    graphs = config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1)
+    if graphs and loaded.model.not_graph_capturable:
+        graphs = False
+        print(
+            f"engine: CUDA graphs off: no capturable decode for {', '.join(loaded.model.not_graph_capturable)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if graphs:
         runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
     return runner, chunk
 

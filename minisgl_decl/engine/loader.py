@@ -119,7 +119,7 @@ def load_engine_model(
 
 def kv_bytes_per_token(loaded: LoadedModel) -> int:
     elem = torch.empty((), dtype=loaded.dtype).element_size()
-    return sum(2 * m.kv_local * m.head_dim * elem for m in loaded.model.cache_modules)
+    return loaded.model.kv_elements_per_token() * elem
 
 
 def kv_pool_tokens(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | None) -> int:

@@ -76,7 +76,8 @@ def build_reference(
 ) -> Path:
     """Build a random model with the transformers class of the spec from its `example_config`.
 
-    Weights are drawn with a larger std than HF's init so every path matters numerically;
+    Weights (and the float buffers the checkpoint stores) are drawn with a larger std than
+    HF's init so every path matters numerically;
     saved with `save_pretrained` (safetensors). Returns the checkpoint directory.
     """
     from transformers import AutoConfig
@@ -105,6 +106,11 @@ def build_reference(
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.08)
+        # float buffers the checkpoint stores (a router's score correction bias) matter too
+        saved = set(model.state_dict())
+        for name, b in model.named_buffers():
+            if name in saved and b.is_floating_point():
+                b.normal_(0.0, 0.1)
     out = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix=f"minisgl-{spec.spec.name}-"))
     model.save_pretrained(out, safe_serialization=True)
     return out

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..catalogue import get_layer
-from ..catalogue.context import ForwardBatch, KVCache
+from ..catalogue.context import CacheLayout, ForwardBatch, KVCache
 from ..catalogue.params import TPInfo
 from ..codegen.render import Rendered, render_module
 from ..graph.build import STACK, ModelGraph
@@ -42,12 +42,16 @@ class CompiledModel(nn.Module):
         self.mods = nn.ModuleDict()
         self._paths: dict[str, nn.Module] = {}
         self.cache_modules: list[nn.Module] = []
+        self.cache_layouts: list[CacheLayout] = []  # what each cache module stores per token (its layer declares it)
+        #: catalogue layers whose decode forward cannot run inside a CUDA graph
+        self.not_graph_capturable = sorted({n.layer for n in graph.modules if not get_layer(n.layer).graph_capturable})
         with torch.device(device):  # parameters are meta placeholders; buffers are real
             for node in graph.modules:
                 module = get_layer(node.layer).build(node.args, self.tp)
                 if node.cache_index is not None:
                     module.cache_index = node.cache_index
                     self.cache_modules.append(module)
+                    self.cache_layouts.append(get_layer(node.layer).cache_layout(node.args, graph.tp))
                 self.mods[node.path.replace(".", "__")] = module
                 self._paths[node.path] = module
         self._slots: dict[str, tuple[nn.Module, str]] = {}  # parameter name -> (owning module, attribute)
@@ -97,11 +101,14 @@ class CompiledModel(nn.Module):
 
     def allocate_kv_cache(self, num_slots: int, dtype: torch.dtype, device: str | torch.device) -> KVCache:
         ks, vs = [], []
-        for m in self.cache_modules:
-            shape = (num_slots, m.kv_local, m.head_dim)
-            ks.append(torch.zeros(shape, dtype=dtype, device=device))
-            vs.append(torch.zeros(shape, dtype=dtype, device=device))
+        for layout in self.cache_layouts:
+            ks.append(torch.zeros((num_slots, *layout.k), dtype=dtype, device=device))
+            vs.append(torch.zeros((num_slots, *layout.v), dtype=dtype, device=device))
         return KVCache(ks, vs)
+
+    def kv_elements_per_token(self) -> int:
+        """Numbers the KV cache holds per token on this rank, over all layers."""
+        return sum(layout.elements() for layout in self.cache_layouts)
 
     def forward(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:  # type: ignore[override]
         return self._forward(self._top, self._layers, tokens, batch)

@@ -108,6 +108,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sum": _numbers_sum,
     "str": _bounded_str,
     "sqrt": math.sqrt,
+    "log": math.log,
 }
 
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
