@@ -13,17 +13,17 @@ from torch.nn import functional as F
 from .context import Comm
 
 #: below this many rows a CPU product runs as ``W @ x^T`` (see :func:`linear`)
-FEW_ROWS = 8
+FEW_ROWS = 6
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, equal within float32 round-off, faster for a few rows on CPU.
 
-    A CPU decode step of M < 8 rows is a matrix-vector product per weight, bound by reading
-    the weights from memory; for ``x @ W^T`` on a row-major W, MKL then picks a kernel that
-    reads them about 1.5x (M = 1) to 2.5x (M = 2) slower than ``W @ x^T`` (a GEMM with the
-    rows as columns; a single row is paired with itself: that GEMM is faster than one matrix-vector product).
-    ``tools/bench_cpu_linear.py`` measures both on the demo model's shapes. Only with one
+    A CPU decode step of a few rows is bound by reading the weights from memory; for
+    ``x @ W^T`` on a row-major W, MKL then picks a kernel that reads them about 1.5x (1 row)
+    to 2.5x (2 rows) slower than ``W @ x^T`` (a GEMM with the rows as columns; a single row
+    is paired with itself, as that GEMM beats a matrix-vector product). From 6 rows on the
+    two are even. ``tools/bench_cpu_linear.py`` measures both on the demo model's shapes. Only with one
     intra-op thread: with two on a loaded 2-core machine the GEMM's thread barriers made it
     far slower than the matrix-vector product, and a quiet machine was not available to
     measure two threads fairly.
