@@ -41,6 +41,12 @@ def _health(engine: AsyncEngine, loaded: LoadedModel) -> tuple[int, object]:
     return r.status_code, (r.text if r.status_code == 200 else r.json())
 
 
+def _complete(engine: AsyncEngine, loaded: LoadedModel) -> tuple[int, object]:
+    client = TestClient(build_app(engine, loaded.tokenizer, "m"))
+    r = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 2, "temperature": 0})
+    return r.status_code, r.json()
+
+
 def _wait_dead(engine: AsyncEngine) -> None:
     deadline = time.monotonic() + 30
     while engine.alive() and time.monotonic() < deadline:
@@ -60,9 +66,11 @@ UNAVAILABLE = {
 def test_health_is_503_after_the_engine_stopped(core: EngineCore, loaded: LoadedModel) -> None:
     engine = AsyncEngine(core)
     assert _health(engine, loaded) == (200, "ok")
+    assert _complete(engine, loaded)[0] == 200
     engine.shutdown()
     assert not engine.alive()
     assert _health(engine, loaded) == (503, UNAVAILABLE)
+    assert _complete(engine, loaded) == (503, UNAVAILABLE)  # not a 400: the request was fine
 
 
 def test_health_is_503_after_the_engine_thread_died(
@@ -76,3 +84,4 @@ def test_health_is_503_after_the_engine_thread_died(
     _wait_dead(engine)
     assert "simulated engine bug" in capsys.readouterr().err  # the thread reported it and ended
     assert _health(engine, loaded) == (503, UNAVAILABLE)
+    assert _complete(engine, loaded) == (503, UNAVAILABLE)
