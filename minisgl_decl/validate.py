@@ -130,12 +130,13 @@ def _check_weights(spec: LoadedSpec) -> list[Problem]:
                 problems.append(
                     Problem(loc, f"source `{s.key}` and target `{rule.target}` must both use `{INDEX}` or neither")
                 )
-            if (EXPERT in s.key) != (rule.experts is not None):
+            if EXPERT in s.key and rule.experts is None:
                 problems.append(
                     Problem(
                         loc,
                         f"source `{s.key}`: `{EXPERT}` (expert index) goes with `experts:` "
-                        "(how many experts to stack), and each needs the other",
+                        "(how many experts to stack); in an `experts:` rule, a source without "
+                        f"`{EXPERT}` is one tensor stacking every expert along dim 0",
                     )
                 )
         if isinstance(rule.experts, str):

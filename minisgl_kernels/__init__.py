@@ -18,10 +18,16 @@ from minisgl_kernels._dispatch import BACKEND_ENV, Backend
 from minisgl_kernels._moe_api import act_and_mul, fused_moe
 from minisgl_kernels._norm_api import add_rmsnorm, rmsnorm
 from minisgl_kernels._rope_api import apply_rope, rope_table
+from minisgl_kernels.options import AttentionOptions, HeadNorm, KVStore, MoEOptions, RopeOptions
 
 __all__ = [
     "BACKEND_ENV",
+    "AttentionOptions",
     "Backend",
+    "HeadNorm",
+    "KVStore",
+    "MoEOptions",
+    "RopeOptions",
     "act_and_mul",
     "add_rmsnorm",
     "apply_rope",

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from minisgl_kernels import _checks
 from minisgl_kernels._dispatch import Backend, use_triton
+from minisgl_kernels.options import AttentionOptions
 
 if TYPE_CHECKING:
     import torch
@@ -34,9 +35,7 @@ def extend_attention(
     prefix_indptr: torch.Tensor | None = None,
     prefix_slots: torch.Tensor | None = None,
     *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
+    opts: AttentionOptions,
     max_seqlen_q: int | None = None,
     out: torch.Tensor | None = None,
     backend: Backend | None = None,
@@ -74,7 +73,7 @@ def extend_attention(
         pi = _checks.tensor("prefix_indptr", prefix_indptr, ndim=1, dtypes=_I, device=q.device)
         _checks.dims("prefix_indptr", pi, (cu.shape[0],))
         _checks.tensor("prefix_slots", prefix_slots, ndim=1, dtypes=_I, device=q.device)
-    _checks.attention_options(scale, window, softcap)
+    _checks.attention_options(opts, q)
     if max_seqlen_q is not None and (not isinstance(max_seqlen_q, int) or max_seqlen_q < 0):
         raise ValueError(f"max_seqlen_q must be None or a non-negative int, got {max_seqlen_q!r}")
     if out is not None:
@@ -82,39 +81,13 @@ def extend_attention(
     if not use_triton(q, backend):
         from minisgl_kernels import reference
 
-        o = reference.extend_attention(
-            q,
-            k,
-            v,
-            cu,
-            k_cache,
-            v_cache,
-            prefix_indptr,
-            prefix_slots,
-            scale=scale,
-            window=window,
-            softcap=softcap,
-        )
+        o = reference.extend_attention(q, k, v, cu, k_cache, v_cache, prefix_indptr, prefix_slots, opts)
         return o if out is None else out.copy_(o)
     _checks.triton_head_dim(q.shape[2])
     from minisgl_kernels.attention_launch import extend_attention_triton
 
     o = torch.empty_like(q) if out is None else out
-    extend_attention_triton(
-        q,
-        k,
-        v,
-        cu,
-        k_cache,
-        v_cache,
-        prefix_indptr,
-        prefix_slots,
-        scale=scale,
-        window=window,
-        softcap=softcap,
-        max_seqlen_q=max_seqlen_q,
-        out=o,
-    )
+    extend_attention_triton(q, k, v, cu, k_cache, v_cache, prefix_indptr, prefix_slots, opts, max_seqlen_q, o)
     return o
 
 
@@ -125,9 +98,7 @@ def decode_attention(
     kv_indptr: torch.Tensor,
     kv_slots: torch.Tensor,
     *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
+    opts: AttentionOptions,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     backend: Backend | None = None,
@@ -151,7 +122,7 @@ def decode_attention(
     ip = _checks.tensor("kv_indptr", kv_indptr, ndim=1, dtypes=_I, device=q.device)
     _checks.dims("kv_indptr", ip, (q.shape[0] + 1,))
     _checks.tensor("kv_slots", kv_slots, ndim=1, dtypes=_I, device=q.device)
-    _checks.attention_options(scale, window, softcap)
+    _checks.attention_options(opts, q)
     if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= 64):
         raise ValueError(f"num_splits must be None or an int in [1, 64], got {num_splits!r}")
     if out is not None:
@@ -159,7 +130,7 @@ def decode_attention(
     if not use_triton(q, backend):
         from minisgl_kernels import reference
 
-        o = reference.decode_attention(q, k_cache, v_cache, ip, kv_slots, scale=scale, window=window, softcap=softcap)
+        o = reference.decode_attention(q, k_cache, v_cache, ip, kv_slots, opts)
         return o if out is None else out.copy_(o)
     _checks.triton_head_dim(q.shape[2])
     from minisgl_kernels.attention_launch import decode_attention_triton
@@ -171,9 +142,7 @@ def decode_attention(
         v_cache,
         ip,
         kv_slots,
-        scale=scale,
-        window=window,
-        softcap=softcap,
+        opts,
         num_splits=num_splits,
         out=o,
     )
@@ -188,9 +157,7 @@ def decode_attention_paged(
     req_rows: torch.Tensor,
     seq_lens: torch.Tensor,
     *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
+    opts: AttentionOptions,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     backend: Backend | None = None,
@@ -217,7 +184,7 @@ def decode_attention_paged(
     _checks.dims("req_rows", rows, (q.shape[0],))
     lens = _checks.tensor("seq_lens", seq_lens, ndim=1, dtypes=_I, device=q.device)
     _checks.dims("seq_lens", lens, (q.shape[0],))
-    _checks.attention_options(scale, window, softcap)
+    _checks.attention_options(opts, q)
     if num_splits is not None and (not isinstance(num_splits, int) or not 1 <= num_splits <= 64):
         raise ValueError(f"num_splits must be None or an int in [1, 64], got {num_splits!r}")
     if out is not None:
@@ -225,9 +192,7 @@ def decode_attention_paged(
     if not use_triton(q, backend):
         from minisgl_kernels import reference
 
-        o = reference.decode_attention_paged(
-            q, k_cache, v_cache, table, rows, lens, scale=scale, window=window, softcap=softcap
-        )
+        o = reference.decode_attention_paged(q, k_cache, v_cache, table, rows, lens, opts)
         return o if out is None else out.copy_(o)
     _checks.triton_head_dim(q.shape[2])
     from minisgl_kernels.attention_launch import decode_attention_triton
@@ -239,9 +204,7 @@ def decode_attention_paged(
         v_cache,
         rows,
         table.view(-1),
-        scale=scale,
-        window=window,
-        softcap=softcap,
+        opts,
         num_splits=num_splits,
         out=o,
         kv_lens=lens,

@@ -6,7 +6,6 @@ tensor data, so the checks never synchronise with the device.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -86,13 +85,15 @@ def heads(num_q_heads: int, num_kv_heads: int) -> None:
         raise ValueError(f"num_q_heads ({num_q_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
 
 
-def attention_options(scale: float, window: int | None, softcap: float | None) -> None:
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
-    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
-        raise ValueError(f"window must be None or an int >= 1, got {window!r}")
-    if softcap is not None and not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap > 0):
-        raise ValueError(f"softcap must be None or a finite positive number, got {softcap!r}")
+def attention_options(opts: object, q: torch.Tensor) -> None:
+    """The scalar options checked themselves on construction; here the type and the sinks."""
+    from minisgl_kernels.options import AttentionOptions
+
+    if not isinstance(opts, AttentionOptions):
+        raise ValueError(f"opts must be a minisgl_kernels.AttentionOptions, got {type(opts).__name__}")
+    if opts.sinks is not None:
+        sinks = tensor("sinks", opts.sinks, ndim=1, dtypes=FLOAT_DTYPES, device=q.device)
+        dims("sinks", sinks, (q.shape[1],))
 
 
 def out_like(name: str, out: object, like: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 from minisgl_kernels import _checks
 from minisgl_kernels._dispatch import Backend, use_triton
+from minisgl_kernels.options import MoEOptions
 
 if TYPE_CHECKING:
     import torch
 
 _F, _I = _checks.FLOAT_DTYPES, _checks.INDEX_DTYPES
+_PLAIN = MoEOptions()
 #: activation names of ``act_and_mul`` / ``fused_moe``
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
@@ -61,6 +63,7 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     act: str = "silu",
+    opts: MoEOptions = _PLAIN,
     *,
     backend: Backend | None = None,
 ) -> torch.Tensor:
@@ -70,6 +73,8 @@ def fused_moe(
     x [T, dim]; gate_up [E, 2F, dim] (gate rows, then up rows); down [E, dim, F];
     topk_weights, topk_ids [T, top_k]. The Triton path sorts pairs by expert on the device
     (no host sync) and runs two grouped GEMMs; ids outside 0..E-1 are not checked there.
+    ``opts`` (:class:`MoEOptions`): a gate|up bias and a clamped / offset / sloped
+    activation, fused into the gate|up kernel's epilogue on the Triton path.
     """
     import torch
 
@@ -90,14 +95,23 @@ def fused_moe(
     w = _checks.tensor("topk_weights", topk_weights, ndim=2, dtypes=_F, device=xt.device)
     _checks.dims("topk_weights", w, tuple(ids.shape))
     _check_act(act)
+    if not isinstance(opts, MoEOptions):
+        raise ValueError(f"opts must be a minisgl_kernels.MoEOptions, got {type(opts).__name__}")
+    if opts.gate_up_bias is not None:
+        bias = _checks.tensor("gate_up_bias", opts.gate_up_bias, ndim=2, dtypes=_F, device=xt.device)
+        _checks.dims("gate_up_bias", bias, (e, two_f))
+        if not bias.is_contiguous():
+            raise ValueError("gate_up_bias must be contiguous")
+    if opts.alpha != 1.0 and act != "silu":
+        raise ValueError(f"alpha (the sigmoid slope) applies to silu only, got act {act!r}")
     if not use_triton(xt, backend):
         from minisgl_kernels import reference
 
         if ids.numel() and not bool(((ids >= 0) & (ids < e)).all()):  # a host read: reference only
             raise ValueError(f"topk_ids must be in 0..{e - 1}")
-        return reference.fused_moe(xt, gu, dn, w, ids, act)
+        return reference.fused_moe(xt, gu, dn, w, ids, act, opts)
     from minisgl_kernels.moe_launch import fused_moe_triton
 
     out = torch.empty_like(xt)
-    fused_moe_triton(xt, gu, dn, w.to(xt.dtype).contiguous(), ids, act, out)
+    fused_moe_triton(xt, gu, dn, w.to(xt.dtype).contiguous(), ids, act, out, opts)
     return out

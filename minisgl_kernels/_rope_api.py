@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 
 from minisgl_kernels import _checks
 from minisgl_kernels._dispatch import Backend, use_triton
+from minisgl_kernels.options import RopeOptions
 
 if TYPE_CHECKING:
     import torch
 
 _F, _I = _checks.FLOAT_DTYPES, _checks.INDEX_DTYPES
+_PLAIN = RopeOptions()
 
 
 def rope_table(inv_freq: torch.Tensor, scaling: float, num_positions: int) -> torch.Tensor:
@@ -31,32 +33,24 @@ def apply_rope(
     positions: torch.Tensor,
     cos_sin: torch.Tensor,
     inv_freq: torch.Tensor,
+    opts: RopeOptions = _PLAIN,
     *,
-    scaling: float = 1.0,
-    v: torch.Tensor | None = None,
-    k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
-    slots: torch.Tensor | None = None,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
-    norm_offset: float = 0.0,
-    norm_cast_before_weight: bool = True,
     backend: Backend | None = None,
 ) -> None:
     """Rotary embedding in place on q [T, Hq, D] and k [T, Hkv, D] (HF rotate-half layout,
     the first ``rotary_dim = 2 * len(inv_freq)`` features), at ``positions [T]``.
 
     cos/sin come from ``cos_sin`` (from :func:`rope_table`); positions past its rows are
-    computed from ``inv_freq`` and ``scaling``. With ``v``, ``k_cache``, ``v_cache`` and
-    ``slots`` the rotated k and v are also stored (as :func:`kernels.store_kv`). With
-    ``q_norm`` and ``k_norm`` ([head_dim] weights) each head of q and k is first normalised
-    as :func:`kernels.rmsnorm` (``norm_eps``, ``norm_offset``, ``norm_cast_before_weight``).
+    computed from ``inv_freq`` and ``opts.scaling``. With ``opts.store`` the rotated k and v
+    are also stored (as :func:`kernels.store_kv`). With ``opts.norm`` ([head_dim] weights)
+    each head of q and k is first normalised as :func:`kernels.rmsnorm`.
     """
     import torch
 
     if not isinstance(q, torch.Tensor):
         raise ValueError(f"q must be a torch.Tensor, got {type(q).__name__}")
+    if not isinstance(opts, RopeOptions):
+        raise ValueError(f"opts must be a minisgl_kernels.RopeOptions, got {type(opts).__name__}")
     q = _checks.tensor("q", q, ndim=3, dtypes=_F)
     k = _checks.tensor("k", k, ndim=3, dtypes=_F, device=q.device)
     _checks.same_dtype("k", k, "q", q)
@@ -72,44 +66,28 @@ def apply_rope(
     _checks.dims("cos_sin", cs, (None, 2 * half))
     if cs.shape[0] > 0 and not cs.is_contiguous():
         raise ValueError("cos_sin must be contiguous")
-    store = (v, k_cache, v_cache, slots)
-    if any(a is not None for a in store) and not all(a is not None for a in store):
-        raise ValueError("storing into the KV cache needs v, k_cache, v_cache and slots together")
-    if k_cache is not None:
-        vt = _checks.tensor("v", v, ndim=3, dtypes=_F, device=q.device)
+    if opts.store is not None:
+        vt = _checks.tensor("v", opts.store.v, ndim=3, dtypes=_F, device=q.device)
         _checks.same_dtype("v", vt, "q", q)
         _checks.dims("v", vt, tuple(k.shape))
-        for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        for name, c in (("k_cache", opts.store.k_cache), ("v_cache", opts.store.v_cache)):
             ct = _checks.tensor(name, c, ndim=3, dtypes=_F, device=q.device)
             _checks.same_dtype(name, ct, "q", q)
             _checks.dims(name, ct, (None, k.shape[1], d))
-        if k_cache.shape[0] != v_cache.shape[0]:  # type: ignore[union-attr]
+        if opts.store.k_cache.shape[0] != opts.store.v_cache.shape[0]:
             raise ValueError("k_cache and v_cache must have the same number of slots")
-        st = _checks.tensor("slots", slots, ndim=1, dtypes=_I, device=q.device)
+        st = _checks.tensor("slots", opts.store.slots, ndim=1, dtypes=_I, device=q.device)
         _checks.dims("slots", st, (t,))
-    if (q_norm is None) != (k_norm is None):
-        raise ValueError("q_norm and k_norm go together")
-    if q_norm is not None:
-        for name, w in (("q_norm", q_norm), ("k_norm", k_norm)):
+    if opts.norm is not None:
+        for name, w in (("q_norm", opts.norm.q_weight), ("k_norm", opts.norm.k_weight)):
             wt = _checks.tensor(name, w, ndim=1, dtypes=_F, device=q.device)
             _checks.dims(name, wt, (d,))
-        if not (isinstance(norm_eps, (int, float)) and norm_eps >= 0):
-            raise ValueError(f"norm_eps must be a non-negative number, got {norm_eps!r}")
-    norm = {
-        "q_norm": q_norm,
-        "k_norm": k_norm,
-        "norm_eps": float(norm_eps),
-        "norm_offset": float(norm_offset),
-        "norm_cast_before_weight": norm_cast_before_weight,
-    }
     if not use_triton(q, backend):
         from minisgl_kernels import reference
 
-        reference.apply_rope(
-            q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **norm
-        )
+        reference.apply_rope(q, k, pos, cs, f, opts)
         return
     _checks.triton_head_dim(d)
     from minisgl_kernels.rope_launch import rope_triton
 
-    rope_triton(q, k, pos, cs, f, float(scaling), v=v, k_cache=k_cache, v_cache=v_cache, slots=slots, **norm)
+    rope_triton(q, k, pos, cs, f, opts)

@@ -84,6 +84,24 @@ def attend_block(
 
 
 @triton.jit
+def sink_factor(lse2, sink2):
+    """``1 / (1 + 2^(sink2 - lse2))``: the share of the softmax mass left to the keys when a
+    sink logit joins the denominator (both in log2 units); 0 when no key was seen (lse2 -inf)."""
+    return 1.0 / (1.0 + tl.exp2(sink2 - lse2))
+
+
+@triton.jit
+def with_sinks(o, lse2, Sinks, heads, heads_ok, SINKS: tl.constexpr):
+    """``o`` [rows, D] (normalised over the keys, log2-sum-exp ``lse2``) rescaled for the
+    per-head sink logits ``Sinks[heads]`` when SINKS."""
+    if SINKS:
+        sink2 = tl.load(Sinks + heads, mask=heads_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        return o * sink_factor(lse2, sink2)[:, None]
+    else:
+        return o
+
+
+@triton.jit
 def extend_attention_kernel(
     Q,
     K,
@@ -94,6 +112,7 @@ def extend_attention_kernel(
     CU_Q,
     P_INDPTR,
     P_SLOTS,
+    Sinks,
     stride_qt,
     stride_qh,
     stride_kt,
@@ -117,6 +136,7 @@ def extend_attention_kernel(
     HAS_PREFIX: tl.constexpr,
     SOFTCAP: tl.constexpr,
     WINDOW: tl.constexpr,
+    SINKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -207,7 +227,10 @@ def extend_attention_kernel(
             acc, m_i, l_i, q, k, v, visible, score_scale, cap_log2, SOFTCAP, True, DOT_PRECISION
         )
 
-    o = acc / tl.where(row_ok, l_i, 1.0)[:, None]  # padding rows may have seen nothing
+    seen = l_i > 0.0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]  # padding rows may have seen nothing
+    lse2 = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+    o = with_sinks(o, lse2, Sinks, h + 0 * offs_m, row_ok, SINKS)
     tl.store(
         Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
         o.to(Out.dtype.element_ty),

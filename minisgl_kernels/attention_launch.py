@@ -18,15 +18,16 @@ from minisgl_kernels._util import cdiv, head_dim_block, interpreting, next_pow2,
 from minisgl_kernels.attention_jit import extend_attention_kernel
 from minisgl_kernels.decode_fused_jit import decode_fused_kernel
 from minisgl_kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
+from minisgl_kernels.options import AttentionOptions
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 
 
-def _score_params(scale: float, softcap: float | None) -> tuple[float, float]:
-    if softcap is None:
-        return scale * LOG2E, 0.0
-    return scale / softcap, softcap * LOG2E
+def _score_params(opts: AttentionOptions) -> tuple[float, float]:
+    if opts.softcap is None:
+        return opts.scale * LOG2E, 0.0
+    return opts.scale / opts.softcap, opts.softcap * LOG2E
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -69,10 +70,11 @@ def _prune_decode(configs: list[triton.Config], nargs: dict[str, Any], **kw: Any
 
 _extend_tuned = triton.autotune(
     _EXTEND_CONFIGS,
-    key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW"],
+    key=["seq_bucket", "HEAD_DIM", "GROUP", "HAS_PREFIX", "SOFTCAP", "WINDOW", "SINKS"],
     prune_configs_by={"early_config_prune": _prune_extend},
 )(extend_attention_kernel)
 _DECODE_KEY = ["num_splits", "GROUP", "HEAD_DIM", "SOFTCAP", "WINDOW"]
+_FUSED_KEY = [*_DECODE_KEY, "SINKS"]
 _decode_tuned = triton.autotune(
     _DECODE_CONFIGS,
     key=_DECODE_KEY,
@@ -80,7 +82,7 @@ _decode_tuned = triton.autotune(
 )(decode_split_kernel)
 _fused_tuned = triton.autotune(  # every launch leaves the counters at 0, so tuning runs are safe
     _DECODE_CONFIGS,
-    key=_DECODE_KEY,
+    key=_FUSED_KEY,
     prune_configs_by={"early_config_prune": _prune_decode},
 )(decode_fused_kernel)
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
@@ -115,10 +117,7 @@ def extend_attention_triton(
     v_cache: torch.Tensor | None,
     prefix_indptr: torch.Tensor | None,
     prefix_slots: torch.Tensor | None,
-    *,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
+    opts: AttentionOptions,
     max_seqlen_q: int | None,
     out: torch.Tensor,
 ) -> None:
@@ -134,7 +133,7 @@ def extend_attention_triton(
     has_prefix = prefix_indptr is not None
     kc = k_cache if k_cache is not None else k
     vc = v_cache if v_cache is not None else v
-    score_scale, cap_log2 = _score_params(scale, softcap)
+    score_scale, cap_log2 = _score_params(opts)
     args = (
         q,
         k,
@@ -145,6 +144,7 @@ def extend_attention_triton(
         cu_seqlens_q,
         prefix_indptr if has_prefix else cu_seqlens_q,
         prefix_slots if has_prefix else cu_seqlens_q,
+        opts.sinks if opts.sinks is not None else q,
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -159,7 +159,7 @@ def extend_attention_triton(
         vc.stride(1),
         score_scale,
         cap_log2,
-        window or 0,
+        opts.window or 0,
         min(next_pow2(max_seqlen_q), 4096),
     )
     meta: dict[str, Any] = {
@@ -168,8 +168,9 @@ def extend_attention_triton(
         "HEAD_DIM": head_dim,
         "BLOCK_D": block_d,
         "HAS_PREFIX": has_prefix,
-        "SOFTCAP": softcap is not None,
-        "WINDOW": window is not None,
+        "SOFTCAP": opts.softcap is not None,
+        "WINDOW": opts.window is not None,
+        "SINKS": opts.sinks is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
     }
 
@@ -238,10 +239,8 @@ def decode_attention_triton(
     v_cache: torch.Tensor,
     kv_indptr: torch.Tensor,
     kv_slots: torch.Tensor,
+    opts: AttentionOptions,
     *,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
     num_splits: int | None,
     out: torch.Tensor,
     fused: bool | None = None,
@@ -266,28 +265,30 @@ def decode_attention_triton(
     else:
         o_part = torch.empty((batch, num_q_heads, num_splits, block_d), dtype=torch.float32, device=q.device)
         lse_part = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
-    score_scale, cap_log2 = _score_params(scale, softcap)
+    score_scale, cap_log2 = _score_params(opts)
     paged = kv_lens is not None
     head = (q, k_cache, v_cache, kv_indptr, kv_lens if kv_lens is not None else kv_indptr, kv_slots, o_part, lse_part)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
-    tail = (score_scale, cap_log2, window or 0, num_splits, row_stride)
+    tail = (score_scale, cap_log2, opts.window or 0, num_splits, row_stride)
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads,
         "GROUP": group,
         "GROUP_PAD": max(16, next_pow2(group)),
         "HEAD_DIM": head_dim,
         "BLOCK_D": block_d,
-        "SOFTCAP": softcap is not None,
-        "WINDOW": window is not None,
+        "SOFTCAP": opts.softcap is not None,
+        "WINDOW": opts.window is not None,
         "DOT_PRECISION": _dot_precision(q.dtype),
         "PAGED": paged,
     }
     grid = (num_kv_heads, batch, num_splits)
     fixed = _fixed(_DECODE_CONFIGS, q.dtype, {"BLOCK_N": 32, "PREFETCH_SLOTS": 1, "num_warps": 4, "num_stages": 2})
+    sinks = opts.sinks if opts.sinks is not None else q
     if fused:
         counters = decode_counters(q.device, 1 if num_splits == 1 else batch * num_kv_heads)
-        args = (*head, counters, out, *strides, out.stride(0), out.stride(1), *tail)
+        args = (*head, counters, out, sinks, *strides, out.stride(0), out.stride(1), *tail)
         kernel, tuned = decode_fused_kernel, _fused_tuned
+        meta["SINKS"] = opts.sinks is not None
     else:
         args = (*head, *strides, *tail)
         kernel, tuned = decode_split_kernel, _decode_tuned
@@ -301,6 +302,7 @@ def decode_attention_triton(
         o_part,
         lse_part,
         out,
+        sinks,
         out.stride(0),
         out.stride(1),
         NUM_Q_HEADS=num_q_heads,
@@ -308,5 +310,6 @@ def decode_attention_triton(
         SPLITS_PAD=next_pow2(num_splits),
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
+        SINKS=opts.sinks is not None,
         num_warps=4 if num_splits * block_d <= 8192 else 8,
     )

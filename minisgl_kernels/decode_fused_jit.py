@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from minisgl_kernels.attention_jit import tile_mask
+from minisgl_kernels.attention_jit import tile_mask, with_sinks
 from minisgl_kernels.decode_jit import attend_split, split_bounds
 
 
@@ -31,6 +31,7 @@ def decode_fused_kernel(
     LSE_PART,
     COUNTER,
     Out,
+    Sinks,
     stride_qb,
     stride_qh,
     stride_kcs,
@@ -51,6 +52,7 @@ def decode_fused_kernel(
     BLOCK_D: tl.constexpr,
     SOFTCAP: tl.constexpr,
     WINDOW: tl.constexpr,
+    SINKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PREFETCH_SLOTS: tl.constexpr,
@@ -96,6 +98,7 @@ def decode_fused_kernel(
     out_ptrs = Out + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
     out_mask = tile_mask(g_ok, offs_d, HEAD_DIM, BLOCK_D)
     if num_splits == 1:  # no partials, no counter (Triton may specialise num_splits == 1)
+        o = with_sinks(o, lse, Sinks, heads, g_ok, SINKS)
         tl.store(out_ptrs, o.to(Out.dtype.element_ty), mask=out_mask)
     else:
         first = (b.to(tl.int64) * NUM_Q_HEADS + heads) * num_splits  # split 0's partial
@@ -124,5 +127,7 @@ def decode_fused_kernel(
                 total = total * alpha + w
                 m = m_new
             out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+            lse_all = tl.where(total > 0.0, m + tl.log2(tl.where(total > 0.0, total, 1.0)), float("-inf"))
+            out = with_sinks(out, lse_all, Sinks, heads, g_ok, SINKS)
             tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=out_mask)
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")

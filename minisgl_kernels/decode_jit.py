@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from minisgl_kernels.attention_jit import attend_block, tile_mask
+from minisgl_kernels.attention_jit import attend_block, sink_factor, tile_mask
 
 
 @triton.jit
@@ -199,6 +199,7 @@ def decode_reduce_kernel(
     O_PART,
     LSE_PART,
     Out,
+    Sinks,
     stride_ob,
     stride_oh,
     NUM_Q_HEADS: tl.constexpr,
@@ -206,6 +207,7 @@ def decode_reduce_kernel(
     SPLITS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SINKS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -219,6 +221,9 @@ def decode_reduce_kernel(
     o = tl.load(O_PART + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_ok[:, None], other=0.0)
     total = tl.sum(w, axis=0)
     out = tl.sum(o * w[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
+    if SINKS:
+        lse2 = tl.where(total > 0.0, m + tl.log2(tl.where(total > 0.0, total, 1.0)), float("-inf"))
+        out = out * sink_factor(lse2, tl.load(Sinks + h).to(tl.float32) * 1.4426950408889634)
     out_ptrs = Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d
     if BLOCK_D == HEAD_DIM:
         tl.store(out_ptrs, out.to(Out.dtype.element_ty))

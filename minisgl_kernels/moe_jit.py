@@ -8,6 +8,9 @@ program per (block, output tile); a block whose expert is ``>= num_experts`` is 
 
 * ``moe_gate_up_kernel``: ``H[pair] = act(x[token] @ gate[e].T) * (x[token] @ up[e].T)``
   with gate|up stacked as ``W [E, 2*ffn, dim]`` (gate rows first), the activation fused.
+  GLU_OPTS (``MoEOptions``): a gate|up bias ``B [E, 2*ffn]`` (HAS_BIAS), g clamped to
+  ``<= limit`` and u to ``[-limit, limit]`` (CLAMP), ``u + up_offset``, and silu's sigmoid
+  slope ``g * sigmoid(alpha * g)``.
 * ``moe_down_kernel``: ``Y[pair] = (H[pair] @ down[e].T) * weight[pair]`` with
   ``down [E, dim, ffn]``; the caller sums the top_k rows of each token.
 
@@ -21,8 +24,44 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from minisgl_kernels.act_jit import act_mul
+from minisgl_kernels.act_jit import act_mul, activate
 from minisgl_kernels.attention_jit import dot
+
+
+@triton.jit
+def glu_options(
+    g,
+    u,
+    B,
+    e,
+    offs_n,
+    nmask,
+    ffn,
+    alpha,
+    limit,
+    up_offset,
+    dtype,
+    ACT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    CLAMP: tl.constexpr,
+):
+    """The MoEOptions epilogue on float32 accumulators g, u: bias, round, clamp, offset,
+    then ``act(g) * u`` with torch's roundings (``reference.fused_moe``)."""
+    if HAS_BIAS:
+        g += tl.load(B + e * 2 * ffn + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        u += tl.load(B + e * 2 * ffn + ffn + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    g = g.to(dtype).to(tl.float32)
+    u = u.to(dtype).to(tl.float32)
+    if CLAMP:
+        g = tl.minimum(g, limit)
+        u = tl.minimum(tl.maximum(u, -limit), limit)
+    u = (u + up_offset).to(dtype).to(tl.float32)
+    if ACT == "silu":  # g * sigmoid(alpha * g), each step rounded as torch does
+        s = (1.0 / (1.0 + tl.exp(-(g * alpha).to(dtype).to(tl.float32)))).to(dtype).to(tl.float32)
+        a = (g * s).to(dtype).to(tl.float32)
+    else:
+        a = activate(g, ACT).to(dtype).to(tl.float32)
+    return (a * u).to(dtype)
 
 
 @triton.jit
@@ -30,6 +69,7 @@ def moe_gate_up_kernel(
     X,
     W,
     H,
+    B,
     SORTED,
     BLOCK_EXPERT,
     num_pairs,
@@ -42,7 +82,13 @@ def moe_gate_up_kernel(
     stride_we,
     stride_wn,
     stride_ht,
+    alpha,
+    limit,
+    up_offset,
     ACT: tl.constexpr,
+    GLU_OPTS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    CLAMP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -77,7 +123,10 @@ def moe_gate_up_kernel(
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
     dtype = H.dtype.element_ty
-    h = act_mul(acc_g.to(dtype), acc_u.to(dtype), dtype, ACT)
+    if GLU_OPTS:
+        h = glu_options(acc_g, acc_u, B, e, offs_n, nmask, ffn, alpha, limit, up_offset, dtype, ACT, HAS_BIAS, CLAMP)
+    else:
+        h = act_mul(acc_g.to(dtype), acc_u.to(dtype), dtype, ACT)
     tl.store(H + pair[:, None] * stride_ht + offs_n[None, :], h, mask=valid[:, None] & nmask[None, :])
 
 

@@ -11,6 +11,7 @@ import triton
 from minisgl_kernels._util import cdiv, interpreting, next_pow2
 from minisgl_kernels.moe_align import moe_align
 from minisgl_kernels.moe_jit import moe_down_kernel, moe_gate_up_kernel
+from minisgl_kernels.options import MoEOptions
 
 AUTOTUNE_ENV = "MINISGL_KERNELS_AUTOTUNE"
 
@@ -28,7 +29,7 @@ _CONFIGS = [
     _config(128, 64, 8, 4),
     _config(128, 128, 8, 2),  # 3 stages exceed the shared memory at BLOCK_M 64
 ]
-_KEY = ["BLOCK_M", "ffn", "dim", "pairs_bucket", "ACT", "DOT_PRECISION"]
+_KEY = ["BLOCK_M", "ffn", "dim", "pairs_bucket", "ACT", "GLU_OPTS", "HAS_BIAS", "CLAMP", "DOT_PRECISION"]
 _gate_up_tuned = triton.autotune(_CONFIGS, key=_KEY)(moe_gate_up_kernel)
 _down_tuned = triton.autotune(_CONFIGS, key=["BLOCK_M", "dim", "ffn", "pairs_bucket", "DOT_PRECISION"])(moe_down_kernel)
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
@@ -67,6 +68,7 @@ def fused_moe_triton(
     topk_ids: torch.Tensor,
     act: str,
     out: torch.Tensor,
+    opts: MoEOptions | None = None,
     *,
     block_m: int | None = None,
     config: dict[str, Any] | None = None,
@@ -94,10 +96,12 @@ def fused_moe_triton(
     def grid(n: int) -> Any:
         return lambda m: (blocks, cdiv(n, m["BLOCK_N"]))
 
+    o = opts if opts is not None else MoEOptions()
     up_kernel[grid(ffn)](
         x,
         gate_up,
         h,
+        o.gate_up_bias if o.gate_up_bias is not None else gate_up,
         sorted_pairs,
         block_expert,
         num_pairs,
@@ -110,7 +114,13 @@ def fused_moe_triton(
         gate_up.stride(0),
         gate_up.stride(1),
         h.stride(0),
+        float(o.alpha),
+        float(o.limit) if o.limit is not None else 0.0,
+        float(o.up_offset),
         ACT=act,
+        GLU_OPTS=not o.plain,
+        HAS_BIAS=o.gate_up_bias is not None,
+        CLAMP=o.limit is not None,
         BLOCK_M=bm,
         DOT_PRECISION=prec,
         **meta,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from minisgl_kernels.options import AttentionOptions, MoEOptions, RopeOptions
+
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t.to(dtype)`` without a dispatched no-op when t already has it (the CPU decode step
@@ -70,10 +72,7 @@ def attend(
     v: torch.Tensor,
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
-    *,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
+    opts: AttentionOptions,
 ) -> torch.Tensor:
     """Attention of one request in float32: q [n, Hq, D], k/v [L, Hkv, D] -> [n, Hq, D].
 
@@ -84,15 +83,24 @@ def attend(
     qf = q.float().transpose(0, 1)  # [Hq, n, D]
     kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, L, D]
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
-    scores = torch.matmul(qf, kf.transpose(1, 2)) * scale  # the order of HF's eager attention (prefill)
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
+    scores = torch.matmul(qf, kf.transpose(1, 2)) * opts.scale  # the order of HF's eager attention (prefill)
+    if opts.softcap is not None:
+        scores = opts.softcap * torch.tanh(scores / opts.softcap)
     visible = k_pos[None, :] <= q_pos[:, None]
-    if window is not None:
-        visible &= k_pos[None, :] > q_pos[:, None] - window
+    if opts.window is not None:
+        visible &= k_pos[None, :] > q_pos[:, None] - opts.window
     scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    probs = _softmax(scores, None if opts.sinks is None else _f32(opts.sinks)[:, None, None])
     return torch.matmul(probs, vf).transpose(0, 1).to(q.dtype)
+
+
+def _softmax(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last dim; with ``sinks`` (broadcast to scores[..., :1]) one more logit
+    per row joins the denominator and is dropped after. Rows with no visible key give 0."""
+    if sinks is None:
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    joined = torch.cat((scores, sinks.expand(*scores.shape[:-1], 1)), dim=-1)
+    return torch.softmax(joined, dim=-1)[..., :-1]
 
 
 def _bounds(indptr: torch.Tensor, name: str, total: int) -> list[int]:
@@ -110,10 +118,7 @@ def _attend_padded(
     v: torch.Tensor,
     q_pos: torch.Tensor,
     k_len: torch.Tensor,
-    *,
-    scale: float,
-    window: int | None,
-    softcap: float | None,
+    opts: AttentionOptions,
     mask: _PaddedMask | None = None,
 ) -> torch.Tensor:
     """Batched :func:`attend`: q [B, n, Hq, D] over k/v [B, L, Hkv, D] -> [B, n, Hq, D] (q's dtype).
@@ -125,15 +130,16 @@ def _attend_padded(
     b, n, hq, d = q.shape
     hkv = k.shape[2]
     if mask is None:
-        mask = _padded_mask(q_pos, k_len, k.shape[1], window)
+        mask = _padded_mask(q_pos, k_len, k.shape[1], opts.window)
     visible = mask.visible
-    if softcap is None:  # one fused op; rows with no visible key are zeroed
+    softcap = opts.softcap
+    if softcap is None and opts.sinks is None:  # one fused op; rows with no visible key are zeroed
         o = F.scaled_dot_product_attention(
             _f32(q).transpose(1, 2),
             _f32(k).transpose(1, 2),
             _f32(v).transpose(1, 2),
             attn_mask=mask.sdpa_mask,
-            scale=scale,
+            scale=opts.scale,
             enable_gqa=True,
         )
         if mask.empty_rows is not None:
@@ -143,10 +149,12 @@ def _attend_padded(
     qf = _f32(q).reshape(b, n, hkv, g, d).permute(0, 2, 3, 1, 4)  # [B, Hkv, g, n, D]
     kf = _f32(k).permute(0, 2, 1, 3).unsqueeze(2)  # [B, Hkv, 1, L, D]
     vf = _f32(v).permute(0, 2, 1, 3).unsqueeze(2)
-    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hkv, g, n, L]
-    scores = softcap * torch.tanh(scores / softcap)
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * opts.scale  # [B, Hkv, g, n, L]
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key give 0
+    sinks = None if opts.sinks is None else _f32(opts.sinks).reshape(1, hkv, g, 1, 1)
+    probs = _softmax(scores, sinks)
     out = torch.matmul(probs, vf)  # [B, Hkv, g, n, D]
     return _as(out.permute(0, 3, 1, 2, 4).reshape(b, n, hq, d), q.dtype)
 
@@ -201,10 +209,7 @@ def extend_attention(
     v_cache: torch.Tensor | None,
     prefix_indptr: torch.Tensor | None,
     prefix_slots: torch.Tensor | None,
-    *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
+    opts: AttentionOptions,
 ) -> torch.Tensor:
     """Causal varlen attention of new tokens over (cached prefix ++ new tokens).
 
@@ -245,9 +250,7 @@ def extend_attention(
             values,
             plen[:, None],
             plen + 1,
-            scale=scale,
-            window=window,
-            softcap=softcap,
+            opts,
         ).squeeze(1)
         done = set(singles)
     else:
@@ -265,7 +268,7 @@ def extend_attention(
             values = torch.cat([v_cache[slots], values])
         k_pos = torch.arange(keys.shape[0], device=q.device)
         q_pos = k_pos[n_prefix:]
-        out[q0:q1] = attend(q[q0:q1], keys, values, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
+        out[q0:q1] = attend(q[q0:q1], keys, values, q_pos, k_pos, opts)
     return out
 
 
@@ -275,10 +278,7 @@ def decode_attention(
     v_cache: torch.Tensor,
     kv_indptr: torch.Tensor,
     kv_slots: torch.Tensor,
-    *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
+    opts: AttentionOptions,
 ) -> torch.Tensor:
     """One query per request, at position ``len - 1`` of its KV (which already holds it).
 
@@ -296,10 +296,8 @@ def decode_attention(
         _gather_rows(v_cache, layout.idx),
         layout.q_pos,
         layout.k_len,
-        scale=scale,
-        window=window,
-        softcap=softcap,
-        mask=layout.mask(window),
+        opts,
+        mask=layout.mask(opts.window),
     ).squeeze(1)
 
 
@@ -387,10 +385,7 @@ def decode_attention_paged(
     req_to_token: torch.Tensor,
     req_rows: torch.Tensor,
     seq_lens: torch.Tensor,
-    *,
-    scale: float,
-    window: int | None = None,
-    softcap: float | None = None,
+    opts: AttentionOptions,
 ) -> torch.Tensor:
     """:func:`decode_attention` over ``req_to_token[req_rows[b], :seq_lens[b]]``."""
     lens = seq_lens.long()
@@ -401,7 +396,7 @@ def decode_attention_paged(
     cols = torch.arange(req_to_token.shape[1], device=q.device)
     keep = cols[None, :] < lens[:, None]
     slots = req_to_token[req_rows.long()][keep]  # row-major: request after request, in position order
-    return decode_attention(q, k_cache, v_cache, indptr, slots, scale=scale, window=window, softcap=softcap)
+    return decode_attention(q, k_cache, v_cache, indptr, slots, opts)
 
 
 def store_kv(
@@ -514,27 +509,17 @@ def apply_rope(
     positions: torch.Tensor,
     cos_sin: torch.Tensor,
     inv_freq: torch.Tensor,
-    scaling: float,
-    *,
-    v: torch.Tensor | None = None,
-    k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
-    slots: torch.Tensor | None = None,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
-    norm_offset: float = 0.0,
-    norm_cast_before_weight: bool = True,
+    opts: RopeOptions,
 ) -> None:
     """Rotate features ``[0, 2*half)`` of q [T, Hq, D] and k [T, Hkv, D] in place (rotate-half
     layout); cos/sin rounded to the model dtype as in HF, the rotation in float32, rounded once.
-    With ``q_norm``/``k_norm``, each head is first replaced by its :func:`rmsnorm`.
-    With ``k_cache`` etc., then ``store_kv(k, v, k_cache, v_cache, slots)``."""
-    if q_norm is not None and k_norm is not None:
-        opts = {"offset": norm_offset, "cast_before_weight": norm_cast_before_weight}
-        q.copy_(rmsnorm(q, q_norm, norm_eps, **opts))
-        k.copy_(rmsnorm(k, k_norm, norm_eps, **opts))
-    cos, sin = _rope_rows(positions, cos_sin, inv_freq, scaling, q.dtype)
+    With ``opts.norm``, each head is first replaced by its :func:`rmsnorm`.
+    With ``opts.store``, then :func:`store_kv` of the rotated k and v."""
+    norm = opts.norm
+    if norm is not None:
+        q.copy_(rmsnorm(q, norm.q_weight, norm.eps, offset=norm.offset, cast_before_weight=norm.cast_before_weight))
+        k.copy_(rmsnorm(k, norm.k_weight, norm.eps, offset=norm.offset, cast_before_weight=norm.cast_before_weight))
+    cos, sin = _rope_rows(positions, cos_sin, inv_freq, opts.scaling, q.dtype)
     half = inv_freq.shape[0]
     qk = _joined(q, k)
     for x in (q, k) if qk is None else (qk,):
@@ -547,10 +532,9 @@ def apply_rope(
         y1, y2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
         x[..., :half] = y1
         x[..., half : 2 * half] = y2
-    if k_cache is not None:
-        if v is None or v_cache is None or slots is None:
-            raise ValueError("storing into the KV cache needs v, k_cache, v_cache and slots together")
-        store_kv(k, v, k_cache, v_cache, slots)
+    if opts.store is not None:
+        st = opts.store
+        store_kv(k, st.v, st.k_cache, st.v_cache, st.slots)
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -579,21 +563,35 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     act: str,
+    opts: MoEOptions | None = None,
 ) -> torch.Tensor:
     """Routed experts, one expert at a time: for each token t and choice j with expert
     ``e = topk_ids[t, j]``: ``out[t] += weight[t, j] * down[e] @ (act(gate_e x) * up_e x)``.
 
-    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``.
+    ``gate_up [E, 2F, dim]`` (gate rows first), ``down [E, dim, F]``; ``opts`` as
+    :class:`MoEOptions` (bias, clamp, up offset, silu slope).
     """
     from torch.nn import functional as F
 
+    o = opts if opts is not None else MoEOptions()
     ffn = down.shape[2]
     fn = activation(act)
+    if o.alpha != 1.0:  # silu with a sigmoid slope (checked by the entry point)
+        alpha = o.alpha
+
+        def fn(g: torch.Tensor) -> torch.Tensor:
+            return g * torch.sigmoid(g * alpha)
+
     weights = topk_weights.to(x.dtype)
     out = torch.zeros_like(x)
     for e in torch.unique(topk_ids).tolist():
         token, slot = torch.where(topk_ids == e)
-        gate, up = F.linear(x[token], gate_up[e]).split(ffn, dim=-1)
+        bias = None if o.gate_up_bias is None else o.gate_up_bias[e]
+        gate, up = F.linear(x[token], gate_up[e], bias).split(ffn, dim=-1)
+        if o.limit is not None:
+            gate, up = gate.clamp(max=o.limit), up.clamp(min=-o.limit, max=o.limit)
+        if o.up_offset != 0.0:
+            up = up + o.up_offset
         y = F.linear(fn(gate) * up, down[e]) * weights[token, slot, None]
         out.index_add_(0, token, y)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from minisgl_kernels._util import next_pow2
+from minisgl_kernels.options import RopeOptions
 from minisgl_kernels.rope_jit import rope_kernel
 
 
@@ -14,28 +15,18 @@ def rope_triton(
     positions: torch.Tensor,
     cos_sin: torch.Tensor,
     inv_freq: torch.Tensor,
-    scaling: float,
-    *,
-    v: torch.Tensor | None = None,
-    k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
-    slots: torch.Tensor | None = None,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    norm_eps: float = 1e-6,
-    norm_offset: float = 0.0,
-    norm_cast_before_weight: bool = True,
+    opts: RopeOptions,
 ) -> None:
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     if num_tokens == 0:
         return
     half = inv_freq.shape[0]
-    store = k_cache is not None
-    vv = v if v is not None else k
-    kc = k_cache if k_cache is not None else k
-    vc = v_cache if v_cache is not None else k
-    sl = slots if slots is not None else positions
+    store, norm = opts.store, opts.norm
+    vv = store.v if store is not None else k
+    kc = store.k_cache if store is not None else k
+    vc = store.v_cache if store is not None else k
+    sl = store.slots if store is not None else positions
     elems = max(num_q_heads, num_kv_heads) * next_pow2(head_dim)
     rope_kernel[(num_tokens, 2)](
         q,
@@ -47,8 +38,8 @@ def rope_triton(
         positions,
         cos_sin,
         inv_freq,
-        q_norm if q_norm is not None else inv_freq,
-        k_norm if k_norm is not None else inv_freq,
+        norm.q_weight if norm is not None else inv_freq,
+        norm.k_weight if norm is not None else inv_freq,
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -60,9 +51,9 @@ def rope_triton(
         vc.stride(0),
         vc.stride(1),
         cos_sin.shape[0],
-        float(scaling),
-        float(norm_eps),
-        float(norm_offset),
+        float(opts.scaling),
+        float(norm.eps) if norm is not None else 0.0,
+        float(norm.offset) if norm is not None else 0.0,
         NUM_Q_HEADS=num_q_heads,
         NUM_KV_HEADS=num_kv_heads,
         Q_HEADS_PAD=next_pow2(num_q_heads),
@@ -71,8 +62,8 @@ def rope_triton(
         HALF_PAD=next_pow2(half),
         HEAD_DIM=head_dim,
         BLOCK_D=next_pow2(head_dim),
-        STORE=store,
-        NORM=q_norm is not None,
-        CAST_BEFORE_WEIGHT=norm_cast_before_weight,
+        STORE=store is not None,
+        NORM=norm is not None,
+        CAST_BEFORE_WEIGHT=norm.cast_before_weight if norm is not None else True,
         num_warps=4 if elems <= 4096 else 8,
     )

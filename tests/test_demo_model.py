@@ -14,8 +14,9 @@ import pytest
 import torch
 from _helpers import ROOT, SPECS
 
-from minisgl_decl.parity.check import hf_reference_fn, run_parity_checks, verdict
+from minisgl_decl.parity.check import verdict
 from minisgl_decl.parity.hf_reference import load_reference
+from minisgl_decl.parity.run import check_checkpoint
 from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.runtime.generate import greedy_generate
 from minisgl_decl.runtime.runner import ModelRunner
@@ -34,12 +35,15 @@ def demo() -> Path:
 
 
 def test_demo_model_parity(demo: Path) -> None:
-    spec = load_spec(SPECS / "llama.yaml")
-    compiled = compile_spec(spec, demo)
-    model = load_model(compiled)
-    hf = load_reference(demo, "LlamaForCausalLM")
-    ok, worst = verdict(run_parity_checks(lambda: ModelRunner(model, 256), hf_reference_fn(hf), 49152))
-    assert ok, worst
+    report = check_checkpoint(load_spec(SPECS / "llama.yaml"), demo)
+    numbers = [(r.name, r.max_abs_diff, r.noise_floor) for r in report.results]
+    assert verdict(report.results)[0], numbers
+    assert report.diagnosis is None
+    # the noise-floor half of the verdict passes it alone: batching and decode change float32
+    # summation order (max |Δlogit| up to ~1e-4 on this 30-layer model), and transformers'
+    # own float32 logits are that far from float64 too
+    assert verdict(report.results, tolerance=0.0)[0], numbers
+    assert all(r.noise_floor is not None and r.noise_floor > 1e-6 for r in report.results), numbers
 
 
 def test_demo_model_greedy_matches_transformers(demo: Path) -> None:

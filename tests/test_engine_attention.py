@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from minisgl_kernels import reference
+from minisgl_kernels.options import AttentionOptions
 
 
 def naive(
@@ -47,7 +48,7 @@ def test_extend_with_many_one_token_requests(window: int | None, softcap: float 
     slots = torch.randperm(slots_total, generator=gen)[: sum(prefix)]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
     pi = torch.tensor([0, *torch.tensor(prefix).cumsum(0).tolist()])
-    got = reference.extend_attention(q, k, v, cu, kc, vc, pi, slots, scale=0.4, window=window, softcap=softcap)
+    got = reference.extend_attention(q, k, v, cu, kc, vc, pi, slots, opts=AttentionOptions(0.4, window, softcap))
     for b in range(len(lens)):
         own = slots[pi[b] : pi[b + 1]]
         keys = torch.cat([kc[own], k[cu[b] : cu[b + 1]]])
@@ -64,7 +65,7 @@ def test_decode_layouts_of_consecutive_batches_do_not_mix() -> None:
         slots = torch.randperm(30, generator=gen)[: sum(lens)]
         ip = torch.tensor([0, lens[0], sum(lens)])
         for _ in range(2):  # the second call reuses the layout of the first
-            got = reference.decode_attention(q, kc, vc, ip, slots, scale=0.3)
+            got = reference.decode_attention(q, kc, vc, ip, slots, opts=AttentionOptions(0.3))
             for b in range(2):
                 own = slots[ip[b] : ip[b + 1]]
                 want = naive(q[b : b + 1], kc[own], vc[own], 0.3, None, None)

@@ -114,6 +114,7 @@ def test_extends_cycles_and_missing_parents_are_located(tmp_path: Path) -> None:
         ("olmo2", "llama"),
         ("qwen2_moe", "qwen2"),
         ("olmoe", "qwen3_moe"),
+        ("gpt_oss", "llama"),
         ("mixtral", "mistral"),
     ],
 )

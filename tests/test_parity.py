@@ -80,6 +80,17 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),  # per-head q/k LayerNorm
     ("gpt2", {}),  # learned positions, transposed Conv1D weights, fused c_attn
     ("gpt2", {"scale_attn_by_inverse_layer_idx": True, "n_inner": 200, "activation_function": "relu"}),
+    # attention sinks, sliding/full layers, biased experts with clamped SwiGLU (stacked, interleaved), yarn
+    ("gpt_oss", {}),
+    (
+        "gpt_oss",
+        {
+            "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"],
+            "num_key_value_heads": 4,
+            "num_experts_per_tok": 3,
+            "swiglu_limit": 7.0,
+        },
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ Truth: transformers' logits for the same weights (rank 0 runs it).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,28 @@ from typing import Any
 
 import pytest
 from _helpers import ROOT, SPECS, make_fused
+from safetensors.torch import load_file, save_file
 
+from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.runtime.distributed import _verdict, launch
+from minisgl_decl.spec.load import load_spec
 
 pytestmark = pytest.mark.slow  # one process per rank; run by CI, skip locally with -m "not slow"
 
 
-def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
+def _broken(tmp: Path) -> dict[str, Any]:
+    """Our copy of a tiny Llama with layer 1's down projection scaled; transformers reads the original."""
+    original = build_reference(load_spec(SPECS / "llama.yaml"), directory=tmp / "original")
+    ours = tmp / "ours"
+    shutil.copytree(original, ours)
+    tensors = load_file(str(ours / "model.safetensors"))
+    tensors["model.layers.1.mlp.down_proj.weight"].mul_(1.5)
+    save_file(tensors, str(ours / "model.safetensors"), metadata={"format": "pt"})
+    expect = ["layers.1.mlp", "model.layers.1.mlp", 1]  # our module, transformers', the layer
+    return {"spec": str(SPECS / "llama.yaml"), "model": str(ours), "reference": str(original), "expect_first": expect}
+
+
+def _cases(tp: int, fused: tuple[Path, Path, Path], broken: dict[str, Any]) -> list[dict[str, Any]]:
     spec_file, fused_dir, original = fused
     cases: list[dict[str, Any]] = [{"spec": str(SPECS / f"{n}.yaml")} for n in ("llama", "qwen2", "qwen3", "mistral")]
     cases += [
@@ -40,6 +56,7 @@ def _cases(tp: int, fused: tuple[Path, Path, Path]) -> list[dict[str, Any]]:
     if tp == 2:  # families from issue 10: TP=1 and TP=2 (CI time), in the same process group
         cases += [{"spec": str(SPECS / f"{n}.yaml")} for n in FAMILIES_TP2]
         cases += [{"spec": str(SPECS / f"{n}.yaml"), "overrides": o} for n, o in FAMILY_VARIANTS_TP2]
+        cases.append(broken)  # `check` names the diverging module at TP=2 (hooks on both ranks)
     return cases
 
 
@@ -57,6 +74,7 @@ FAMILIES_TP2 = (
     "gpt2",
     "olmoe",
     "deepseek_v3",
+    "gpt_oss",
 )
 FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     # parallel residual; kv=1 < tp: the per-head k norm row and full-width k stats on replicated heads
@@ -65,11 +83,12 @@ FAMILY_VARIANTS_TP2: tuple[tuple[str, dict[str, Any]], ...] = (
     ("cohere", {"use_qk_norm": True, "attention_bias": True, "logit_scale": 1.0}),
     ("phi", {"qk_layernorm": True}),
     ("deepseek_v3", {"q_lora_rank": None}),  # latent attention with one q_proj
+    ("gpt_oss", {"num_key_value_heads": 1}),  # kv=1 < tp: replicated kv heads beside per-rank sinks
 )
 
 
 def _run_group(tp: int, tmp: Path) -> list[dict[str, Any]]:
-    cases = _cases(tp, make_fused(tmp / "fused"))
+    cases = _cases(tp, make_fused(tmp / "fused"), _broken(tmp / "broken"))
     (tmp / "cases.json").write_text(json.dumps(cases))
     code = launch([sys.executable, "-m", "minisgl_decl.parity.tp", str(tmp / "cases.json"), str(tmp / "out.json")], tp)
     assert code == 0
@@ -84,9 +103,15 @@ def group(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_every_case_matches_transformers(group: tuple[int, list[dict[str, Any]]]) -> None:
     tp, results = group
-    assert len(results) == 10 + (len(FAMILIES_TP2) + len(FAMILY_VARIANTS_TP2) if tp == 2 else 0)
+    assert len(results) == 10 + (len(FAMILIES_TP2) + len(FAMILY_VARIANTS_TP2) + 1 if tp == 2 else 0)
     for r in results:
         assert "error" not in r, (tp, r)
+        if "expect_first" in r["case"]:  # broken on purpose: FAILs, and the diagnosis names what was broken
+            first = r["diagnosis"]["first"]
+            assert [first["ours"], first["hf"], first["layer"]] == r["case"]["expect_first"], r["diagnosis"]
+            assert max(d for _, d in r["results"]) > 1e-2
+            continue
+        assert r["diagnosis"] is None and len(r["noise_floors"]) == 4
         assert r["results"][0][0].startswith("prefill")
         assert len(r["results"]) == 4  # prefill, varlen batch, prefix + extend, paged decode
         worst = max(d for _, d in r["results"])

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 import minisgl_kernels as kernels
 from minisgl_kernels import reference
+from minisgl_kernels.options import KVStore, RopeOptions
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -149,12 +150,12 @@ def bench_rope(name: str, hq: int, hkv: int, d: int, tokens: int) -> None:
     vc = torch.zeros_like(kc)
     # correctness: fused (table, in-kernel) against the reference, from the same inputs
     want_q, want_k = q.clone(), k.clone()
-    kernels.apply_rope(want_q, want_k, pos, table, inv, scaling=scaling, backend="torch")
+    kernels.apply_rope(want_q, want_k, pos, table, inv, RopeOptions(scaling), backend="torch")
     errs = []
     for tab in (table, table[:0]):
         gq, gk = q.clone(), k.clone()
         kc.zero_()
-        kernels.apply_rope(gq, gk, pos, tab, inv, scaling=scaling, v=v, k_cache=kc, v_cache=vc, slots=slots)
+        kernels.apply_rope(gq, gk, pos, tab, inv, RopeOptions(scaling, store=KVStore(v, kc, vc, slots)))
         torch.cuda.synchronize()
         errs.append(max(rel_err(gq, want_q), rel_err(gk, want_k), rel_err(kc[slots], want_k)))
     old_q, old_k = old(q, k, pos)
@@ -165,13 +166,13 @@ def bench_rope(name: str, hq: int, hkv: int, d: int, tokens: int) -> None:
         kernels.store_kv(rk, v, kc, vc, slots)
 
     def fused() -> None:
-        kernels.apply_rope(q, k, pos, table, inv, scaling=scaling, v=v, k_cache=kc, v_cache=vc, slots=slots)
+        kernels.apply_rope(q, k, pos, table, inv, RopeOptions(scaling, store=KVStore(v, kc, vc, slots)))
 
     def fused_no_table() -> None:
-        kernels.apply_rope(q, k, pos, table[:0], inv, scaling=scaling, v=v, k_cache=kc, v_cache=vc, slots=slots)
+        kernels.apply_rope(q, k, pos, table[:0], inv, RopeOptions(scaling, store=KVStore(v, kc, vc, slots)))
 
     def split() -> None:
-        kernels.apply_rope(q, k, pos, table, inv, scaling=scaling)
+        kernels.apply_rope(q, k, pos, table, inv, RopeOptions(scaling))
         kernels.store_kv(k, v, kc, vc, slots)
 
     t = {

@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import minisgl_kernels as kernels
 from minisgl_kernels import attention_launch, norm_launch, reference
+from minisgl_kernels.options import AttentionOptions
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -208,7 +209,7 @@ def bench_prefill(b: int, hq: int, hkv: int, n: int, d: int, eager: bool = False
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
 
-    ours_fn = lambda: kernels.extend_attention(q, k, v, cu, scale=scale, max_seqlen_q=n)  # noqa: E731
+    ours_fn = lambda: kernels.extend_attention(q, k, v, cu, opts=AttentionOptions(scale), max_seqlen_q=n)  # noqa: E731
     check(f"prefill b{b} h{hq}/{hkv} n{n}", ours_fn(), sdpa().transpose(1, 2).reshape(b * n, hq, d), 1e-2)
     flops = 4.0 * b * hq * d * n * n / 2
     ours, others = bench(ours_fn), {"SDPA flash": bench(sdpa)}
@@ -238,14 +239,16 @@ def bench_extend_prefix(b: int, hq: int, hkv: int, prefix: int, new: int, d: int
     cu = torch.arange(0, b * new + 1, new, device=DEV, dtype=torch.int32)
     pi = torch.arange(0, b * prefix + 1, prefix, device=DEV, dtype=torch.int32)
     args = (q, k, v, cu, kc, vc, pi, slots)
-    got = kernels.extend_attention(*args, scale=scale, max_seqlen_q=new)
+    got = kernels.extend_attention(*args, opts=AttentionOptions(scale), max_seqlen_q=new)
     check(
         "extend+prefix",
         got[: new * 1],
-        reference.extend_attention(q[:new], k[:new], v[:new], cu[:2], kc, vc, pi[:2], slots, scale=scale),
+        reference.extend_attention(
+            q[:new], k[:new], v[:new], cu[:2], kc, vc, pi[:2], slots, opts=AttentionOptions(scale)
+        ),
         1e-2,
     )
-    ours = bench(lambda: kernels.extend_attention(*args, scale=scale, max_seqlen_q=new))
+    ours = bench(lambda: kernels.extend_attention(*args, opts=AttentionOptions(scale), max_seqlen_q=new))
     flops = 4.0 * b * hq * d * new * (prefix + new / 2)
     row(
         "extend (paged prefix)",
@@ -273,7 +276,7 @@ def bench_decode(b: int, ctx: int, hq: int, hkv: int, d: int, shuffled: bool) ->
     ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
 
     def ours_fn(s: tuple) -> torch.Tensor:
-        return kernels.decode_attention(s[0], s[1], s[2], ip, s[3], scale=scale)
+        return kernels.decode_attention(s[0], s[1], s[2], ip, s[3], opts=AttentionOptions(scale))
 
     def flash(s: tuple) -> torch.Tensor:  # q heads of a KV head folded into the query length
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -316,7 +319,9 @@ def sweep_decode(b: int, ctx: int, splits: list[int]) -> None:
     ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
     kv_bytes = 2 * b * ctx * hkv * d * 2
     for ns in splits:
-        us = bench(lambda ns=ns: kernels.decode_attention(q, kc, vc, ip, slots, scale=0.1, num_splits=ns))
+        us = bench(
+            lambda ns=ns: kernels.decode_attention(q, kc, vc, ip, slots, opts=AttentionOptions(0.1), num_splits=ns)
+        )
         cfg = decode_config(ns)
         print(f"sweep decode B={b} ctx={ctx} splits={ns}: {us:.1f} us, {kv_bytes / us / 1e6:.2f} TB/s; {cfg}")
 
@@ -328,7 +333,7 @@ def profile() -> None:
     slots = torch.randperm(b * ctx, device=DEV).to(torch.int32)
     q = torch.randn(b, hq, d, device=DEV, dtype=BF16)
     ip = torch.arange(0, b * ctx + 1, ctx, device=DEV, dtype=torch.int32)
-    kernels.decode_attention(q, kc, vc, ip, slots, scale=0.1)
+    kernels.decode_attention(q, kc, vc, ip, slots, opts=AttentionOptions(0.1))
     x = torch.randn(4096, 4096, device=DEV, dtype=BF16)
     kernels.rmsnorm(x, x[0], 1e-6)
     torch.cuda.synchronize()
@@ -414,7 +419,7 @@ def compare_decode(b: int, ctx: int, shuffled: bool) -> None:
     def ours(s: tuple, fused: bool) -> torch.Tensor:
         out = torch.empty_like(s[0])
         attention_launch.decode_attention_triton(
-            s[0], s[1], s[2], ip, s[3], scale=scale, window=None, softcap=None, num_splits=None, out=out, fused=fused
+            s[0], s[1], s[2], ip, s[3], opts=AttentionOptions(scale, None, None), num_splits=None, out=out, fused=fused
         )
         return out
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 import minisgl_kernels as kernels
 
 from ..config.rope import RopeConfig
 from .context import CacheLayout, ForwardBatch
-from .params import ParamDecl, Segment, merged_column, replicated, row
+from .params import ParamDecl, Segment, Sharded, merged_column, replicated, row
 from .qk_norm import QKNorm, QKNormScope, QKNormType, qk_norm_params
 from .registry import LayerArgs, LayerKind
 from .rotary import Rotary
@@ -36,6 +36,9 @@ class AttentionArgs(LayerArgs):
     scale: float | None = None  # softmax scale; default head_dim ** -0.5
     window: int | None = None  # sliding window (keys with pos > q_pos - window)
     softcap: float | None = None  # attention logit soft-cap
+    sinks: bool = Field(
+        False, description="Attention sinks: a learned logit per query head joins the softmax denominator"
+    )
 
     @model_validator(mode="after")
     def _gqa(self) -> AttentionArgs:
@@ -55,6 +58,7 @@ def qkv_segments(args: AttentionArgs) -> tuple[Segment, ...]:
 
 
 class AttentionModule(nn.Module):
+    sinks: torch.Tensor | None  # [local q heads]
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
     q_norm_bias: torch.Tensor | None
@@ -67,6 +71,7 @@ class AttentionModule(nn.Module):
         self.q_local, self.kv_local = self.split[0] // args.head_dim, self.split[1] // args.head_dim
         self.scale = args.scale if args.scale is not None else args.head_dim**-0.5
         self.window, self.softcap = args.window, args.softcap
+        self._opts: kernels.AttentionOptions | None = None
         self.qkv = ColumnLinear()
         self.o = RowLinear()
         self.rotary = Rotary(args.rope, args.head_dim) if args.rope is not None else None
@@ -83,8 +88,15 @@ class AttentionModule(nn.Module):
         self.norm_k = QKNorm(*norm, first_kv, self.kv_local, shard.tp.size)
         self.cache_index = -1  # set by the graph builder
 
+    def _options(self) -> kernels.AttentionOptions:
+        """The kernels' options, built once (again when the sinks tensor is replaced: load, move)."""
+        if self._opts is None or self._opts.sinks is not self.sinks:
+            self._opts = kernels.AttentionOptions(self.scale, self.window, self.softcap, self.sinks)
+        return self._opts
+
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         t = x.shape[0]
+        opts = self._options()
         q, k, v = self.qkv(x).split(self.split, dim=-1)
         q = q.reshape(t, self.q_local, self.head_dim)
         k = k.reshape(t, self.kv_local, self.head_dim)
@@ -104,18 +116,11 @@ class AttentionModule(nn.Module):
         k_cache, v_cache = ctx.kv.k[self.cache_index], ctx.kv.v[self.cache_index]
         if self.rotary is not None:  # q/k norm, rope in place on q and k, and the KV store: one launch
             n = self.norm_q
-            norms = (
-                {
-                    "q_norm": self.q_norm,
-                    "k_norm": self.k_norm,
-                    "norm_eps": n.eps,
-                    "norm_offset": n.offset,
-                    "norm_cast_before_weight": n.cast_before_weight,
-                }
-                if fuse_norm
-                else None
-            )
-            self.rotary(q, k, ctx.positions, v=v, k_cache=k_cache, v_cache=v_cache, slots=ctx.out_slots, norms=norms)
+            norm = None
+            if fuse_norm and self.q_norm is not None and self.k_norm is not None:
+                norm = kernels.HeadNorm(self.q_norm, self.k_norm, n.eps, n.offset, n.cast_before_weight)
+            store = kernels.KVStore(v, k_cache, v_cache, ctx.out_slots)
+            self.rotary(q, k, ctx.positions, store=store, norm=norm)
         else:
             kernels.store_kv(k, v, k_cache, v_cache, ctx.out_slots)
         if ctx.is_decode and ctx.kv_slots is None:  # slots read from the request table (CUDA graphs)
@@ -127,9 +132,7 @@ class AttentionModule(nn.Module):
                 ctx.req_to_token,
                 ctx.req_rows,
                 ctx.seq_lens,
-                scale=self.scale,
-                window=self.window,
-                softcap=self.softcap,
+                opts=opts,
             )
         elif ctx.is_decode:
             assert ctx.kv_indptr is not None and ctx.kv_slots is not None
@@ -139,9 +142,7 @@ class AttentionModule(nn.Module):
                 v_cache,
                 ctx.kv_indptr,
                 ctx.kv_slots,
-                scale=self.scale,
-                window=self.window,
-                softcap=self.softcap,
+                opts=opts,
             )
         else:
             o = kernels.extend_attention(
@@ -153,9 +154,7 @@ class AttentionModule(nn.Module):
                 v_cache,
                 ctx.prefix_indptr,
                 ctx.prefix_slots,
-                scale=self.scale,
-                window=self.window,
-                softcap=self.softcap,
+                opts=opts,
                 max_seqlen_q=ctx.max_seqlen_q,
             )
         return self.o(o.reshape(t, self.split[0]), ctx.comm)
@@ -175,6 +174,9 @@ class Attention(LayerKind):
             merged_column("qkv.bias", (qkv_rows,), segs, "qkv").when(args.qkv_bias),
             row("o.weight", (args.hidden, args.heads * args.head_dim), args.heads, args.head_dim),
             replicated("o.bias", (args.hidden,)).when(args.o_bias),
+            ParamDecl("sinks", (args.heads,), Sharded(0, (Segment("q heads", args.heads, 1),)), "column").when(
+                args.sinks
+            ),
             *qk_norm_params(
                 args.qk_norm, args.qk_norm_scope, args.qk_norm_bias, args.heads, args.kv_heads, args.head_dim
             ),

@@ -5,7 +5,9 @@ independent score per expert); `score_bias` adds a learned per-expert bias to th
 for the choice only (the weights stay the unbiased scores); `groups`/`topk_groups` first
 keep the `topk_groups` expert groups whose two best (biased) scores sum highest and choose
 the top-k among their experts only; `norm_topk_prob` renormalises the chosen weights;
-`routed_scale` multiplies them at the end.
+`routed_scale` multiplies them at the end; `router_bias`: the router is a linear layer with
+a bias. Expert options: `expert_bias` (biases on each expert's gate|up and down) and a
+clamped / offset / sloped gated activation (GPT-OSS: ``(clamp(u) + 1) * g * sigmoid(1.702 g)``).
 
 Tensor parallelism shards every expert like a dense gated MLP (each rank holds a slice of
 every expert's ffn), so the router and the routing are replicated and one all-reduce
@@ -46,11 +48,22 @@ class MoEArgs(LayerArgs):
     groups: PositiveInt = Field(1, description="Expert groups (consecutive experts); a group scores its best two")
     topk_groups: PositiveInt | None = Field(None, description="Groups kept before the top-k choice; null: all groups")
     routed_scale: float = Field(1.0, description="Multiplies the routed experts' weights (after renormalising)")
+    router_bias: bool = Field(False, description="The router is a linear layer with a bias")
+    expert_bias: bool = Field(False, description="A bias on each expert's gate|up and down projections")
+    act_alpha: float = Field(1.0, description="Slope of silu's sigmoid: g * sigmoid(act_alpha * g)")
+    act_limit: float | None = Field(
+        None, description="Clamp g to <= limit and u to [-limit, limit] before the activation; null: no clamp"
+    )
+    up_offset: float = Field(0.0, description="The gated product is act(g) * (u + up_offset)")
 
     @model_validator(mode="after")
     def _k(self) -> MoEArgs:
         if self.top_k > self.experts:
             raise ValueError(f"top_k ({self.top_k}) cannot exceed experts ({self.experts})")
+        if self.act_alpha != 1.0 and self.act != "silu":
+            raise ValueError(f"act_alpha (the sigmoid slope) applies to act silu only, got act {self.act!r}")
+        if not (self.act_alpha > 0 and (self.act_limit is None or self.act_limit > 0)):
+            raise ValueError("act_alpha and act_limit must be positive")
         if self.experts % self.groups:
             raise ValueError(f"groups ({self.groups}) must divide experts ({self.experts})")
         kept = self.topk_groups if self.topk_groups is not None else self.groups
@@ -70,6 +83,8 @@ class MoEArgs(LayerArgs):
 class MoEModule(nn.Module):
     gate_up: torch.Tensor  # [experts, local gate | local up, dim]
     down: torch.Tensor  # [experts, dim, local ffn]
+    gate_up_bias: torch.Tensor | None  # [experts, local gate | local up]
+    down_bias: torch.Tensor | None  # [experts, dim] (replicated: added once, after the all-reduce)
 
     def __init__(self, args: MoEArgs, shard: Shard) -> None:
         super().__init__()
@@ -80,13 +95,24 @@ class MoEModule(nn.Module):
         self.routed_scale = args.routed_scale
         self.split = list(shard.split("gate_up"))  # local gate rows, local up rows of each expert
         self.act = kernel_activation(args.act)
+        self.act_opts = (args.act_alpha, args.act_limit, args.up_offset)
+        self._opts: kernels.MoEOptions | None = None
+
+    def _options(self) -> kernels.MoEOptions:
+        """The kernel's options, built once (again when the bias tensor is replaced: load, move)."""
+        if self._opts is None or self._opts.gate_up_bias is not self.gate_up_bias:
+            alpha, limit, offset = self.act_opts
+            self._opts = kernels.MoEOptions(self.gate_up_bias, alpha, limit, offset)
+        return self._opts
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [T, top_k] float32, expert ids [T, top_k]) for each token."""
+        router_bias = self.router.bias
         if self.sigmoid:  # sigmoid routers score in float32 from the start (as transformers does)
-            scores = torch.sigmoid(F.linear(x.float(), self.router.weight.float()))
+            rb = router_bias.float() if router_bias is not None else None
+            scores = torch.sigmoid(F.linear(x.float(), self.router.weight.float(), rb))
         else:
-            scores = F.softmax(F.linear(x, self.router.weight), dim=-1, dtype=torch.float)
+            scores = F.softmax(F.linear(x, self.router.weight, router_bias), dim=-1, dtype=torch.float)
         bias = self.router.score_bias
         choice = scores + bias.float() if bias is not None else scores
         if self.groups > 1 and self.topk_groups < self.groups:
@@ -103,9 +129,14 @@ class MoEModule(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         weights, chosen = self.route(x)
-        # grouped GEMMs over the routed experts (Triton on CUDA; the per-expert loop elsewhere)
-        out = kernels.fused_moe(x, self.gate_up, self.down, weights.to(x.dtype), chosen, self.act)
-        return ctx.comm.all_reduce(out)
+        weights = weights.to(x.dtype)
+        # grouped GEMMs over the routed experts, the gate|up bias and activation options in
+        # the epilogue (Triton on CUDA; the per-expert torch loop elsewhere)
+        out = kernels.fused_moe(x, self.gate_up, self.down, weights, chosen, self.act, self._options())
+        out = ctx.comm.all_reduce(out)
+        if self.down_bias is not None:  # sum_j w[t, j] * down_bias[e_j], once (replicated)
+            out = out + (weights.unsqueeze(-1) * self.down_bias[chosen]).sum(dim=1)
+        return out
 
 
 class MoE(LayerKind):
@@ -116,11 +147,15 @@ class MoE(LayerKind):
     def params(self, args: MoEArgs) -> list[ParamDecl]:
         activation(args.act)
         e, d, f = args.experts, args.dim, args.ffn
+        gate_up_rows = (Segment("gate rows", f, 1), Segment("up rows", f, 1))
         return [
             replicated("router.weight", (e, d)),
             replicated("router.score_bias", (e,)).when(args.score_bias),
-            expert_stacked("gate_up", (e, 2 * f, d), 1, (Segment("gate rows", f, 1), Segment("up rows", f, 1))),
+            replicated("router.bias", (e,)).when(args.router_bias),
+            expert_stacked("gate_up", (e, 2 * f, d), 1, gate_up_rows),
             expert_stacked("down", (e, d, f), 2, (Segment("ffn columns", f, 1),)),
+            expert_stacked("gate_up_bias", (e, 2 * f), 1, gate_up_rows).when(args.expert_bias),
+            replicated("down_bias", (e, d)).when(args.expert_bias),
         ]
 
     def module(self, args: MoEArgs, shard: Shard) -> nn.Module:

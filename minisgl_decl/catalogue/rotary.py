@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -153,25 +152,10 @@ class Rotary(torch.nn.Module):
         k: torch.Tensor,
         positions: torch.Tensor,
         *,
-        v: torch.Tensor | None = None,
-        k_cache: torch.Tensor | None = None,
-        v_cache: torch.Tensor | None = None,
-        slots: torch.Tensor | None = None,
-        norms: dict[str, Any] | None = None,
+        store: kernels.KVStore | None = None,
+        norm: kernels.HeadNorm | None = None,
     ) -> None:
-        """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; with the cache arguments, also store
-        the rotated k and v at `slots`; `norms` (q_norm, k_norm, norm_eps, ... of
-        `kernels.apply_rope`) first RMS-normalises each head. One launch on CUDA."""
-        kernels.apply_rope(
-            q,
-            k,
-            positions,
-            self.cos_sin,
-            self.inv_freq,
-            scaling=self.scaling,
-            v=v,
-            k_cache=k_cache,
-            v_cache=v_cache,
-            slots=slots,
-            **(norms or {}),
-        )
+        """Rotate q [T, Hq, D] and k [T, Hkv, D] in place; with `store`, also store the rotated
+        k and v into the KV cache; `norm` first RMS-normalises each head. One launch on CUDA."""
+        opts = kernels.RopeOptions(self.scaling, norm=norm, store=store)
+        kernels.apply_rope(q, k, positions, self.cos_sin, self.inv_freq, opts)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,55 @@ def load_reference(directory: str | Path, architecture: str) -> Any:
     except TRANSFORMERS_FAILURES as exc:
         raise _failed(f"load {show(directory)} as `{show(architecture)}`", exc) from None
     return model.eval()
+
+
+@contextlib.contextmanager
+def as_float64(model: Any, device: str | torch.device = "cpu") -> Iterator[Any | None]:
+    """transformers' model converted to float64 in place for the block (the reference for its
+    own float32 noise), then back: float32 -> float64 -> float32 is exact, and no second copy
+    of a large model is held. Experts run their eager path there (grouped GEMMs take no
+    float64). Yields None where the model cannot run in float64: checks then have no floor."""
+    impl = getattr(model.config, "_experts_implementation", None)
+    can_set = hasattr(model, "set_experts_implementation")
+    model.to(torch.float64)
+    try:
+        if can_set:
+            with contextlib.suppress(TRANSFORMERS_FAILURES):  # if not, the trial forward below decides
+                model.set_experts_implementation("eager")
+        try:
+            with torch.inference_mode():
+                model(torch.zeros((1, 2), dtype=torch.long, device=device), use_cache=False)
+            usable = True
+        except TRANSFORMERS_FAILURES:
+            usable = False
+        yield model if usable else None
+    finally:
+        model.to(torch.float32)
+        if can_set and isinstance(impl, str):
+            with contextlib.suppress(TRANSFORMERS_FAILURES):
+                model.set_experts_implementation(impl)
+
+
+def key_renamer(model: Any) -> Callable[[str], str]:
+    """Checkpoint key -> the parameter name in `model`, through transformers' own load-time
+    conversions (e.g. a renamed output head `embed_out.*` -> `lm_head.*`, per-expert tensors -> stacked);
+    the identity where this transformers has none."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+
+        transforms = get_model_conversion_mapping(model)
+    except TRANSFORMERS_FAILURES:
+        return lambda key: key
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    names = dict.fromkeys(n for n, _ in model.named_parameters())
+    prefix = getattr(model, "base_model_prefix", None)
+
+    def rename(key: str) -> str:
+        try:
+            return str(rename_source_key(key, renamings, converters, prefix, names)[0])
+        except TRANSFORMERS_FAILURES:
+            return key
+
+    return rename

@@ -14,8 +14,13 @@ and the imports once:
 CASES.json: `[{"spec": "specs/llama.yaml", "overrides": {...}, "seed": 0}, ...]` (optional
 `model`: a checkpoint directory instead of a random model; `reference`: where transformers
 reads the same weights, if not from `model`);
-RESULTS.json (rank 0): per case, either `{"results": [[name, max_abs_diff], ...]}` or
-`{"error": message}` for a user error (e.g. tp does not divide the heads).
+RESULTS.json (rank 0): per case, either `{"results": [[name, max_abs_diff], ...],
+"noise_floors": [...], "diagnosis": {...} or null}` or `{"error": message}` for a user error (e.g. tp does not
+divide the heads).
+
+On a failed check every rank replays its input with module outputs recorded and rank 0
+names the first module diverging from transformers (`diagnose.py`): the hooks run at
+this TP size, so a bug that only shows at TP > 1 is located too.
 """
 
 from __future__ import annotations
@@ -36,8 +41,16 @@ from ..runtime.distributed import GroupComm, init_group, rank_env, shutdown
 from ..runtime.runner import ModelRunner
 from ..spec.load import load_spec
 from ..spec.loaded import LoadedSpec
-from .check import CheckResult, hf_reference_fn, run_parity_checks
+from .check import (
+    DEFAULT_NOISE_MULTIPLE,
+    DEFAULT_TOLERANCE,
+    Reference,
+    first_failing,
+    hf_reference_fn,
+    run_parity_checks,
+)
 from .hf_reference import build_reference, load_reference
+from .run import ParityReport, diagnose_failure, float64_reference
 
 KV_SLOTS = 256
 
@@ -54,7 +67,9 @@ def parity_on_rank(
     overrides: Mapping[str, Any] | None = None,
     seed: int = 0,
     reference_dir: str | Path | None = None,
-) -> list[CheckResult]:
+    tolerance: float = DEFAULT_TOLERANCE,
+    multiple: float = DEFAULT_NOISE_MULTIPLE,
+) -> ParityReport:
     """Run the parity checks as rank `comm.rank` of `comm.size`; meaningful results on rank 0.
 
     `reference_dir`: where transformers loads the same weights from, when `model_dir` holds
@@ -75,20 +90,31 @@ def parity_on_rank(
         compiled = compile_spec(spec, path, tp=comm.size)
         assert compiled.checkpoint is not None
         device = comm.device
-        model = load_model(compiled, comm.rank, progress=False, device=device)
-        reference: Callable[[list[int]], torch.Tensor] | None = None
+        hf: Any = None
+        ref64: Reference | None = None
 
-        def load_hf() -> str:
-            nonlocal reference
+        def load_hf() -> str:  # and its float64 logits, before our model: peak memory as without them
+            nonlocal hf, ref64
             assert compiled.checkpoint is not None
             arch = compiled.checkpoint.config.get("architectures") or spec.spec.serves.architectures
             hf = load_reference(reference_dir or path, arch[0]).to(device)
-            reference = hf_reference_fn(hf, device)
-            return str(int(hf.config.get_text_config().vocab_size))
+            vocab = int(hf.config.get_text_config().vocab_size)
+            ref64 = float64_reference(hf, vocab, seed, str(device))
+            return str(vocab)
 
         vocab = int(_from_rank0(comm, load_hf))
-        ref = reference if reference is not None else _placeholder_reference(vocab)
-        return run_parity_checks(lambda: ModelRunner(model, KV_SLOTS, comm=comm, device=device), ref, vocab, seed)
+        model = load_model(compiled, comm.rank, progress=False, device=device)
+        ref = hf_reference_fn(hf, device) if hf is not None else _placeholder_reference(vocab)
+
+        def new_runner() -> ModelRunner:
+            return ModelRunner(model, KV_SLOTS, comm=comm, device=device)
+
+        results = run_parity_checks(new_runner, ref, vocab, seed, ref64)
+        failing = _from_rank0(comm, lambda: str(first_failing(results, tolerance, multiple)))
+        if failing == "None":
+            return ParityReport(results, None)
+        found = diagnose_failure(compiled, model, new_runner, hf, vocab, seed, int(failing), multiple, device)
+        return ParityReport(results, found)
     finally:
         comm.barrier()
         if tmp is not None:
@@ -116,8 +142,15 @@ def run_cases(cases: list[dict[str, Any]], comm: GroupComm) -> list[dict[str, An
         try:
             spec = load_spec(case["spec"])
             seed = int(case.get("seed", 0))
-            results = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed, case.get("reference"))
-            out.append({"case": case, "results": [[r.name, r.max_abs_diff] for r in results]})
+            report = parity_on_rank(spec, comm, case.get("model"), case.get("overrides"), seed, case.get("reference"))
+            out.append(
+                {
+                    "case": case,
+                    "results": [[r.name, r.max_abs_diff] for r in report.results],
+                    "noise_floors": [r.noise_floor for r in report.results],
+                    "diagnosis": report.diagnosis.to_json() if report.diagnosis is not None else None,
+                }
+            )
         except UserError as exc:
             out.append({"case": case, "error": str(exc)})
     return out

@@ -127,7 +127,7 @@ def _expert_parts(
             f"dimension is {decl.shape[0] if decl.shape else 'missing'} (shape {list(decl.shape)})"
         )
         return []
-    return [(e, decl.per_expert(), rule.for_expert(e)) for e in range(n)]
+    return [(e, decl.per_expert(), rule.for_expert(e, n)) for e in range(n)]
 
 
 def _sources(
@@ -172,11 +172,33 @@ def _sources(
             )
             continue
         consumed.add(s.key)
+        if s.stacked is not None:
+            slab = _expert_slab(name, s.key, s.stacked, info, rule, problems)
+            if slab is None:
+                continue
+            info = slab
         infos.append((s, info))
     if len(infos) != len(sources):
         problems.extend(dtype_problems(name, rule, infos))
         return None
     return infos
+
+
+def _expert_slab(
+    name: str, key: str, stacked: tuple[int, int], info: TensorInfo, rule: WeightRule, problems: list[str]
+) -> TensorInfo | None:
+    """Expert e's slab (``stacked = (e, n)``) of a tensor stacking all n experts along dim 0:
+    contiguous in the file (row-major), so it is read as a tensor of its own at a later offset."""
+    e, n = stacked
+    if len(info.shape) < 2 or info.shape[0] != n:
+        if e == 0:
+            problems.append(
+                f"`{key}` ({info.file}) for `{name}` has no `{{e}}` in its key, so it must stack all {n} "
+                f"experts along dim 0; found shape {list(info.shape)} (rule {rule.location})"
+            )
+        return None
+    slab = TensorInfo(info.key, info.file, info.dtype, info.shape[1:], 0)
+    return TensorInfo(info.key, info.file, info.dtype, info.shape[1:], info.offset + e * slab.nbytes)
 
 
 def _at_expert(e: int | None, reads: list[Read]) -> list[Read]:

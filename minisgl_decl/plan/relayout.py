@@ -49,16 +49,14 @@ def layout_problems(
                 f"0..{len(s.layout.split) - 1} (one entry per split axis)"
             )
             continue
-        if s.transpose:
-            problems.append(f"{where}: `layout` and `transpose` cannot be combined")
-            continue
         try:
             sizes = layout_sizes(s.layout, config)
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        if rule.dim >= len(info.shape) or prod(sizes) != info.shape[rule.dim]:
-            have = info.shape[rule.dim] if rule.dim < len(info.shape) else "nothing"
+        shape = tuple(reversed(info.shape)) if s.transpose else info.shape  # as the parameter sees it
+        if rule.dim >= len(shape) or prod(sizes) != shape[rule.dim]:
+            have = shape[rule.dim] if rule.dim < len(shape) else "nothing"
             problems.append(
                 f"{where}: layout split {list(sizes)} covers {prod(sizes)} along dim {rule.dim}, "
                 f"the tensor has {have} (shape {list(info.shape)})"
@@ -100,7 +98,8 @@ def relayout(reads: list[Read], sources: list[SourceRef], dim: int, config: Mapp
             continue
         sizes = layout_sizes(layout, config)
         unit = _unit(sizes, layout.order)
-        lo, hi = r.src[dim]
+        axis = len(r.src) - 1 - dim if r.transpose else dim  # the stored axis of the rule's dim
+        lo, hi = r.src[axis]
         dlo = r.dst[dim][0]
         t = lo
         while t < hi:
@@ -109,7 +108,7 @@ def relayout(reads: list[Read], sources: list[SourceRef], dim: int, config: Mapp
             while t + n < hi and _source_index(t + n, sizes, layout.order) == start + n:
                 n += min(unit, hi - t - n)
             src = list(r.src)
-            src[dim] = (start, start + n)
+            src[axis] = (start, start + n)
             dst = list(r.dst)
             dst[dim] = (dlo + t - lo, dlo + t - lo + n)
             out.append(Read(r.key, r.file, r.offset, r.shape, r.dtype, tuple(src), tuple(dst), r.transpose))

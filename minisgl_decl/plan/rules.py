@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..spec.loaded import LoadedSpec
@@ -27,10 +27,13 @@ class SourceRef:
     key: str  # pattern, may hold {i}
     transpose: bool = False
     layout: Layout | None = None
+    # (expert, experts): one expert's slab of a tensor stacking every expert along dim 0 (a
+    # source without `{e}` in a rule with `experts:`)
+    stacked: tuple[int, int] | None = None
 
     def expand(self, i: int | None, pattern: str = INDEX) -> SourceRef:
         key = self.key.replace(pattern, str(i)) if i is not None else self.key
-        return SourceRef(key, self.transpose, self.layout)
+        return SourceRef(key, self.transpose, self.layout, self.stacked)
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,12 @@ class WeightRule:
     location: str  # file:line of the rule, for messages
     experts: str | int | None = None  # count of `{e}` experts stacked along a new dim 0
 
-    def for_expert(self, e: int) -> WeightRule:
-        """The per-expert rule: `{e}` filled in, no stacking (its target is one expert's slice)."""
+    def for_expert(self, e: int, n: int) -> WeightRule:
+        """The per-expert rule (expert e of n): `{e}` filled in, or expert e's slab of a source
+        that stacks all experts; no stacking (its target is one expert's slice)."""
         return WeightRule(
             f"{self.target}[{e}]",
-            tuple(s.expand(e, EXPERT) for s in self.sources),
+            tuple(s.expand(e, EXPERT) if EXPERT in s.key else replace(s, stacked=(e, n)) for s in self.sources),
             self.dim,
             self.add,
             None,

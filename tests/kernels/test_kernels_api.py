@@ -12,6 +12,7 @@ import torch
 
 import minisgl_kernels as kernels
 from minisgl_kernels import norm_launch
+from minisgl_kernels.options import AttentionOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,9 +59,10 @@ def _extend_args(**over: object) -> dict:
         "k": torch.randn(5, 2, 32),
         "v": torch.randn(5, 2, 32),
         "cu_seqlens_q": torch.tensor([0, 2, 5], dtype=torch.int32),
-        "scale": 0.1,
     }
+    opts = {name: over.pop(name) for name in ("scale", "window", "softcap") if name in over}
     args.update(over)
+    args["opts"] = AttentionOptions(**{"scale": 0.1, **opts})  # type: ignore[arg-type]
     return args
 
 
@@ -101,7 +103,7 @@ def test_head_dim_limit_is_per_backend() -> None:
             cache,
             torch.tensor([0, 1, 3], device=dev),
             torch.arange(3, device=dev),
-            scale=0.1,
+            opts=AttentionOptions(0.1),
             backend="triton",
         )
     with pytest.raises(ValueError, match=r"head_dim 1\.\.256, got 300"):
@@ -141,7 +143,7 @@ def test_decode_attention_rejects_bad_arguments(over: dict, message: str) -> Non
         "v_cache": torch.randn(8, 2, 32),
         "kv_indptr": torch.tensor([0, 3, 5]),
         "kv_slots": torch.arange(5),
-        "scale": 0.1,
+        "opts": AttentionOptions(0.1),
     }
     args.update(over)
     with pytest.raises(ValueError, match=message):

@@ -18,6 +18,7 @@ from _kernel_helpers import (
 
 import minisgl_kernels as kernels
 from minisgl_kernels import attention_launch, reference
+from minisgl_kernels.options import AttentionOptions
 
 # (lens, prefix lens or None, Hq, Hkv, D, window, softcap, dtype); on CUDA lengths are x8
 EXTEND_CASES = [
@@ -39,9 +40,9 @@ def test_extend_attention(device: str, case: tuple) -> None:
     max_len = inp.pop("max_len")
     out = poisoned(tuple(inp["q"].shape), inp["q"].dtype, device)
     got = kernels.extend_attention(
-        **inp, scale=0.11, window=window, softcap=softcap, max_seqlen_q=max_len, out=out, backend="triton"
+        **inp, opts=AttentionOptions(0.11, window, softcap), max_seqlen_q=max_len, out=out, backend="triton"
     )
-    want = kernels.extend_attention(**inp, scale=0.11, window=window, softcap=softcap, backend="torch")
+    want = kernels.extend_attention(**inp, opts=AttentionOptions(0.11, window, softcap), backend="torch")
     assert got is out
     assert_close(got, want, TOL[inp["q"].dtype])
 
@@ -53,8 +54,8 @@ def test_extend_attention_head_dim_256_cuda(window: int | None) -> None:
     case = ([37, 130], [50, 0], 4, 2, 256, window, None, torch.bfloat16)
     inp = extend_inputs(case, "cuda", seed=256)
     inp.pop("max_len")
-    got = kernels.extend_attention(**inp, scale=0.0625, window=window, backend="triton")
-    want = kernels.extend_attention(**inp, scale=0.0625, window=window, backend="torch")
+    got = kernels.extend_attention(**inp, opts=AttentionOptions(0.0625, window), backend="triton")
+    want = kernels.extend_attention(**inp, opts=AttentionOptions(0.0625, window), backend="torch")
     assert_close(got, want, TOL[torch.bfloat16])
 
 
@@ -69,9 +70,9 @@ def test_decode_attention(device: str, case: tuple, num_splits: int | None, monk
     inp = decode_inputs(case, device, seed=case[1] * 13 + case[3], index_dtype=index_dtype)
     out = poisoned(tuple(inp["q"].shape), inp["q"].dtype, device)
     got = kernels.decode_attention(
-        **inp, scale=0.2, window=window, softcap=softcap, num_splits=num_splits, out=out, backend="triton"
+        **inp, opts=AttentionOptions(0.2, window, softcap), num_splits=num_splits, out=out, backend="triton"
     )
-    want = kernels.decode_attention(**inp, scale=0.2, window=window, softcap=softcap, backend="torch")
+    want = kernels.decode_attention(**inp, opts=AttentionOptions(0.2, window, softcap), backend="torch")
     assert got is out
     assert_close(got, want, TOL[inp["q"].dtype])
     if case[0][0] == 0:
@@ -84,7 +85,7 @@ def test_decode_equals_extend_of_last_token(device: str) -> None:
     case = ([23, 40], 8, 2, 64, 11, None, torch.float32)
     inp = decode_inputs(case, device, seed=9, index_dtype=torch.int32)
     lens = [23, 40] if device == "cpu" else [16 * 23, 16 * 40]
-    dec = kernels.decode_attention(**inp, scale=0.3, window=11, backend="triton")
+    dec = kernels.decode_attention(**inp, opts=AttentionOptions(0.3, 11), backend="triton")
     bounds = inp["kv_indptr"].tolist()
     last = torch.tensor([bounds[1] - 1, bounds[2] - 1], device=device).long()
     keep = torch.ones(sum(lens), dtype=torch.bool, device=device)
@@ -99,8 +100,7 @@ def test_decode_equals_extend_of_last_token(device: str) -> None:
         inp["v_cache"],
         indptr([n - 1 for n in lens], device),
         slots[keep],
-        scale=0.3,
-        window=11,
+        opts=AttentionOptions(0.3, 11),
         backend="triton",
     )
     assert_close(dec, ext, 1e-5)

@@ -7,6 +7,7 @@ import torch
 from _kernel_helpers import TOL, assert_close, indptr
 
 import minisgl_kernels as kernels
+from minisgl_kernels.options import AttentionOptions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -25,14 +26,14 @@ def test_int64_offsets_past_2_pow_31_elements() -> None:
         assert torch.equal(k_cache[slots], k) and torch.equal(v_cache[slots], v)
         q = torch.randn(2, 8, d, generator=gen).to("cuda", dtype)
         ip = indptr([180, 120], "cuda")
-        got = kernels.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.09)
-        want = kernels.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.09, backend="torch")
+        got = kernels.decode_attention(q, k_cache, v_cache, ip, slots, opts=AttentionOptions(0.09))
+        want = kernels.decode_attention(q, k_cache, v_cache, ip, slots, opts=AttentionOptions(0.09), backend="torch")
         assert_close(got, want, TOL[dtype])
         qe = torch.randn(40, 8, d, generator=gen).to("cuda", dtype)
         ke, ve = (torch.randn(40, hkv, d, generator=gen).to("cuda", dtype) for _ in range(2))
         args = (qe, ke, ve, indptr([30, 10], "cuda"), k_cache, v_cache, ip, slots)
-        got = kernels.extend_attention(*args, scale=0.09)
-        want = kernels.extend_attention(*args, scale=0.09, backend="torch")
+        got = kernels.extend_attention(*args, opts=AttentionOptions(0.09))
+        want = kernels.extend_attention(*args, opts=AttentionOptions(0.09), backend="torch")
         assert_close(got, want, TOL[dtype])
     finally:
         del k_cache, v_cache
@@ -53,14 +54,16 @@ def test_decode_cuda_graph_replay_follows_device_data() -> None:
         q.copy_(torch.randn(batch, hq, d, generator=gen).to("cuda", dtype))
 
     fill([100, 1, 700, 33])
-    kernels.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.1, softcap=30.0)  # autotune first
+    kernels.decode_attention(q, k_cache, v_cache, ip, slots, opts=AttentionOptions(0.1, None, 30.0))  # autotune first
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = kernels.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.1, softcap=30.0)
+        out = kernels.decode_attention(q, k_cache, v_cache, ip, slots, opts=AttentionOptions(0.1, None, 30.0))
     for lens in ([1500, 2, 9, 400], [0, 3000, 1, 64]):
         fill(lens)
         out.fill_(float("nan"))
         graph.replay()
-        want = kernels.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.1, softcap=30.0, backend="torch")
+        want = kernels.decode_attention(
+            q, k_cache, v_cache, ip, slots, opts=AttentionOptions(0.1, None, 30.0), backend="torch"
+        )
         assert_close(out, want, TOL[dtype])

@@ -8,6 +8,7 @@ import torch
 from _kernel_helpers import DECODE_CASES, DEVICES, TOL, assert_close, decode_inputs, indptr, poisoned
 
 from minisgl_kernels import attention_launch, reference
+from minisgl_kernels.options import AttentionOptions
 
 
 def _decode(inp: dict, out: torch.Tensor, fused: bool, num_splits: int | None, **kw: object) -> None:
@@ -26,13 +27,13 @@ def _counters_zero(device: str) -> bool:
 @pytest.mark.parametrize("num_splits", [None, 1, 3, 7])
 def test_fused_decode_matches_reference_and_two_launch(device: str, case: tuple, num_splits: int | None) -> None:
     window, softcap, dtype = case[4], case[5], case[6]
-    kw = {"scale": 0.2, "window": window, "softcap": softcap}
+    kw = {"opts": AttentionOptions(0.2, window, softcap)}
     for seed in range(3):  # repeated launches: each must find its counters reset
         inp = decode_inputs(case, device, seed=seed * 31 + case[1], index_dtype=torch.int32)
         fused, split = poisoned(tuple(inp["q"].shape), dtype, device), poisoned(tuple(inp["q"].shape), dtype, device)
         _decode(inp, fused, True, num_splits, **kw)
         _decode(inp, split, False, num_splits, **kw)
-        want = reference.decode_attention(*inp.values(), **kw)  # type: ignore[arg-type]
+        want = reference.decode_attention(*inp.values(), **kw)
         assert_close(fused, want, TOL[dtype])
         assert_close(fused, split, 1e-5 if dtype == torch.float32 else 4e-3)  # combine rounding only
         assert _counters_zero(device)
@@ -70,19 +71,19 @@ def test_fused_decode_cuda_graph_replays(fresh_counters: bool, monkeypatch: pyte
         q.copy_(torch.randn(batch, hq, d, generator=gen).to("cuda", dtype))
 
     fill([100, 1, 700, 33, 0, 5])
-    _decode(inp, out, True, 4, scale=0.1, window=None, softcap=None)  # compile outside the capture
+    _decode(inp, out, True, 4, opts=AttentionOptions(0.1, None, None))  # compile outside the capture
     torch.cuda.synchronize()
     if fresh_counters:
         monkeypatch.setattr(attention_launch, "_COUNTERS", {})
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        _decode(inp, out, True, 4, scale=0.1, window=None, softcap=None)
+        _decode(inp, out, True, 4, opts=AttentionOptions(0.1, None, None))
     for lens in ([1500, 2, 9, 400, 3000, 64], [0, 3000, 1, 64, 7, 2000], [5] * 6):
         fill(lens)
         for _ in range(2):
             out.fill_(float("nan"))
             graph.replay()
-            want = reference.decode_attention(q, k_cache, v_cache, ip, slots, scale=0.1)
+            want = reference.decode_attention(q, k_cache, v_cache, ip, slots, opts=AttentionOptions(0.1))
             assert_close(out, want, TOL[dtype])
     if not fresh_counters:
         torch.cuda.synchronize()

@@ -8,6 +8,7 @@ import torch
 from _kernel_helpers import DEVICES, TOL, assert_close, indptr, naive_attention, poisoned, rand
 
 import minisgl_kernels as kernels
+from minisgl_kernels.options import AttentionOptions
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -34,7 +35,7 @@ def test_paged_decode_matches_slot_list_decode(
         slot_lists.append(perm[at : at + n])
         at += n
     q = rand(len(lens), hq, d, dtype=dtype, device=device, gen=gen)
-    args = {"scale": 0.15, "window": window, "softcap": softcap}
+    args = {"opts": AttentionOptions(0.15, window, softcap)}
     out = poisoned(q.shape, dtype, device)
     got = kernels.decode_attention_paged(
         q,
@@ -58,7 +59,9 @@ def test_paged_decode_matches_slot_list_decode(
     keys = list(k_cache[slot_lists[b].to(device)])
     values = list(v_cache[slot_lists[b].to(device)])
     n = lens[b]
-    naive = naive_attention(q[b : b + 1], keys, values, [0], [n - 1], [0] * n, list(range(n)), **args)
+    naive = naive_attention(
+        q[b : b + 1], keys, values, [0], [n - 1], [0] * n, list(range(n)), scale=0.15, window=window, softcap=softcap
+    )
     assert_close(got[b : b + 1].double().cpu(), naive, TOL[dtype])
 
 
@@ -67,5 +70,11 @@ def test_paged_reference_rejects_lengths_past_the_table() -> None:
     kc = torch.randn(4, 1, 8)
     with pytest.raises(ValueError, match="seq_lens must be in"):
         kernels.decode_attention_paged(
-            q, kc, kc, torch.zeros(2, 3, dtype=torch.int32), torch.tensor([0]), torch.tensor([4]), scale=0.3
+            q,
+            kc,
+            kc,
+            torch.zeros(2, 3, dtype=torch.int32),
+            torch.tensor([0]),
+            torch.tensor([4]),
+            opts=AttentionOptions(0.3),
         )

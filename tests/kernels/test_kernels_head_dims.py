@@ -12,6 +12,7 @@ from _kernel_helpers import DEVICES, TOL, assert_close, decode_inputs, extend_in
 
 import minisgl_kernels as kernels
 from minisgl_kernels import reference
+from minisgl_kernels.options import AttentionOptions
 
 # (lens, prefix lens, Hq, Hkv, D, window, softcap, dtype); on CUDA lengths are x8.
 # Every case has a cached prefix, a length-1 request and one longer than a query block.
@@ -38,9 +39,9 @@ def test_extend_attention_padded_head_dim(device: str, case: tuple) -> None:
     max_len = inp.pop("max_len")
     out = poisoned(tuple(inp["q"].shape), inp["q"].dtype, device)
     got = kernels.extend_attention(
-        **inp, scale=0.12, window=window, softcap=softcap, max_seqlen_q=max_len, out=out, backend="triton"
+        **inp, opts=AttentionOptions(0.12, window, softcap), max_seqlen_q=max_len, out=out, backend="triton"
     )
-    want = kernels.extend_attention(**inp, scale=0.12, window=window, softcap=softcap, backend="torch")
+    want = kernels.extend_attention(**inp, opts=AttentionOptions(0.12, window, softcap), backend="torch")
     assert got is out
     assert_close(got, want, TOL[inp["q"].dtype])
 
@@ -52,9 +53,9 @@ def test_decode_attention_padded_head_dim(device: str, case: tuple) -> None:
     inp = decode_inputs(case, device, seed=case[3] + 1, index_dtype=torch.int32)
     out = poisoned(tuple(inp["q"].shape), inp["q"].dtype, device)
     got = kernels.decode_attention(  # 3 splits: the combine pass merges several partials
-        **inp, scale=0.15, window=window, softcap=softcap, num_splits=3, out=out, backend="triton"
+        **inp, opts=AttentionOptions(0.15, window, softcap), num_splits=3, out=out, backend="triton"
     )
-    want = kernels.decode_attention(**inp, scale=0.15, window=window, softcap=softcap, backend="torch")
+    want = kernels.decode_attention(**inp, opts=AttentionOptions(0.15, window, softcap), backend="torch")
     assert got is out
     assert_close(got, want, TOL[inp["q"].dtype])
     if case[0][-1] == 0:  # empty request: exact zeros, padded features never stored

@@ -147,3 +147,64 @@ def test_fused_moe_rejects_bad_arguments(change: dict, message: str) -> None:
     args.update(change)
     with pytest.raises(ValueError, match=message):
         kernels.fused_moe(args["x"], args["gate_up"], args["down"], args["weights"], args["ids"], args["act"])
+
+
+def test_moe_options_bias_clamp_offset_slope_match_the_formula() -> None:
+    """MoEOptions (GPT-OSS's expert MLP): bias on gate|up, gate clamped above, up clamped both
+    ways and offset, silu with a sigmoid slope; against a per-token float64 loop written here."""
+    gen = torch.Generator().manual_seed(11)
+    t, dim, ffn, e, k = 7, 16, 12, 4, 2
+    x = torch.randn(t, dim, generator=gen)
+    gate_up = torch.randn(e, 2 * ffn, dim, generator=gen) * 0.5
+    down = torch.randn(e, dim, ffn, generator=gen) * 0.5
+    bias = torch.randn(e, 2 * ffn, generator=gen)
+    ids = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(t)])
+    w = torch.rand(t, k, generator=gen)
+    opts = kernels.MoEOptions(bias, alpha=1.702, limit=0.8, up_offset=1.0)
+    got = kernels.fused_moe(x, gate_up, down, w, ids, "silu", opts)
+    want = torch.zeros(t, dim, dtype=torch.float64)
+    for i in range(t):
+        for j in range(k):
+            ex = int(ids[i, j])
+            h = gate_up[ex].double() @ x[i].double() + bias[ex].double()
+            g, u = h[:ffn].clamp(max=0.8), h[ffn:].clamp(-0.8, 0.8)
+            want[i] += w[i, j].double() * (down[ex].double() @ ((u + 1.0) * g * torch.sigmoid(1.702 * g)))
+    assert_close(got.double(), want, 1e-6)
+    plain = kernels.fused_moe(x, gate_up, down, w, ids, "silu")
+    assert (plain - got).abs().max() > 1e-2  # the options change the result
+    with pytest.raises(ValueError, match="silu only"):
+        kernels.fused_moe(x, gate_up, down, w, ids, "gelu", kernels.MoEOptions(alpha=2.0))
+    with pytest.raises(ValueError, match="gate_up_bias must have shape"):
+        kernels.fused_moe(x, gate_up, down, w, ids, "silu", kernels.MoEOptions(bias[:, :ffn]))
+    with pytest.raises(ValueError, match="limit must be"):
+        kernels.MoEOptions(limit=0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"bias": True, "alpha": 1.702, "limit": 0.7, "up_offset": 1.0},  # GPT-OSS's expert MLP
+        {"bias": True},
+        {"limit": 0.5},
+        {"alpha": 2.0, "up_offset": -0.5},
+    ],
+    ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()),
+)
+def test_fused_moe_kernel_with_options_matches_reference(device: str, dtype: torch.dtype, opts: dict) -> None:
+    """The MoEOptions epilogue of the gate|up kernel (Triton) against the torch loop."""
+    t, dim, ffn, e, k = 9, 32, 24, 4, 2
+    gen = torch.Generator().manual_seed(len(opts) + int(dtype == torch.bfloat16))
+    x = rand(t, dim, dtype=dtype, device=device, gen=gen)
+    gate_up, down = _experts(e, dim, ffn, dtype, device, gen)
+    weights, ids = _routing(t, e, k, gen, device)
+    bias = rand(e, 2 * ffn, dtype=dtype, device=device, gen=gen) if opts.get("bias") else None
+    mo = kernels.MoEOptions(
+        bias, alpha=opts.get("alpha", 1.0), limit=opts.get("limit"), up_offset=opts.get("up_offset", 0.0)
+    )
+    got = kernels.fused_moe(x, gate_up, down, weights, ids, "silu", mo, backend="triton")
+    want = kernels.fused_moe(x, gate_up, down, weights, ids, "silu", mo, backend="torch")
+    plain = kernels.fused_moe(x, gate_up, down, weights, ids, "silu", backend="torch")
+    assert_close(got, want, TOL[dtype])
+    assert (want.float() - plain.float()).abs().max() > 1e-2  # the options matter at these values

@@ -8,6 +8,7 @@ from _kernel_helpers import assert_close, indptr, naive_attention
 
 import minisgl_kernels as kernels
 from minisgl_kernels import reference
+from minisgl_kernels.options import AttentionOptions
 
 
 def hf_llama_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -100,9 +101,7 @@ def test_extend_reference_matches_naive(window: int | None, softcap: float | Non
         c["v_cache"],
         c["pi"],
         c["slots"],
-        scale=0.3,
-        window=window,
-        softcap=softcap,
+        opts=AttentionOptions(0.3, window, softcap),
         backend="torch",
     )
     keys, values, k_req, k_pos, q_req, q_pos = [], [], [], [], [], []
@@ -140,9 +139,7 @@ def test_decode_reference_matches_naive(window: int | None, softcap: float | Non
         v_cache,
         indptr(lens, "cpu"),
         slots,
-        scale=0.5,
-        window=window,
-        softcap=softcap,
+        opts=AttentionOptions(0.5, window, softcap),
         backend="torch",
     )
     keys, values, k_req, k_pos = [], [], [], []
@@ -173,7 +170,9 @@ def test_decode_reference_matches_naive(window: int | None, softcap: float | Non
 def test_decode_reference_zero_length_request_gives_zeros() -> None:
     q = torch.randn(2, 2, 16)
     cache = torch.randn(4, 1, 16)
-    out = reference.decode_attention(q, cache, cache, torch.tensor([0, 0, 3]), torch.tensor([2, 0, 1]), scale=1.0)
+    out = reference.decode_attention(
+        q, cache, cache, torch.tensor([0, 0, 3]), torch.tensor([2, 0, 1]), opts=AttentionOptions(1.0)
+    )
     assert torch.equal(out[0], torch.zeros(2, 16)) and out[1].abs().sum() > 0
 
 

@@ -9,6 +9,7 @@ from _kernel_helpers import DEVICES, TOL, assert_close, rand
 
 import minisgl_kernels as kernels
 from minisgl_kernels import reference
+from minisgl_kernels.options import HeadNorm, KVStore, RopeOptions
 
 
 def _inv_freq(rotary_dim: int, theta: float = 10000.0) -> torch.Tensor:
@@ -31,7 +32,7 @@ def test_table_and_reference_match_hf_llama_rotary() -> None:
     want_q, want_k = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
     table = kernels.rope_table(hf.inv_freq.float(), float(hf.attention_scaling), 64)
     torch.testing.assert_close(table[pos], torch.cat((cos[0, :, :16], sin[0, :, :16]), -1), atol=0, rtol=0)
-    kernels.apply_rope(q, k, pos, table, hf.inv_freq.float(), scaling=float(hf.attention_scaling))
+    kernels.apply_rope(q, k, pos, table, hf.inv_freq.float(), RopeOptions(float(hf.attention_scaling)))
     torch.testing.assert_close(q, want_q[0].transpose(0, 1), atol=2e-6, rtol=1e-6)
     torch.testing.assert_close(k, want_k[0].transpose(0, 1), atol=2e-6, rtol=1e-6)
 
@@ -63,10 +64,10 @@ def test_rope_kernel_matches_reference(device: str, dtype: torch.dtype, case: tu
     caches = [rand(num_slots, hkv, d, dtype=dtype, device=device, gen=gen) for _ in range(2)]
     want_q, want_k = q.clone(), k.clone()
     want_caches = [c.clone() for c in caches]
-    extra = {"v": v, "k_cache": caches[0], "v_cache": caches[1], "slots": slots} if store else {}
-    want_extra = {"v": v, "k_cache": want_caches[0], "v_cache": want_caches[1], "slots": slots} if store else {}
-    kernels.apply_rope(want_q, want_k, pos, table, inv, scaling=0.75, backend="torch", **want_extra)
-    kernels.apply_rope(q, k, pos, table, inv, scaling=0.75, backend="triton", **extra)
+    extra = KVStore(v, caches[0], caches[1], slots) if store else None
+    want_extra = KVStore(v, want_caches[0], want_caches[1], slots) if store else None
+    kernels.apply_rope(want_q, want_k, pos, table, inv, RopeOptions(0.75, store=want_extra), backend="torch")
+    kernels.apply_rope(q, k, pos, table, inv, RopeOptions(0.75, store=extra), backend="triton")
     tol = TOL[dtype] if dtype != torch.bfloat16 else 8e-3
     assert_close(q, want_q, tol)
     assert_close(k, want_k, tol)
@@ -114,7 +115,14 @@ def test_reference_past_table_equals_a_longer_table() -> None:
         ({"inv_freq": _inv_freq(40)}, "rotary_dim"),
         ({"positions": torch.arange(4)}, "positions must have shape"),
         ({"cos_sin": torch.zeros(8, 6)}, "cos_sin must have shape"),
-        ({"k_cache": torch.zeros(9, 2, 32)}, "together"),
+        (
+            {
+                "opts": RopeOptions(
+                    store=KVStore(torch.zeros(5, 2, 32), torch.zeros(9, 3, 32), torch.zeros(9, 2, 32), torch.arange(5))
+                )
+            },
+            "k_cache must have shape",
+        ),
         ({"positions": torch.arange(5).float()}, "positions must have dtype"),
     ],
 )
@@ -161,15 +169,7 @@ def test_rope_with_fused_qk_norm_matches_norm_then_rope(
         pos,
         table,
         inv,
-        v=v,
-        k_cache=caches[0],
-        v_cache=caches[1],
-        slots=slots,
-        q_norm=qw,
-        k_norm=kw,
-        norm_eps=1e-5,
-        norm_offset=offset,
-        norm_cast_before_weight=cast,
+        RopeOptions(store=KVStore(v, caches[0], caches[1], slots), norm=HeadNorm(qw, kw, 1e-5, offset, cast)),
         backend="triton",
     )
     tol = 8e-3 if dtype == torch.bfloat16 and device == "cuda" else TOL[dtype]  # interpreter: bf16 truncates
