@@ -19,6 +19,9 @@ import time
 import torch
 
 from minisgl_kernels import reference
+from minisgl_kernels.options import AttentionOptions
+
+OPTS = AttentionOptions(scale=64**-0.5)
 
 
 def indexed(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, ip: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -31,9 +34,7 @@ def indexed(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, ip: torch.Tenso
         vc[layout.idx],
         layout.q_pos,
         layout.k_len,
-        scale=q.shape[-1] ** -0.5,
-        window=None,
-        softcap=None,
+        OPTS,
         mask=layout.mask(None),
     ).squeeze(1)
 
@@ -55,10 +56,10 @@ def main() -> None:
         lens = [a.context - (i % 3) for i in range(b)]  # unequal lengths: the masked path
         slots = torch.randperm(a.pool, generator=gen)[: sum(lens)].to(torch.int32)
         ip = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-        new = reference.decode_attention(q, kc, vc, ip, slots, scale=64**-0.5)
+        new = reference.decode_attention(q, kc, vc, ip, slots, OPTS)
         if not torch.equal(new, indexed(q, kc, vc, ip, slots)):
             raise SystemExit("the two gathers disagree")
-        runs = {"base": indexed, "new": lambda *t: reference.decode_attention(*t, scale=64**-0.5)}
+        runs = {"base": indexed, "new": lambda *t: reference.decode_attention(*t, OPTS)}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(a.reps // 30 + 1):  # interleaved: drift on a shared machine hits both alike
             for k, fn in runs.items():
