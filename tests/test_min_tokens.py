@@ -65,12 +65,13 @@ def test_min_tokens_validation() -> None:
 DEMO = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-instruct"
 
 
-def test_engine_min_tokens_defers_a_stop_token() -> None:
+@pytest.mark.parametrize("overlap", [False, True])
+def test_engine_min_tokens_defers_a_stop_token(overlap: bool) -> None:
     if not (DEMO / "config.json").is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
         pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
-    llm = LLM(EngineConfig(model=DEMO, max_kv_tokens=512))
+    llm = LLM(EngineConfig(model=DEMO, max_kv_tokens=512, overlap=overlap))
     try:
         prompt = llm.loaded.tokenizer("The capital of France is")["input_ids"]
         free = llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))[0]
