@@ -43,7 +43,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def generate_ids(model: Path, tp: int) -> list[str]:
+def generate_ids(model: Path, tp: int, overlap: str = "auto") -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -64,6 +64,8 @@ def generate_ids(model: Path, tp: int) -> list[str]:
         "1024",
         "--chunked-prefill-size",
         "4",
+        "--overlap",
+        overlap,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
@@ -78,3 +80,10 @@ def test_tp2_gives_the_tokens_of_tp1(tiny: Path) -> None:
     one = generate_ids(tiny, 1)
     assert all(len(line.split()) == 33 for line in one), one  # 32 tokens each ("ids:" + 32)
     assert generate_ids(tiny, 2) == one
+
+
+@pytest.mark.slow
+def test_tp2_with_overlap_gives_the_tokens_of_tp1(tiny: Path) -> None:
+    """Workers take the previous step's sampled ids from rank 0's broadcast (RUN_SAMPLED)."""
+    one = generate_ids(tiny, 1)
+    assert generate_ids(tiny, 2, overlap="on") == one

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 import triton
+from bench_shapes import SHAPES
 from gpu_copy_bandwidth import copy_tbps
 
 DEV = "cuda"
@@ -44,69 +45,6 @@ BF16 = torch.bfloat16
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ROWS: list[list[str]] = []
 NOTES: list[str] = []
-
-SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "qwen3-0.6b": (
-        "qwen3",
-        {
-            "architectures": ["Qwen3ForCausalLM"],
-            "model_type": "qwen3",
-            "hidden_size": 1024,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 16,
-            "num_key_value_heads": 8,
-            "head_dim": 128,
-            "vocab_size": 151936,
-            "max_position_embeddings": 40960,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "tie_word_embeddings": True,
-        },
-    ),
-    "llama3-8b": (
-        "llama",
-        {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": 4096,
-            "intermediate_size": 14336,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 8,
-            "vocab_size": 128256,
-            "max_position_embeddings": 8192,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 500000.0,
-            "tie_word_embeddings": False,
-        },
-    ),
-    # Qwen3-30B-A3B with 12 of its 48 layers (fits twice on one card: ours + transformers)
-    "qwen3-30b-a3b-12l": (
-        "qwen3_moe",
-        {
-            "architectures": ["Qwen3MoeForCausalLM"],
-            "model_type": "qwen3_moe",
-            "hidden_size": 2048,
-            "intermediate_size": 6144,
-            "moe_intermediate_size": 768,
-            "num_experts": 128,
-            "num_experts_per_tok": 8,
-            "norm_topk_prob": True,
-            "decoder_sparse_step": 1,
-            "mlp_only_layers": [],
-            "num_hidden_layers": 12,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 4,
-            "head_dim": 128,
-            "vocab_size": 151936,
-            "max_position_embeddings": 40960,
-            "rms_norm_eps": 1e-6,
-            "rope_theta": 1000000.0,
-            "tie_word_embeddings": False,
-        },
-    ),
-}
 
 
 def row(*cells: object) -> None:
@@ -163,13 +101,17 @@ def ours_decode(model: Any, vocab: int, batch: int, prompt: int, new: int, graph
     return batch * (new - 2) / dt, runner
 
 
-def hf_decode(hf: Any, vocab: int, batch: int, prompt: int, new: int) -> float:
+def hf_decode(hf: Any, vocab: int, batch: int, prompt: int, new: int, device: str = DEV) -> float:
     gen = torch.Generator().manual_seed(batch)
-    ids = torch.randint(0, vocab, (batch, prompt), generator=gen).to(DEV)
+    ids = torch.randint(0, vocab, (batch, prompt), generator=gen).to(device)
     mask = torch.ones_like(ids)
 
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def run(n: int) -> float:
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
             hf.generate(
@@ -181,7 +123,7 @@ def hf_decode(hf: Any, vocab: int, batch: int, prompt: int, new: int) -> float:
                 pad_token_id=0,
                 eos_token_id=None,
             )
-        torch.cuda.synchronize()
+        sync()
         return time.perf_counter() - t0
 
     run(4)

@@ -2,6 +2,7 @@
 
 Run on a CUDA machine from the repo root: ``PYTHONPATH=$PWD python tools/bench_kernels.py``
 (``--compare``: only the side-by-side old/candidate timings of RMSNorm grids and decode;
+``--merge``: the two RMSNorm kernels side by side, as a merge into one would run them;
 ``--confirm``: the adopted defaults against the old code).
 Checks correctness first, then times medians with ``triton.testing.do_bench`` (which also
 flushes L2 between runs; inputs rotate among copies as well). Prints a markdown table last
@@ -186,6 +187,8 @@ def sweep_norm(m: int, h: int) -> None:
                 BLOCK_N=triton.next_power_of_2(h),
                 HAS_RESIDUAL=False,
                 CAST_BEFORE_WEIGHT=True,
+                EVICT="",
+                PREFETCH=False,
                 num_warps=warps,
             )
 
@@ -491,6 +494,88 @@ def compare(confirm: bool) -> None:
     print("\n" + "\n".join(lines))
 
 
+def merge_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
+    """The per-tile kernel (`rmsnorm_kernel`) vs the loop kernel (`rmsnorm_persistent_kernel`) launched
+    with one program per tile, i.e. what a merge into one kernel would run; alternating, same shapes."""
+    from minisgl_kernels import norm_launch
+    from minisgl_kernels._util import next_pow2
+
+    w = torch.randn(h, device=DEV, dtype=BF16)
+    nbytes = m * h * 2
+    nxt = rotating(
+        lambda: (torch.randn(m, h, device=DEV, dtype=BF16), torch.randn(m, h, device=DEV, dtype=BF16)), 2 * nbytes
+    )
+    work = (4 if fused else 2) * nbytes
+    block_n = next_pow2(h)
+    block_m = max(1, min(64, 2048 // block_n))
+    warps = 4 if block_n <= 2048 else (8 if block_n <= 8192 else 16)
+    evict = norm_launch.EVICT_FIRST_RESIDUAL if fused else norm_launch.EVICT_FIRST_PLAIN
+
+    from minisgl_kernels.norm_jit import rmsnorm_kernel
+
+    def old(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        s = torch.empty_like(x) if fused else y
+        rmsnorm_kernel[(triton.cdiv(m, block_m),)](
+            x, r if fused else x, w, y, s, h, h, h, h, m, h, 1e-6, 0.0,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_RESIDUAL=fused, CAST_BEFORE_WEIGHT=True, num_warps=warps,
+        )  # fmt: skip
+        return y
+
+    def new(x: torch.Tensor, r: torch.Tensor, hint: bool = False) -> torch.Tensor:
+        y, s = torch.empty_like(x), (torch.empty_like(x) if fused else None)
+        norm_launch.rmsnorm_triton(
+            x, w, 1e-6, offset=0.0, cast_before_weight=True, out=y,
+            residual=r if fused else None, residual_out=s, evict_first=hint, programs_per_sm=1 << 20,
+        )  # fmt: skip
+        return y
+
+    variants = [("rmsnorm_kernel (per tile)", old), ("loop kernel, one tile each, no hint", new)]
+    if evict:
+        variants.append(("loop kernel, one tile each, evict_first (plain default)", lambda x, r: new(x, r, True)))
+    x, r = nxt()
+    for label, fn in variants:
+        got = fn(x, r)
+        want = old(x, r)
+        if not torch.equal(got, want):
+            raise SystemExit(f"merge: {label} differs from rmsnorm_kernel at M={m} fused={fused}")
+    for rnd in range(2):
+        for label, fn in variants:
+            us = bench(lambda fn=fn: fn(*nxt()))
+            tbs = work / us / 1e6
+            CMP.append(
+                f"| {'add+RMSNorm' if fused else 'RMSNorm'} M={m} H={h} | {label}{' (again)' if rnd else ''} | "
+                f"{us:.2f} | {tbs:.2f} | {tbs / ceiling * 100:.1f}% |"
+            )
+            print(CMP[-1], flush=True)
+
+
+def merge() -> None:
+    props = torch.cuda.get_device_properties(0)
+    head = (
+        f"card: {props.name} ({props.multi_processor_count} SMs); date {datetime.date.today()}; "
+        f"torch {torch.__version__}; triton {triton.__version__}"
+    )
+    print(head)
+    ceiling = copy_ceiling()
+    for m in (1, 64, 4096, 16384):
+        for fused in (False, True):
+            merge_norm(m, 4096, fused, ceiling)
+            torch.cuda.empty_cache()
+    lines = [
+        head,
+        f"copy ceiling {ceiling:.2f} TB/s; outputs bit-identical between the kernels (checked first)",
+        "",
+        "| kernel | variant | us | TB/s | of copy |",
+        "|---|---|---|---|---|",
+        *CMP,
+    ]
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "merge.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+
+
 def main() -> None:
     props = torch.cuda.get_device_properties(0)
     head = (
@@ -535,6 +620,8 @@ if __name__ == "__main__":
 
     if "--profile" in sys.argv:
         profile()
+    elif "--merge" in sys.argv:
+        merge()
     elif "--compare" in sys.argv or "--confirm" in sys.argv:
         compare("--confirm" in sys.argv)
     else:

@@ -13,6 +13,9 @@ and end-to-end latency (mean, p50, p90, p99), as a Markdown table and with `--js
     # --start-server is passed to `serve`
     python tools/bench_serve.py --num-requests 16 --concurrency 16 --baseline transformers \\
         --start-server --model models/smollm2-135m-instruct --device cpu --dtype float32
+    # GPU, no checkpoint needed: random weights at real shapes, batch 1 and 64 concurrent,
+    # transformers in the same run (tools/bench_serve_gpu.py)
+    python tools/bench_serve.py --shapes qwen3-0.6b,llama3-8b,qwen3-30b-a3b-12l
 
 `--baseline transformers` then runs transformers `generate` in this process on the same
 prompts and lengths (same model directory, dtype and device; greedy): batch 1 and batched
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVE_ARGS",
         help="start `minisgl-decl serve SERVE_ARGS` on a free 127.0.0.1 port (must come last)",
     )
+    where.add_argument(
+        "--shapes",
+        help="GPU: random-weight checkpoints at these shapes (comma-separated, tools/bench_shapes.py), "
+        "each served and measured beside transformers (tools/bench_serve_gpu.py)",
+    )
     p.add_argument(
         "--model-dir",
         type=Path,
@@ -90,12 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(OMP_NUM_THREADS) and the baseline (torch.set_num_threads); default: torch's own choice",
     )
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
+    from bench_serve_gpu import add_parser_args
+
+    add_parser_args(p)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parsed and checked arguments; BenchArgError with the reason for a bad one."""
     args = build_parser().parse_args(argv)
+    if args.shapes is not None:
+        return args
     if not 1 <= args.num_requests <= MAX_REQUESTS:
         raise BenchArgError(f"--num-requests must be in 1..{MAX_REQUESTS}, got {args.num_requests}")
     args.concurrency = args.num_requests if args.concurrency is None else args.concurrency
@@ -302,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchArgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.shapes is not None:
+        from bench_serve_gpu import run
+
+        return run(args)
     import torch
     from transformers import AutoTokenizer
 

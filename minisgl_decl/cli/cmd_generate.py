@@ -50,6 +50,12 @@ def register(sub: Any) -> None:
     p.add_argument("--chunked-prefill-size", type=int, default=None, help="prefill tokens per step")
     p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
     p.add_argument("--show-ids", action="store_true", help="also print the generated token ids")
+    p.add_argument(
+        "--overlap",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="overlap scheduling: plan the next step while the device runs this one (auto: on for CUDA)",
+    )
     p.set_defaults(run=run)
 
 
@@ -71,6 +77,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
         str(args.tp),
         "--device",
         args.device,
+        "--overlap",
+        args.overlap,
     ]
     for flag, value in (
         ("--spec", args.spec),
@@ -106,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         max_kv_tokens=args.max_kv_tokens,
         chunked_prefill_size=args.chunked_prefill_size,
         prefix_cache=not args.no_prefix_cache,
+        overlap={"auto": None, "on": True, "off": False}[args.overlap],
     )
     quiet_transformers()
     env = rank_env()

@@ -68,6 +68,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-running", type=int, default=256, help="most requests decoding at once (default 256)")
     p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
     p.add_argument("--no-cuda-graph", action="store_true", help="CUDA: run decode without CUDA graphs")
+    p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="CUDA: no overlap scheduling (wait for each step's tokens before planning the next)",
+    )
     p.add_argument("--seed", type=int, default=0, help="engine seed for requests without `seed` (default 0)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run, model_may_be_hub_id=True)  # serve resolves hub ids itself
@@ -157,6 +162,7 @@ def engine_config(args: argparse.Namespace, model: Path) -> EngineConfig:
         max_running=args.max_running,
         prefix_cache=not args.no_prefix_cache,
         cuda_graph=not args.no_cuda_graph,
+        overlap=False if args.no_overlap else None,
         seed=args.seed,
     )
 
@@ -196,7 +202,11 @@ def _rank_argv(args: argparse.Namespace, model: Path, name: str) -> list[str]:
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]
-    flags = {"--no-prefix-cache": args.no_prefix_cache, "--no-cuda-graph": args.no_cuda_graph}
+    flags = {
+        "--no-prefix-cache": args.no_prefix_cache,
+        "--no-cuda-graph": args.no_cuda_graph,
+        "--no-overlap": args.no_overlap,
+    }
     return argv + [flag for flag, on in flags.items() if on]
 
 

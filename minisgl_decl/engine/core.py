@@ -3,6 +3,15 @@
 `EngineCore` owns the model runner, the scheduler, the prefix cache and the sampler.
 Under tensor parallelism (rank 0) every step is broadcast to the other ranks before it
 runs (`tp.send_step`); they run the same forward in `tp.worker_loop`.
+
+Overlap scheduling (default on CUDA, `EngineConfig.overlap`): `step()` plans and launches
+step N+1 before it waits for step N's tokens, so the host work of a step (scheduling,
+building the batch, the launches) runs while the GPU computes the previous one. The tokens
+sampled by step N stay on the device and feed step N+1 (placeholders `-(k + 1)` in the
+request's output, replaced on the device by the runner); the host learns them one step
+later, when it reports them (stop strings, EOS, detokenisation). A request that ends on EOS
+or a stop string has then run one more decode, whose token is dropped; one that reaches
+max_tokens is not decoded again (the scheduler knows that on the host).
 """
 
 from __future__ import annotations
@@ -10,16 +19,19 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
 
 from ..runtime.distributed import GroupComm
 from ..runtime.runner import ModelRunner, StepBatch
 from . import tp
 from .api import EngineConfig, EngineStats, InvalidRequest, RequestOutput, SamplingParams, TokenLogprob
-from .detokenize import OutputText
+from .detokenize import OutputText, stop_token_ids
 from .loader import LoadedModel, announce, kv_pool_tokens
 from .radix import RadixCache
 from .request import Request
-from .sampling import Sampler
+from .sampling import SampledBatch, Sampler
 from .scheduler import Plan, Scheduler
 
 #: default prefill tokens per step. CPU: `tools/bench_engine.py --sweep-chunk` (docs/engine.md) gives 256
@@ -55,7 +67,7 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
     )
     if comm is None or comm.rank == 0:
         announce(loaded, tokens, chunk, max_model_len(config, loaded))
-    graphs = config.cuda_graph and loaded.device.type == "cuda" and (comm is None or comm.size == 1)
+    graphs = config.cuda_graph and loaded.device.type == "cuda"  # every rank captures the same sizes (TP: NCCL inside)
     if graphs and loaded.model.not_graph_capturable:
         graphs = False
         print(
@@ -66,6 +78,20 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
     if graphs:
         runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
     return runner, chunk
+
+
+def use_overlap(config: EngineConfig, device: torch.device) -> bool:
+    """Overlap scheduling: as configured, else on for CUDA and off for the CPU."""
+    return config.overlap if config.overlap is not None else device.type == "cuda"
+
+
+@dataclass
+class _InFlight:
+    """A launched step whose sampled tokens the host has not read yet."""
+
+    sampled: SampledBatch
+    requests: list[Request]
+    at: list[int]  # index in each request's output of the placeholder for its token
 
 
 class EngineCore:
@@ -81,6 +107,8 @@ class EngineCore:
         self.requests: dict[str, Request] = {}
         self._keys = itertools.count()
         self.prompt_tokens = self.generated_tokens = 0
+        self.overlap = use_overlap(config, loaded.device)
+        self._inflight: _InFlight | None = None
 
     # ---- requests ----
 
@@ -129,7 +157,7 @@ class EngineCore:
             params,
             OutputText(self.tokenizer, params, prompt, self.loaded.eos_ids),
         )
-        self.sampler.add(req.key, params, prompt)
+        self.sampler.add(req.key, params, prompt, stop_ids=stop_token_ids(params, self.loaded.eos_ids))
         self.requests[request_id] = req
         self.sched.waiting.append(req)
         self.prompt_tokens += len(prompt)
@@ -140,14 +168,17 @@ class EngineCore:
         if req is None:
             return None
         req.finish_reason = "abort"
+        del req.output[req.resolved :]  # tokens of the step in flight are dropped
         return self._finish(req, "")
 
     def has_work(self) -> bool:
-        return bool(self.sched.waiting or self.sched.running)
+        return bool(self.sched.waiting or self.sched.running or self._inflight is not None)
 
     # ---- the step ----
 
     def step(self) -> list[RequestOutput]:
+        if self.overlap:
+            return self._step_overlap()
         plan = self.sched.schedule()
         if not plan.items:
             return []
@@ -162,6 +193,45 @@ class EngineCore:
             return []
         sampled = self.sampler.sample(logits, [r.key for r in sample_items])
         return [self._postprocess(r, s.token_id, s.logprob) for r, s in zip(sample_items, sampled, strict=True)]
+
+    def _step_overlap(self) -> list[RequestOutput]:
+        """Launch step N+1 (its inputs may name step N's tokens, still on the device), then report step N."""
+        plan = self.sched.schedule()
+        launched = self._launch(plan) if plan.items else None
+        done, self._inflight = self._inflight, launched
+        return self._resolve(done) if done is not None else []
+
+    def _launch(self, plan: Plan) -> _InFlight | None:
+        step, sample_items = self._batch(plan)
+        prev = self._inflight.sampled.ids if self._inflight is not None else None
+        if self.comm is not None:
+            tp.send_step(self.comm, step, with_sampled=bool(sample_items))
+        logits = self.runner.run(step, prev)
+        for it in plan.items:  # prompts just prefilled become cacheable (all their tokens known on the host)
+            r = it.req
+            if len(it.slots) > 1 and r.pending == 0 and r.resolved == len(r.output):
+                self.sched.cache_prefix(r)
+        if not sample_items:
+            return None
+        sampled = self.sampler.launch(logits, [r.key for r in sample_items])
+        if self.comm is not None:
+            tp.send_sampled(self.comm, sampled.ids)
+        at = []
+        for k, r in enumerate(sample_items):
+            at.append(len(r.output))
+            r.output.append(-(k + 1))  # placeholder: the k-th token sampled by this step
+        return _InFlight(sampled, sample_items, at)
+
+    def _resolve(self, done: _InFlight) -> list[RequestOutput]:
+        """Read a launched step's tokens on the host and report them (finishing requests as they end)."""
+        outs = []
+        for r, at, s in zip(done.requests, done.at, done.sampled.result(), strict=True):
+            if r.finish_reason is not None:  # aborted, or finished by an earlier token
+                continue
+            r.output[at] = s.token_id
+            r.resolved = at + 1
+            outs.append(self._postprocess(r, s.token_id, s.logprob))
+        return outs
 
     def _batch(self, plan: Plan) -> tuple[StepBatch, list[Request]]:
         tokens: list[int] = []
@@ -186,23 +256,26 @@ class EngineCore:
         return step, sample
 
     def _postprocess(self, req: Request, token: int, logprob: TokenLogprob | None) -> RequestOutput:
-        req.output.append(token)
+        if not self.overlap:
+            req.output.append(token)
+            req.resolved = len(req.output)
         self.generated_tokens += 1
         text, reason = req.text.append(token)
-        if reason is None and len(req.output) >= req.params.max_tokens:
+        if reason is None and req.resolved >= req.params.max_tokens:
             reason = "length"
             text += req.text.finish()
         logprobs = (logprob,) if req.params.logprobs and logprob is not None else None
         if reason is not None:
             req.finish_reason = reason
+            del req.output[req.resolved :]  # a decode already launched past the end: its token is dropped
             return self._finish(req, text, logprobs)
         return self._output(req, text, logprobs, False)
 
     def _output(
         self, req: Request, text: str, logprobs: tuple[TokenLogprob, ...] | None, finished: bool
     ) -> RequestOutput:
-        new = tuple(req.output[req.sent_tokens :])
-        req.sent_tokens = len(req.output)
+        new = tuple(req.output[req.sent_tokens : req.resolved])
+        req.sent_tokens = req.resolved
         return RequestOutput(
             req.request_id,
             text,
@@ -211,7 +284,7 @@ class EngineCore:
             finished,
             req.finish_reason if finished else None,
             len(req.prompt),
-            len(req.output),
+            req.resolved,
             req.cached_tokens,
         )
 

@@ -18,6 +18,11 @@ class Request:
     `slots[:cache_len]` belong to the prefix cache (the request locks `node`); the rest are
     the request's own. A preempted request loses its slots and keeps its output, so its
     recompute (prompt + output so far) continues exactly where it stopped.
+
+    Under overlap scheduling the newest output token may not be known on the host yet: it
+    is then a placeholder `-(k + 1)`, "the k-th token sampled by the step in flight", which
+    the runner replaces on the device (`ModelRunner.run(step, prev=...)`). `resolved` counts
+    the output tokens the host knows (all of them without overlap).
     """
 
     key: int
@@ -35,10 +40,16 @@ class Request:
     writes: list[tuple[int, int]] = field(default_factory=list)  # (position, slot) table writes not yet sent
     finish_reason: FinishReason | None = None
     sent_tokens: int = 0  # output tokens already reported
+    resolved: int = 0  # output tokens known on the host (the rest are placeholders of the step in flight)
 
     @property
     def total(self) -> int:
         return len(self.prompt) + len(self.output)
+
+    @property
+    def final(self) -> bool:
+        """Its last token is sampled (max_tokens reached): nothing more to run, only to report."""
+        return len(self.output) >= self.params.max_tokens
 
     @property
     def pending(self) -> int:

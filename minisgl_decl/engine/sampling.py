@@ -6,6 +6,7 @@ For the rows of one step (logits `[B, V]`, one row per request key, in `keys` or
         └─> repetition penalty   (prompt + output tokens; HF: positive / p, negative * p)
             -> frequency/presence (output tokens; OpenAI: -= f * count + p * [count > 0])
             -> + logit_bias
+            -> stop tokens at -inf while fewer than min_tokens were generated (vLLM's min_tokens)
             -> greedy rows (temperature 0, or top_k 1): argmax, exact
             -> sampled rows: / temperature -> top-k -> softmax -> top-p -> min-p -> inverse-CDF draw
 
@@ -58,6 +59,8 @@ class _Row:
     pslot: int | None  # row of the penalty buffers (None: no penalty and no bias)
     rng: random.Random | None  # the request's own random stream when it has a seed
     want_logprobs: bool
+    suppressed: tuple[int, ...] = ()  # stop token ids masked until min_tokens were generated
+    generated: int = 0  # tokens sampled so far (counted while min_tokens is pending)
 
 
 class _Slots:
@@ -135,10 +138,15 @@ class Sampler:
         self._top_p_keys: set[int] = set()
         self._min_p_keys: set[int] = set()
         self._logprob_keys: set[int] = set()
+        self._min_tokens_keys: set[int] = set()  # still below min_tokens, with stop ids to mask
 
     # ---------------------------------------------------------------- requests
 
-    def add(self, key: int, params: SamplingParams, prompt_ids: Sequence[int]) -> None:
+    def add(
+        self, key: int, params: SamplingParams, prompt_ids: Sequence[int], stop_ids: frozenset[int] = frozenset()
+    ) -> None:
+        """Register a request; ``stop_ids`` (its EOS and stop_token_ids) cannot be sampled before
+        ``params.min_tokens`` tokens were."""
         if key in self._rows:
             raise KeyError(f"sampler: request key {key} is already registered")
         bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
@@ -151,8 +159,8 @@ class Sampler:
         if grow is not None:
             self._fparams, self._top_k = _grown(self._fparams, grow), _grown(self._top_k, grow)
         top_k = params.top_k if params.top_k > 0 else 0
-        self._fparams[slot] = torch.tensor(
-            [1.0 if greedy else params.temperature, params.top_p, params.min_p], dtype=torch.float32
+        self._fparams[slot] = self._to_device(
+            [1.0 if greedy else params.temperature, params.top_p, params.min_p], torch.float32
         )
         self._top_k[slot] = top_k
 
@@ -181,7 +189,10 @@ class Sampler:
         want_logprobs = params.logprobs or params.top_logprobs > 0
         if want_logprobs:
             self._logprob_keys.add(key)
-        self._rows[key] = _Row(params, slot, pslot, rng, want_logprobs)
+        suppressed = tuple(sorted(t for t in stop_ids if 0 <= t < self.vocab_size)) if params.min_tokens > 0 else ()
+        if suppressed:
+            self._min_tokens_keys.add(key)
+        self._rows[key] = _Row(params, slot, pslot, rng, want_logprobs, suppressed)
 
     def _add_penalty(self, params: SamplingParams, prompt_ids: Sequence[int]) -> int:
         pslot, grow = self._pslots.take()
@@ -214,6 +225,7 @@ class Sampler:
             self._top_p_keys,
             self._min_p_keys,
             self._logprob_keys,
+            self._min_tokens_keys,
         ):
             keys.discard(key)
 
@@ -227,22 +239,32 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, keys: Sequence[int]) -> list[SampledToken]:
         """One token per row of `logits` ([B, V], rows in `keys` order); records it for the penalties."""
+        return self.launch(logits, keys).result()
+
+    def launch(self, logits: torch.Tensor, keys: Sequence[int]) -> SampledBatch:
+        """Queue the sampling of one step on the device; the tokens come back with `.result()`.
+
+        `.ids` is the sampled ids on the device (the next step's input under overlap scheduling);
+        their copy to the host starts at once (pinned memory, no wait) and `.result()` waits for it.
+        """
         batch = len(keys)
         if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] != self.vocab_size:
             raise ValueError(f"sampler: logits {tuple(logits.shape)} for {batch} keys and vocab {self.vocab_size}")
         if len(set(keys)) != batch:
             raise ValueError("sampler: a request key appears twice in one batch")
         rows = [self._rows[k] for k in keys]
-        slots = torch.tensor([r.slot for r in rows], dtype=torch.int64).to(self.device, non_blocking=True)
+        slots = self._to_device([r.slot for r in rows], torch.int64)
         x = logits.float()
         raw = x
 
         penalized = pslots = None
         if not self._penalized.isdisjoint(keys):
             penalized = self._positions(keys, self._penalized)
-            pslots = torch.tensor([r.pslot for r in rows if r.pslot is not None], dtype=torch.int64)
-            pslots = pslots.to(self.device, non_blocking=True)
+            pslots = self._to_device([r.pslot for r in rows if r.pslot is not None], torch.int64)
             x = x.index_copy(0, penalized, self._penalize(x.index_select(0, penalized), pslots))
+
+        if not self._min_tokens_keys.isdisjoint(keys):
+            x = self._suppress_stops(x, keys)
 
         if self._sampled.isdisjoint(keys):
             token = x.argmax(-1)
@@ -250,7 +272,7 @@ class Sampler:
             token = self._draw(x, slots, list(keys))
         else:
             pos = [i for i, k in enumerate(keys) if k in self._sampled]
-            srow = torch.tensor(pos, dtype=torch.int64).to(self.device, non_blocking=True)
+            srow = self._to_device(pos, torch.int64)
             drawn = self._draw(x.index_select(0, srow), slots.index_select(0, srow), [keys[i] for i in pos])
             token = x.argmax(-1).index_copy(0, srow, drawn)
 
@@ -260,12 +282,39 @@ class Sampler:
             self._seen.index_put_((pslots, ptoken), torch.ones_like(ptoken, dtype=torch.bool))
 
         if self._logprob_keys.isdisjoint(keys):
-            return [SampledToken(t, None) for t in token.tolist()]  # the one device->host transfer
-        return self._with_logprobs(raw, token, rows)
+            return SampledBatch(token, _to_host(token), rows, 0)
+        logprobs = torch.log_softmax(raw, dim=-1)
+        chosen = logprobs.gather(1, token[:, None])
+        top = max(r.params.top_logprobs for r in rows)
+        columns = [token[:, None].double(), chosen.double()]
+        if top > 0:
+            values, ids = logprobs.topk(top, dim=-1)
+            columns += [ids.double(), values.double()]
+        return SampledBatch(token, _to_host(torch.cat(columns, dim=1)), rows, top)
+
+    def _to_device(self, values: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+        """A small host list on the device without waiting for the GPU (pinned staging on CUDA)."""
+        host = torch.tensor(values, dtype=dtype, pin_memory=self.device.type == "cuda")
+        return host.to(self.device, non_blocking=True)
+
+    def _suppress_stops(self, x: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
+        """``x`` with each stop token of a request below its min_tokens at -inf (a new tensor: the
+        raw logits stay intact for logprobs); counts this step's token for those requests."""
+        rows: list[int] = []
+        cols: list[int] = []
+        for i, key in enumerate(keys):
+            if key in self._min_tokens_keys:
+                row = self._rows[key]
+                rows += [i] * len(row.suppressed)
+                cols += row.suppressed
+                row.generated += 1
+                if row.generated >= row.params.min_tokens:
+                    self._min_tokens_keys.discard(key)
+        index = torch.tensor([rows, cols], dtype=torch.int64).to(self.device, non_blocking=True)
+        return x.index_put((index[0], index[1]), torch.tensor(float("-inf"), device=self.device))
 
     def _positions(self, keys: Sequence[int], members: set[int]) -> torch.Tensor:
-        pos = [i for i, k in enumerate(keys) if k in members]
-        return torch.tensor(pos, dtype=torch.int64).to(self.device, non_blocking=True)
+        return self._to_device([i for i, k in enumerate(keys) if k in members], torch.int64)
 
     def _penalize(self, z: torch.Tensor, pslots: torch.Tensor) -> torch.Tensor:
         penalty = self._penalty.index_select(0, pslots)
@@ -303,21 +352,44 @@ class Sampler:
         if not self._seeded.isdisjoint(keys):
             pos = [i for i, k in enumerate(keys) if k in self._seeded]
             own = [self._rows[keys[i]].rng.random() for i in pos]  # type: ignore[union-attr]
-            index = torch.tensor(pos, dtype=torch.int64).to(self.device, non_blocking=True)
-            u.index_copy_(0, index, torch.tensor(own, dtype=torch.float64).to(self.device, non_blocking=True))
+            u.index_copy_(0, self._to_device(pos, torch.int64), self._to_device(own, torch.float64))
         return u
 
-    def _with_logprobs(self, raw: torch.Tensor, token: torch.Tensor, rows: list[_Row]) -> list[SampledToken]:
-        logprobs = torch.log_softmax(raw, dim=-1)
-        chosen = logprobs.gather(1, token[:, None])
-        top = max(r.params.top_logprobs for r in rows)
-        columns = [token[:, None].double(), chosen.double()]
-        if top > 0:
-            values, ids = logprobs.topk(top, dim=-1)
-            columns += [ids.double(), values.double()]
-        packed = torch.cat(columns, dim=1).tolist()  # the one device->host transfer
+
+def _to_host(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying `t` to the host (pinned, asynchronous on CUDA); (host tensor, event to wait on)."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+class SampledBatch:
+    """One step's sampled tokens: on the device at once (`ids`), on the host after `result()`."""
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        host: tuple[torch.Tensor, torch.cuda.Event | None],
+        rows: list[_Row],
+        top: int,
+    ) -> None:
+        self.ids = ids
+        self._host, self._done = host
+        self._rows, self._top = rows, top
+
+    def result(self) -> list[SampledToken]:
+        """Wait for the copy (the one device->host transfer of the step) and unpack it."""
+        if self._done is not None:
+            self._done.synchronize()
+        if self._host.dim() == 1:
+            return [SampledToken(t, None) for t in self._host.tolist()]
+        top = self._top
         out = []
-        for row, line in zip(rows, packed, strict=True):
+        for row, line in zip(self._rows, self._host.tolist(), strict=True):
             token_id = int(line[0])
             if not row.want_logprobs:
                 out.append(SampledToken(token_id, None))

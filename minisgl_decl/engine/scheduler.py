@@ -16,6 +16,11 @@ Policy (one step = one forward):
 3. A new request first looks up its longest cached prefix (all but its last token) in the
    radix cache, locks it and starts after it.
 
+Under overlap scheduling (`EngineCore`, CUDA) the step is planned before the previous
+step's tokens reach the host: a request whose last token is sampled (`final`, max_tokens
+reached) waits to be reported and is not decoded again; one that ends on EOS or a stop
+string runs one wasted decode, discarded when the engine learns it finished.
+
 The step's tokens are ordered as the items: decodes, then prefill chunks. A step with only
 one-token items runs the decode path; any longer item makes it one mixed extend forward.
 """
@@ -117,12 +122,12 @@ class Scheduler:
     def schedule(self) -> Plan:
         while True:
             plan = self._try()
-            if plan.items or not self.running:
+            if plan.items or all(r.final for r in self.running):
                 return plan
             self.preempt(self.running[-1])  # nothing could run: make room (the oldest always fits)
 
     def _try(self) -> Plan:
-        decodes = [r for r in self.running if r.pending == 1]
+        decodes = [r for r in self.running if r.pending == 1 and not r.final]
         while self.running and self.available() < len(decodes):
             victim = self.running[-1]
             if victim in decodes:

@@ -5,6 +5,14 @@ Rank 0 broadcasts each step as two int64 tensors (no pickle): a fixed-size heade
 (`worker_loop`) receive, run the model on their shard (the collectives inside the
 layers pair up with rank 0's) and discard the logits. `STOP` ends the loop; `PING` keeps
 an idle group's collectives inside their timeout.
+
+The step messages travel on the host (`comm.control`, a gloo group beside NCCL on GPUs): a
+worker's host gets step N+1 while its GPU still runs step N and queues it at once, instead
+of learning it from a device broadcast that waits behind step N's kernels.
+
+Under overlap scheduling a step's tokens may name the previous step's sampled ids, which
+only rank 0 samples: `RUN_SAMPLED` says that rank 0 broadcasts this step's sampled ids
+(device to device, no host sync) after the forward, and workers keep them for the next step.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import torch.distributed as dist
 from ..runtime.distributed import GroupComm
 from ..runtime.runner import HEADER, ModelRunner, StepBatch
 
-RUN, STOP, PING = 0, 1, 2
+RUN, STOP, PING, RUN_SAMPLED = 0, 1, 2, 3
 
 
 def _header(command: int, step: StepBatch | None) -> torch.Tensor:
@@ -26,30 +34,54 @@ def _header(command: int, step: StepBatch | None) -> torch.Tensor:
     return head
 
 
-def send_step(comm: GroupComm, step: StepBatch) -> None:
-    dist.broadcast(_header(RUN, step).to(comm.device), src=0, group=comm.group)
-    dist.broadcast(step.payload().to(comm.device), src=0, group=comm.group)
+def _control(comm: GroupComm) -> tuple[dist.ProcessGroup | None, torch.device]:
+    """The group and device of the step messages: host tensors on the gloo control group if any."""
+    if comm.control is not None:
+        return comm.control, torch.device("cpu")
+    return comm.group, comm.device
+
+
+def _send(comm: GroupComm, t: torch.Tensor) -> None:
+    group, device = _control(comm)
+    dist.broadcast(t.to(device), src=0, group=group)
+
+
+def send_step(comm: GroupComm, step: StepBatch, with_sampled: bool = False) -> None:
+    """Before rank 0 runs `step`; `with_sampled`: `send_sampled` follows the forward."""
+    _send(comm, _header(RUN_SAMPLED if with_sampled else RUN, step))
+    _send(comm, step.payload())
+
+
+def send_sampled(comm: GroupComm, ids: torch.Tensor) -> None:
+    """Rank 0's sampled ids of the step just run (int64, on the device) to every worker."""
+    dist.broadcast(ids.contiguous(), src=0, group=comm.group)
 
 
 def send_stop(comm: GroupComm) -> None:
-    dist.broadcast(_header(STOP, None).to(comm.device), src=0, group=comm.group)
+    _send(comm, _header(STOP, None))
 
 
 def send_ping(comm: GroupComm) -> None:
-    dist.broadcast(_header(PING, None).to(comm.device), src=0, group=comm.group)
+    _send(comm, _header(PING, None))
 
 
 def worker_loop(runner: ModelRunner, comm: GroupComm) -> None:
     """Ranks > 0: run every step rank 0 sends until it says stop."""
-    head = torch.zeros(1 + HEADER, dtype=torch.int64, device=comm.device)
+    group, device = _control(comm)
+    head = torch.zeros(1 + HEADER, dtype=torch.int64, device=device)
+    prev: torch.Tensor | None = None  # the last step's sampled ids (overlap scheduling)
     while True:
-        dist.broadcast(head, src=0, group=comm.group)
+        dist.broadcast(head, src=0, group=group)
         host = head.cpu()
         command = int(host[0])
         if command == STOP:
             return
         if command == PING:
             continue
-        payload = torch.empty(sum(StepBatch.sizes(host[1:])), dtype=torch.int64, device=comm.device)
-        dist.broadcast(payload, src=0, group=comm.group)
-        runner.run(StepBatch.unpack(host[1:], payload.cpu()))
+        payload = torch.empty(sum(StepBatch.sizes(host[1:])), dtype=torch.int64, device=device)
+        dist.broadcast(payload, src=0, group=group)
+        step = StepBatch.unpack(host[1:], payload.cpu())
+        runner.run(step, prev)
+        if command == RUN_SAMPLED:
+            prev = torch.empty(step.logits_at.shape[0], dtype=torch.int64, device=comm.device)
+            dist.broadcast(prev, src=0, group=comm.group)

@@ -34,6 +34,12 @@ _PAD = (0, 0, -1, 0, 0)  # token, position, out slot, row, context length of a p
 WARMUP_LEN = 256
 
 
+def resolve_tokens(tokens: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """Tokens with each placeholder `-(k + 1)` replaced by `prev[k]` (on the device, no host sync)."""
+    index = (-1 - tokens).clamp_(0, prev.shape[0] - 1)
+    return torch.where(tokens < 0, prev[index], tokens)
+
+
 def batch_sizes_for(max_batch: int, sizes: Sequence[int] = DEFAULT_BATCH_SIZES) -> list[int]:
     """The captured sizes for at most `max_batch` requests (always including `max_batch`)."""
     chosen = sorted({s for s in sizes if s < max_batch} | {max_batch})
@@ -58,9 +64,11 @@ class DecodeGraphs:
         self.sizes = sorted(set(batch_sizes))
         self.max_batch = self.sizes[-1]
         self.inputs = {bs: torch.zeros(5, bs, dtype=torch.int64, device=device) for bs in self.sizes}
-        self.host = torch.zeros(5, self.max_batch, dtype=torch.int64, pin_memory=True)
+        # two pinned host buffers used in turn, so filling step N+1's never waits for step N's copy
+        self.host = [torch.zeros(5, self.max_batch, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self.copied = [torch.cuda.Event(), torch.cuda.Event()]  # the last copy out of each host buffer
+        self.turn = 0
         self.pad = torch.tensor(_PAD, dtype=torch.int64)[:, None]
-        self.copied = torch.cuda.Event()  # the last host-to-device copy (the host buffer is reused)
         self.cu = torch.arange(self.max_batch + 1, dtype=torch.int64, device=device)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
@@ -108,19 +116,26 @@ class DecodeGraphs:
     def fits(self, batch: int) -> bool:
         return 1 <= batch <= self.max_batch and bool(self.graphs)
 
-    def run(self, step: StepBatch, req_to_token: torch.Tensor) -> torch.Tensor:
-        """Logits [b, vocab] of a decode step of b requests (host tensors of `step`)."""
+    def run(self, step: StepBatch, req_to_token: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [b, vocab] of a decode step of b requests (host tensors of `step`).
+
+        `prev`: the previous step's sampled ids on the device; token `-(k + 1)` means `prev[k]`.
+        """
         b = step.tokens.shape[0]
         bs = next(s for s in self.sizes if s >= b)
-        self.copied.synchronize()  # the previous copy has read the host buffer
-        host = self.host[:, :bs]
+        self.turn ^= 1
+        copied = self.copied[self.turn]
+        copied.synchronize()  # the copy two steps ago has read this host buffer
+        host = self.host[self.turn][:, :bs]
         for i, part in enumerate((step.tokens, step.positions, step.out_slots, step.rows, step.kv_lens)):
             host[i, :b] = part
         if bs > b:
             host[:, b:] = self.pad
         inputs = self.inputs[bs]
         inputs.copy_(host, non_blocking=True)
-        self.copied.record()
+        copied.record()
+        if prev is not None:
+            inputs[0, :b] = resolve_tokens(inputs[0, :b], prev)
         req_to_token[inputs[3, :b], inputs[1, :b]] = inputs[2, :b].to(req_to_token.dtype)
         graph, out = self.graphs[bs]
         graph.replay()

@@ -52,11 +52,19 @@ def rank_env() -> RankEnv | None:
 class GroupComm:
     """Collectives over a torch.distributed process group (the default group if None)."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        device: str | torch.device = "cpu",
+        control: dist.ProcessGroup | None = None,
+    ) -> None:
         self.group = group
         self.size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.device = torch.device(device)  # where collectives' tensors live (NCCL: this rank's GPU)
+        # host-side messages (the engine's step broadcast): a gloo group, so a worker's host receives
+        # the next step while its GPU still runs this one (None: `group`)
+        self.control = control
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         t = t.contiguous()
@@ -113,7 +121,8 @@ def init_group(env: RankEnv, device: str | torch.device = "cpu") -> GroupComm:
             timeout=COLLECTIVE_TIMEOUT,
             device_id=dev if dev.type == "cuda" else None,
         )
-    return GroupComm(device=dev)
+    control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)  # host-side step messages
+    return GroupComm(device=dev, control=control)
 
 
 def shutdown() -> None:

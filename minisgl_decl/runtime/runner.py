@@ -28,7 +28,7 @@ import torch
 
 from ..catalogue.context import Comm, ForwardBatch, SingleRank
 from ..errors import UserError
-from .cuda_graph import DecodeGraphs, batch_sizes_for
+from .cuda_graph import DecodeGraphs, batch_sizes_for, resolve_tokens
 from .model import CompiledModel
 
 
@@ -186,21 +186,31 @@ class ModelRunner:
     # ---- the engine's interface ----
 
     @torch.inference_mode()
-    def run(self, step: StepBatch) -> torch.Tensor:
-        """Write the step's slots into the request table, run the model; logits [S, vocab] (full vocab)."""
+    def run(self, step: StepBatch, prev: torch.Tensor | None = None) -> torch.Tensor:
+        """Write the step's slots into the request table, run the model; logits [S, vocab] (full vocab).
+
+        `prev`: the previous step's sampled ids on the device (overlap scheduling); a token
+        `-(k + 1)` in `step.tokens` stands for `prev[k]` and is replaced on the device.
+        """
+        if prev is not None and not bool((step.tokens < 0).any()):
+            prev = None
         if (
             self.graphs is not None
             and step.is_decode
             and not step.write_rows.numel()
             and self.graphs.fits(step.tokens.shape[0])
         ):  # CUDA-graph replay (runtime/cuda_graph.py)
-            logits = self.graphs.run(step, self.req_to_token)
-            return logits if step.logits_at.shape[0] == logits.shape[0] else logits[step.logits_at.to(logits.device)]
+            logits = self.graphs.run(step, self.req_to_token, prev)
+            if step.logits_at.shape[0] == logits.shape[0]:
+                return logits
+            return logits[_to_device(step.logits_at, logits.device)]
         header = step.header()
         is_decode, t, b, s, w, max_q, _, total_kv, total_prefix = (int(x) for x in header.tolist())
         dev = self.device
-        flat = step.payload().to(dev, non_blocking=True)
+        flat = _to_device(step.payload(), dev)
         tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, wr, wp, ws = flat.split(StepBatch.sizes(header))
+        if prev is not None:
+            tokens = resolve_tokens(tokens, prev)
         table = self.req_to_token
         if w:
             table[wr, wp] = ws.to(torch.int32)
@@ -306,6 +316,13 @@ class ModelRunner:
     def decode(self, requests: dict[int, int]) -> list[torch.Tensor]:
         """One new token for each request; returns its logits [vocab] per request."""
         return list(self._step({r: [t] for r, t in requests.items()}, True, True).unbind(0))
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device's queue (pinned staging on CUDA)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _gather_ranges(
