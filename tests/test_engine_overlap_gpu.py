@@ -28,12 +28,12 @@ def _checkpoint(name: str, tmp: Path) -> tuple[Path, Any]:
     from minisgl_decl.parity.hf_reference import build_reference, load_reference
     from minisgl_decl.parity.run import quiet_transformers
     from minisgl_decl.parity.tokenizer import write_word_tokenizer
-    from minisgl_decl.spec.load import load_spec
+    from minisgl_decl.spec.compile import load_ir
 
     quiet_transformers()
-    spec = load_spec(SPECS / f"{name}.yaml")
+    spec = load_ir(SPECS / f"{name}.yaml")
     build_reference(spec, None, seed=3, directory=tmp)
-    hf = load_reference(tmp, spec.spec.serves.architectures[0])
+    hf = load_reference(tmp, spec.architectures[0])
     write_word_tokenizer(tmp, int(hf.config.vocab_size))
     return tmp, hf
 
