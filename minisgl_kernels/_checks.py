@@ -15,8 +15,14 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 INDEX_DTYPES = ("int32", "int64")
 
 
+_DTYPE_NAMES: dict[object, str] = {}  # these checks run on every layer of every step: names cached
+
+
 def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
+    name = _DTYPE_NAMES.get(t.dtype)
+    if name is None:
+        name = _DTYPE_NAMES[t.dtype] = str(t.dtype).removeprefix("torch.")
+    return name
 
 
 def tensor(
@@ -51,6 +57,8 @@ def same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> 
 
 def dims(name: str, t: torch.Tensor, expected: tuple[int | None, ...]) -> None:
     """Check a shape; None entries are free."""
+    if t.shape == expected:  # (torch.Size is a tuple) the common case, without a generator
+        return
     ok = len(expected) == t.dim() and all(e is None or e == s for e, s in zip(expected, t.shape, strict=True))
     if not ok:
         shown = tuple("*" if e is None else e for e in expected)

@@ -11,6 +11,7 @@ from .context import ForwardBatch
 from .params import ParamDecl, vocab
 from .registry import LayerArgs, LayerKind
 from .shard import Shard
+from .tp_linear import linear
 
 
 class EmbeddingArgs(LayerArgs):
@@ -72,7 +73,7 @@ class VocabLMHead(nn.Module):
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         if ctx.logits_indices is not None:
             x = x.index_select(0, ctx.logits_indices)
-        logits = ctx.comm.all_gather_last_dim(F.linear(x, self.weight, self.bias))
+        logits = ctx.comm.all_gather_last_dim(linear(x, self.weight, self.bias))
         return logits[..., : self.vocab]
 
 

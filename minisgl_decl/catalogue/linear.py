@@ -7,12 +7,12 @@ from typing import Literal
 import torch
 from pydantic import PositiveInt
 from torch import nn
-from torch.nn import functional as F
 
 from .context import ForwardBatch
 from .params import ParamDecl, column, replicated, row
 from .registry import LayerArgs, LayerKind
 from .shard import Shard
+from .tp_linear import linear
 
 
 class LinearArgs(LayerArgs):
@@ -34,8 +34,8 @@ class LinearModule(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardBatch) -> torch.Tensor:
         if not self.reduce:
-            return F.linear(x, self.weight, self.bias)
-        y = ctx.comm.all_reduce(F.linear(x, self.weight))
+            return linear(x, self.weight, self.bias)
+        y = ctx.comm.all_reduce(linear(x, self.weight))
         return y + self.bias if self.bias is not None else y
 
 

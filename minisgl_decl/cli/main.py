@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 import traceback
 from collections.abc import Sequence
@@ -36,11 +38,38 @@ def check_common(args: argparse.Namespace) -> None:
         checks.check_count(args.tp, "--tp", 1, 1024)
 
 
+#: the exit status of a process killed by SIGPIPE, as a shell reports it (128 + 13)
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``... | head``): stop quietly, as Unix tools do.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush of what is still
+    buffered does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reading end is closed (polling it reports an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd (captured), or no poll on this platform
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_common(args)
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -51,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():  # not another pipe or socket
+            return _stdout_closed()
         traceback.print_exc()
         print(
             "internal error: this is a bug in minisgl-decl, please report it with the traceback above", file=sys.stderr

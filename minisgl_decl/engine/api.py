@@ -37,10 +37,13 @@ class SamplingParams:
     the logit; logprobs returns the chosen token's log-probability and top_logprobs the
     k most likely alternatives (0..20). stop strings are matched on the detokenised text
     and excluded from it; stop_token_ids and the model's EOS ids end a request with
-    finish_reason "stop" (EOS ignored with ignore_eos).
+    finish_reason "stop" (EOS ignored with ignore_eos). min_tokens (vLLM's): EOS and
+    stop_token_ids cannot be sampled before that many tokens were generated (stop strings
+    still apply).
     """
 
     max_tokens: int = 16
+    min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -60,6 +63,11 @@ class SamplingParams:
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
             (self.max_tokens >= 1, "max_tokens", f"max_tokens must be at least 1, got {self.max_tokens}"),
+            (
+                0 <= self.min_tokens <= self.max_tokens,
+                "min_tokens",
+                f"min_tokens must be in [0, max_tokens ({self.max_tokens})], got {self.min_tokens}",
+            ),
             (self.temperature >= 0, "temperature", f"temperature must be >= 0, got {self.temperature}"),
             (0 < self.top_p <= 1, "top_p", f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= 0 or self.top_k == -1, "top_k", f"top_k must be >= 0 (or -1: off), got {self.top_k}"),
@@ -163,5 +171,9 @@ class EngineClient(Protocol):
     def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+    def alive(self) -> bool:
+        """False once the engine stopped or failed (its thread, or a TP rank, is gone)."""
+        ...
 
     def shutdown(self) -> None: ...

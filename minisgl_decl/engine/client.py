@@ -97,6 +97,10 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return self._stats
 
+    def alive(self) -> bool:
+        """Whether the engine thread still runs and takes requests (False once it failed or stops)."""
+        return self._thread.is_alive() and not self._stopping
+
     def shutdown(self) -> None:
         """Abort what is in flight, stop the engine thread (and the worker ranks)."""
         if self._stopping:

@@ -27,7 +27,7 @@ from ..runtime.distributed import GroupComm
 from ..runtime.runner import ModelRunner, StepBatch
 from . import tp
 from .api import EngineConfig, EngineStats, InvalidRequest, RequestOutput, SamplingParams, TokenLogprob
-from .detokenize import OutputText
+from .detokenize import OutputText, stop_token_ids
 from .loader import LoadedModel, announce, kv_pool_tokens
 from .radix import RadixCache
 from .request import Request
@@ -157,7 +157,7 @@ class EngineCore:
             params,
             OutputText(self.tokenizer, params, prompt, self.loaded.eos_ids),
         )
-        self.sampler.add(req.key, params, prompt)
+        self.sampler.add(req.key, params, prompt, stop_ids=stop_token_ids(params, self.loaded.eos_ids))
         self.requests[request_id] = req
         self.sched.waiting.append(req)
         self.prompt_tokens += len(prompt)

@@ -45,6 +45,11 @@ class Decoder(Protocol):
     ) -> str: ...
 
 
+def stop_token_ids(params: SamplingParams, eos_ids: frozenset[int]) -> frozenset[int]:
+    """The tokens that end a request's output: its ``stop_token_ids``, and EOS unless ``ignore_eos``."""
+    return frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_ids)
+
+
 class OutputText:
     """One request's output text, fed one token at a time."""
 
@@ -53,7 +58,7 @@ class OutputText:
     ) -> None:
         self._tokenizer = tokenizer
         self._skip_special = params.skip_special_tokens
-        self._stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_ids)
+        self._stop_ids = stop_token_ids(params, eos_ids)
         self._stops = tuple(s for s in params.stop if s)
         self._longest_stop = max((len(s) for s in self._stops), default=0)
         context = list(prompt_ids[max(0, len(prompt_ids) - CONTEXT_TOKENS) :])

@@ -6,6 +6,7 @@ For the rows of one step (logits `[B, V]`, one row per request key, in `keys` or
         └─> repetition penalty   (prompt + output tokens; HF: positive / p, negative * p)
             -> frequency/presence (output tokens; OpenAI: -= f * count + p * [count > 0])
             -> + logit_bias
+            -> stop tokens at -inf while fewer than min_tokens were generated (vLLM's min_tokens)
             -> greedy rows (temperature 0, or top_k 1): argmax, exact
             -> sampled rows: / temperature -> top-k -> softmax -> top-p -> min-p -> inverse-CDF draw
 
@@ -58,6 +59,8 @@ class _Row:
     pslot: int | None  # row of the penalty buffers (None: no penalty and no bias)
     rng: random.Random | None  # the request's own random stream when it has a seed
     want_logprobs: bool
+    suppressed: tuple[int, ...] = ()  # stop token ids masked until min_tokens were generated
+    generated: int = 0  # tokens sampled so far (counted while min_tokens is pending)
 
 
 class _Slots:
@@ -135,10 +138,15 @@ class Sampler:
         self._top_p_keys: set[int] = set()
         self._min_p_keys: set[int] = set()
         self._logprob_keys: set[int] = set()
+        self._min_tokens_keys: set[int] = set()  # still below min_tokens, with stop ids to mask
 
     # ---------------------------------------------------------------- requests
 
-    def add(self, key: int, params: SamplingParams, prompt_ids: Sequence[int]) -> None:
+    def add(
+        self, key: int, params: SamplingParams, prompt_ids: Sequence[int], stop_ids: frozenset[int] = frozenset()
+    ) -> None:
+        """Register a request; ``stop_ids`` (its EOS and stop_token_ids) cannot be sampled before
+        ``params.min_tokens`` tokens were."""
         if key in self._rows:
             raise KeyError(f"sampler: request key {key} is already registered")
         bad = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
@@ -181,7 +189,10 @@ class Sampler:
         want_logprobs = params.logprobs or params.top_logprobs > 0
         if want_logprobs:
             self._logprob_keys.add(key)
-        self._rows[key] = _Row(params, slot, pslot, rng, want_logprobs)
+        suppressed = tuple(sorted(t for t in stop_ids if 0 <= t < self.vocab_size)) if params.min_tokens > 0 else ()
+        if suppressed:
+            self._min_tokens_keys.add(key)
+        self._rows[key] = _Row(params, slot, pslot, rng, want_logprobs, suppressed)
 
     def _add_penalty(self, params: SamplingParams, prompt_ids: Sequence[int]) -> int:
         pslot, grow = self._pslots.take()
@@ -214,6 +225,7 @@ class Sampler:
             self._top_p_keys,
             self._min_p_keys,
             self._logprob_keys,
+            self._min_tokens_keys,
         ):
             keys.discard(key)
 
@@ -251,6 +263,9 @@ class Sampler:
             pslots = self._to_device([r.pslot for r in rows if r.pslot is not None], torch.int64)
             x = x.index_copy(0, penalized, self._penalize(x.index_select(0, penalized), pslots))
 
+        if not self._min_tokens_keys.isdisjoint(keys):
+            x = self._suppress_stops(x, keys)
+
         if self._sampled.isdisjoint(keys):
             token = x.argmax(-1)
         elif self._sampled.issuperset(keys):
@@ -281,6 +296,22 @@ class Sampler:
         """A small host list on the device without waiting for the GPU (pinned staging on CUDA)."""
         host = torch.tensor(values, dtype=dtype, pin_memory=self.device.type == "cuda")
         return host.to(self.device, non_blocking=True)
+
+    def _suppress_stops(self, x: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
+        """``x`` with each stop token of a request below its min_tokens at -inf (a new tensor: the
+        raw logits stay intact for logprobs); counts this step's token for those requests."""
+        rows: list[int] = []
+        cols: list[int] = []
+        for i, key in enumerate(keys):
+            if key in self._min_tokens_keys:
+                row = self._rows[key]
+                rows += [i] * len(row.suppressed)
+                cols += row.suppressed
+                row.generated += 1
+                if row.generated >= row.params.min_tokens:
+                    self._min_tokens_keys.discard(key)
+        index = torch.tensor([rows, cols], dtype=torch.int64).to(self.device, non_blocking=True)
+        return x.index_put((index[0], index[1]), torch.tensor(float("-inf"), device=self.device))
 
     def _positions(self, keys: Sequence[int], members: set[int]) -> torch.Tensor:
         return self._to_device([i for i, k in enumerate(keys) if k in members], torch.int64)

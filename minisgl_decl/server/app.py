@@ -92,8 +92,19 @@ def build_app(engine: EngineClient, tokenizer: Any, model_name: str, api_key: st
                 404, f"the model `{name}` does not exist; this server serves `{model_name}`", "model", "model_not_found"
             )
 
+    def check_engine() -> None:
+        if not engine.alive():  # a failed engine thread (or TP rank) must not look healthy to a load balancer
+            raise APIError(
+                503,
+                "the engine is not running (it stopped or failed; see the server log): restart the server",
+                None,
+                "engine_unavailable",
+                "service_unavailable_error",
+            )
+
     @app.get("/health")
     async def health() -> PlainTextResponse:
+        check_engine()
         return PlainTextResponse("ok")
 
     @app.get("/metrics")
@@ -119,6 +130,7 @@ def build_app(engine: EngineClient, tokenizer: Any, model_name: str, api_key: st
         request: Request, kind: Kind, jobs_fn: Callable[[], Awaitable[list[Job]]], stream: bool, include_usage: bool
     ) -> Any:
         arrived = time.perf_counter()
+        check_engine()
         jobs = await jobs_fn()
         group = JobGroup(engine, jobs, metrics, arrived)
         await group.start()

@@ -82,6 +82,7 @@ def _params(req: _Sampling, max_tokens: int, seed: int | None, logprobs: bool, t
     try:
         return SamplingParams(
             max_tokens=max_tokens,
+            min_tokens=req.min_tokens,
             temperature=1.0 if req.temperature is None else float(req.temperature),
             top_p=1.0 if req.top_p is None else float(req.top_p),
             top_k=req.top_k,

@@ -71,6 +71,7 @@ class _Sampling(BaseModel):
     min_p: Annotated[Number, Field(ge=0, le=1)] = 0.0
     repetition_penalty: Annotated[Number, Field(gt=0)] = 1.0
     ignore_eos: StrictBool = False
+    min_tokens: Annotated[StrictInt, Field(ge=0)] = 0
     stop_token_ids: list[StrictInt] | None = None
     skip_special_tokens: StrictBool = True
 
