@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from minisgl_decl.engine.api import SamplingParams
@@ -171,18 +171,48 @@ def test_held_back_tail_is_released_by_finish() -> None:
     assert out.finish() == ""
 
 
+def test_a_stop_completing_first_wins_over_a_longer_one_that_started_earlier() -> None:
+    """Generation halts on the token that completes a stop string; a longer stop that started
+    earlier but is still incomplete then never appears in the text, so it cannot cut it."""
+    ids = encode("baa")
+    assert [decode([t]) for t in ids] == ["ba", "a"]
+    out = OutputText(TOKENIZER, SamplingParams(stop=("baa", "a")), [], EOS)
+    assert out.append(ids[0]) == ("b", "stop")  # "ba" completes "a" (at 1); "baa" is only a prefix so far
+    assert out.text == "b"
+
+
+def reference_cut(ids: list[int], stops: tuple[str, ...]) -> tuple[str, bool]:
+    """What a generation that halts on the first stop string returns: (text, stopped).
+
+    The text is looked at after every token whose decode ends on a whole character (the
+    text streamed so far); the first time it contains a stop string the output ends there,
+    cut at the earliest occurrence of any stop string in it. Stops that would only complete
+    on later tokens do not count: those tokens are never generated.
+    """
+    full = decode(ids)
+    for n in range(1, len(ids) + 1):
+        seen = decode(ids[:n])
+        if not full.startswith(seen):
+            continue  # the last token ends inside a character (U+FFFD): no text for it yet
+        found = [i for i in (seen.find(s) for s in stops) if i >= 0]
+        if found:
+            return seen[: min(found)], True
+    return full, False
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     text=texts,
     picks=st.lists(st.tuples(st.integers(0, 80), st.integers(1, 6)), max_size=3),
     extra=st.lists(st.sampled_from(["zz", "🎉x", "stopEND", "界a", "\n\n"]), max_size=2),
 )
+@example(text="baa", picks=[(0, 3), (1, 1)], extra=[])  # stops "baa", "a": "a" completes first, on token "ba"
+@example(text=" cat", picks=[(2, 2), (1, 3)], extra=[])  # "at" and "cat" complete on one token: " "
 def test_stop_strings_match_the_reference_cut(text: str, picks: list[tuple[int, int]], extra: list[str]) -> None:
     ids = encode(text)
     full = decode(ids)
     stops = tuple({full[i : i + n] for i, n in picks if i < len(full)} | set(extra))
-    found = [i for i in (full.find(s) for s in stops) if i >= 0]
-    expected = full[: min(found)] if found else full
+    expected, stopped = reference_cut(ids, stops)
     out = OutputText(TOKENIZER, SamplingParams(stop=stops), [], EOS)
     emitted = ""
     reason = None
@@ -195,7 +225,7 @@ def test_stop_strings_match_the_reference_cut(text: str, picks: list[tuple[int, 
     if reason is None:
         emitted += out.finish()
     assert emitted == expected
-    assert reason == ("stop" if found else None)  # the text is valid: every match completes in an append
+    assert reason == ("stop" if stopped else None)
     assert out.text == expected
 
 

@@ -15,10 +15,15 @@ With a byte-level BPE tokenizer (the demo model's), the concatenation of everyth
 equals `tokenizer.decode(output_ids, skip_special_tokens=..., clean_up_tokenization_spaces=False)`.
 
 Stop strings are matched on this decoded text, across token boundaries, and cut with what
-follows (OpenAI semantics). A match can only start in text not yet emitted, because the
-longest suffix that is a prefix of some stop string is held back until the next token decides
-it. EOS (unless `ignore_eos`) and `stop_token_ids` end the output with "stop"; their own text
-is never emitted, and whatever was held back is released with that last chunk.
+follows (OpenAI semantics). The output ends on the first token after which the text contains
+a stop string, cut at the earliest occurrence of any stop string in it. A stop that would only
+complete on a later token does not count, even when it starts earlier ("baa" vs "a" on the
+token "ba" gives "b"): generation halts, so that token never comes (vLLM and transformers'
+StopStringCriteria likewise check after every token). A match can only start in text not yet
+emitted, because the longest suffix that is a prefix of some stop string is held back until
+the next token decides it. EOS (unless `ignore_eos`) and `stop_token_ids` end the output
+with "stop"; their own text is never emitted, and whatever was held back is released with
+that last chunk.
 """
 
 from __future__ import annotations
