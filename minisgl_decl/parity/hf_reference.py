@@ -120,7 +120,15 @@ def build_reference(
 def load_reference(directory: str | Path, architecture: str) -> Any:
     """transformers' own model from `directory`: no remote code, no network, failures as clear errors."""
     cls = _architecture_class(architecture)
-    kwargs = {"attn_implementation": "eager", "trust_remote_code": False, "local_files_only": True}
+    # the definitional (eager) attention and experts: on CUDA transformers would otherwise pick
+    # grouped-GEMM experts, which on the GPU image's transformers (5.17) disagree with its own
+    # eager experts for gpt_oss (biases, interleaved clamped SwiGLU) by ~0.1 relative
+    kwargs = {
+        "attn_implementation": "eager",
+        "experts_implementation": "eager",
+        "trust_remote_code": False,
+        "local_files_only": True,
+    }
     try:
         try:
             model = cls.from_pretrained(str(directory), torch_dtype=torch.float32, **kwargs)
