@@ -120,9 +120,8 @@ def build_reference(
 def load_reference(directory: str | Path, architecture: str) -> Any:
     """transformers' own model from `directory`: no remote code, no network, failures as clear errors."""
     cls = _architecture_class(architecture)
-    # the definitional (eager) attention and experts: on CUDA transformers would otherwise pick
-    # grouped-GEMM experts, which on the GPU image's transformers (5.17) disagree with its own
-    # eager experts for gpt_oss (biases, interleaved clamped SwiGLU) by ~0.1 relative
+    # the definitional (eager) attention and experts, the same on every device (transformers
+    # would otherwise pick grouped-GEMM experts wherever torch can dispatch them)
     kwargs = {
         "attn_implementation": "eager",
         "experts_implementation": "eager",
