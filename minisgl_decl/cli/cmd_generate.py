@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from .engine_args import add_engine_args
 
 
 def register(sub: Any) -> None:
@@ -36,19 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0: off")
     p.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="default: float32 on CPU, bfloat16 on CUDA",
-    )
-    p.add_argument(
-        "--max-kv-tokens", type=int, default=None, help="KV pool size in tokens (CPU default: from the model size)"
-    )
-    p.add_argument("--chunked-prefill-size", type=int, default=None, help="prefill tokens per step")
-    p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
+    add_engine_args(p, "cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--show-ids", action="store_true", help="also print the generated token ids")
     p.add_argument(
         "--overlap",

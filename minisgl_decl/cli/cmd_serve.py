@@ -19,6 +19,7 @@ from typing import Any
 
 from ..engine.api import EngineConfig
 from ..errors import UserError
+from .engine_args import add_engine_args
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
@@ -34,14 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--spec", metavar="FILE", help="spec .yaml (default: chosen from config.json `architectures`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size: N ranks on this host (default 1)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="weights and KV cache (default: float32 on CPU, bfloat16 on CUDA)",
-    )
+    add_engine_args(p, None)
     p.add_argument(
         "--max-model-len",
         type=int,
@@ -55,18 +49,13 @@ def register(sub: Any) -> None:
         help="require `Authorization: Bearer KEY` on /v1/* (401 otherwise); "
         "default: $MINISGL_DECL_API_KEY (keeps the key out of `ps`)",
     )
-    p.add_argument("--max-kv-tokens", type=int, default=None, help="KV pool size in tokens (CPU; default from RAM)")
     p.add_argument(
         "--mem-fraction",
         type=float,
         default=0.85,
         help="CUDA: fraction of free memory after the weights for the KV pool (default 0.85)",
     )
-    p.add_argument(
-        "--chunked-prefill-size", type=int, default=None, help="prompt tokens per step (default: measured per device)"
-    )
     p.add_argument("--max-running", type=int, default=256, help="most requests decoding at once (default 256)")
-    p.add_argument("--no-prefix-cache", action="store_true", help="turn the radix prefix cache off")
     p.add_argument("--no-cuda-graph", action="store_true", help="CUDA: run decode without CUDA graphs")
     p.add_argument(
         "--no-overlap",
