@@ -14,6 +14,7 @@ from minisgl_decl.spec.compile import load_ir
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
+DEMO = ROOT / "models" / "smollm2-135m-instruct"  # tools/prepare_demo_model.py
 
 FUSED_RULES = {
     "layers.{i}.attn.qkv.weight": {"from": "model.layers.{i}.self_attn.qkv_proj.weight"},

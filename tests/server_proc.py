@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from _helpers import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 _URL = re.compile(r"serving `([^`]+)` at (http://\S+)/v1")
 START_TIMEOUT_S = 300
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from _helpers import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_client import RequestResult, request_body, run_load  # noqa: E402
-from bench_serve import parse_args, server_metrics  # noqa: E402
-from bench_workload import (  # noqa: E402
+from bench_client import RequestResult, request_body, run_load
+from bench_serve import parse_args, server_metrics
+from bench_workload import (
     BenchArgError,
     BenchRequest,
     LengthDist,
@@ -30,8 +30,6 @@ from bench_workload import (  # noqa: E402
     percentile,
     summary,
 )
-
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")

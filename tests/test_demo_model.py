@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import ROOT, SPECS
+from _helpers import DEMO, SPECS
 
 from minisgl_decl.parity.check import verdict
 from minisgl_decl.parity.hf_reference import load_reference
@@ -21,8 +21,6 @@ from minisgl_decl.pipeline import compile_spec, load_model
 from minisgl_decl.runtime.generate import greedy_generate
 from minisgl_decl.runtime.runner import ModelRunner
 from minisgl_decl.spec.compile import load_ir
-
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")

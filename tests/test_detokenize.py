@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from _helpers import DEMO
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from minisgl_decl.engine.api import SamplingParams
 from minisgl_decl.engine.detokenize import CONTEXT_TOKENS, OutputText
 
-DEMO = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-instruct"
 if not (DEMO / "tokenizer.json").exists():
     pytest.skip(
         f"demo tokenizer missing: run `python tools/prepare_demo_model.py` (looked in {DEMO})", allow_module_level=True
     )
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer
 
 TOKENIZER = AutoTokenizer.from_pretrained(str(DEMO))
 VOCAB = len(TOKENIZER)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import DEMO
 
 from minisgl_decl.engine import LLM, EngineConfig, InvalidRequest, RequestOutput, SamplingParams, start_engine
 from minisgl_decl.engine.loader import LoadedModel, load_engine_model
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 NEW = 32
 SYSTEM = (
     "You are a careful assistant for a small museum of maritime history. Answer briefly and politely, "

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import DEMO, SPECS
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
 from minisgl_decl.engine.loader import load_engine_model
 from minisgl_decl.parity.hf_reference import build_reference, load_reference
 from minisgl_decl.spec.compile import load_ir
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 NEW = 20
 
 
@@ -32,7 +31,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
     out = tmp_path_factory.mktemp("tiny-gpt-oss")
     overrides = {"vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 6}
-    build_reference(load_ir(ROOT / "specs" / "gpt_oss.yaml"), overrides, seed=5, directory=out)
+    build_reference(load_ir(SPECS / "gpt_oss.yaml"), overrides, seed=5, directory=out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEMO / name, out / name)
     return out

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import DEMO, ROOT, SPECS
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
 from minisgl_decl.engine.loader import LoadedModel, kv_bytes_per_token, load_engine_model
 from minisgl_decl.parity.hf_reference import build_reference, load_reference
 from minisgl_decl.spec.compile import load_ir
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 NEW = 20
 PROMPTS = [
     "The tide comes in and the boats",
@@ -40,7 +39,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
     out = tmp_path_factory.mktemp("tiny-mla")
     overrides = {"vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-    build_reference(load_ir(ROOT / "specs" / "deepseek_v3.yaml"), overrides, seed=5, directory=out)
+    build_reference(load_ir(SPECS / "deepseek_v3.yaml"), overrides, seed=5, directory=out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEMO / name, out / name)
     return out

@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from _helpers import DEMO
 
 from minisgl_decl.engine import LLM, EngineConfig, RequestOutput, SamplingParams, start_engine
 from minisgl_decl.engine.loader import LoadedModel, load_engine_model
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 NEW = 24
 QUESTIONS = [
     "What is the capital of France?",

@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import DEMO, ROOT, SPECS
 
 from minisgl_decl.parity.hf_reference import build_reference
 from minisgl_decl.spec.compile import load_ir
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "models" / "smollm2-135m-instruct"
 PROMPTS = ["The tide comes in and", "Seven sailors sat on a", "In the harbour at night the"]
 
 
@@ -37,7 +36,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "bos_token_id": 1,
         "eos_token_id": 2,
     }
-    build_reference(load_ir(ROOT / "specs" / "llama.yaml"), overrides, seed=3, directory=out)
+    build_reference(load_ir(SPECS / "llama.yaml"), overrides, seed=3, directory=out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEMO / name, out / name)
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import SPECS
 
 from minisgl_decl.config.resolve import resolve_config
 from minisgl_decl.errors import SpecError
@@ -20,8 +21,6 @@ from minisgl_decl.spec.compile import compile_loaded, load_ir
 from minisgl_decl.spec.load import load_spec, load_spec_text
 from minisgl_decl.spec.loaded import LoadedSpec
 from minisgl_decl.validate import check_loaded
-
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 def _graph(name: str, **overrides: object) -> ModelGraph:

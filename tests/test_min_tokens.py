@@ -5,10 +5,10 @@ as much as possible, and end to end on the offline engine with the demo model.""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from _helpers import DEMO
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
 from minisgl_decl.engine.api import InvalidRequest
@@ -60,9 +60,6 @@ def test_min_tokens_validation() -> None:
     assert err.value.param == "min_tokens"
     with pytest.raises(InvalidRequest, match="min_tokens"):
         SamplingParams(min_tokens=-1)
-
-
-DEMO = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-instruct"
 
 
 @pytest.mark.parametrize("overlap", [False, True])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from _helpers import DEMO
 from fastapi.testclient import TestClient
 
 from minisgl_decl.engine import EngineConfig
@@ -17,7 +17,6 @@ from minisgl_decl.engine.core import EngineCore
 from minisgl_decl.engine.loader import LoadedModel, load_engine_model
 from minisgl_decl.server.app import build_app
 
-DEMO = Path(__file__).resolve().parent.parent / "models" / "smollm2-135m-instruct"
 CONFIG = EngineConfig(model=DEMO, max_kv_tokens=512)
 
 
