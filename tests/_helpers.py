@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
@@ -48,3 +53,34 @@ def make_fused(
         )
     save_file(t, str(fused / "model.safetensors"))
     return spec_file, fused, original
+
+
+def require_demo() -> Path:
+    """The demo model directory; a failure in CI (where .ci/run prepares it), a skip elsewhere."""
+    if not (DEMO / "config.json").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
+        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
+    return DEMO
+
+
+def tiny_with_demo_tokenizer(spec: str, overrides: dict[str, Any], seed: int, out: Path) -> Path:
+    """A tiny random transformers checkpoint of `spec` in `out`, with the demo model's tokenizer
+    (so prompts are text, as a user's are)."""
+    require_demo()
+    build_reference(load_ir(SPECS / f"{spec}.yaml"), overrides, seed=seed, directory=out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DEMO / name, out / name)
+    return out
+
+
+def cli_generate_ids(model: Path, prompts: list[str], tp: int, *options: str) -> list[str]:
+    """The `ids: ...` lines of `minisgl-decl generate` on the CPU (one per prompt) at tensor-parallel size `tp`."""
+    cmd = [sys.executable, "-m", "minisgl_decl.cli.main", "generate", *prompts, "--model", str(model)]
+    cmd += ["--raw", "--tp", str(tp), "--show-ids", "--device", "cpu", "--chunked-prefill-size", "4", *options]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    ids = [line for line in done.stdout.splitlines() if line.startswith("ids: ")]
+    assert len(ids) == len(prompts), done.stdout
+    return ids

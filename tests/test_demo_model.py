@@ -7,12 +7,11 @@ under CI a missing model is a failure.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import DEMO, SPECS
+from _helpers import DEMO, SPECS, require_demo
 
 from minisgl_decl.parity.check import verdict
 from minisgl_decl.parity.hf_reference import load_reference
@@ -25,10 +24,7 @@ from minisgl_decl.spec.compile import load_ir
 
 @pytest.fixture(scope="module")
 def demo() -> Path:
-    if not (DEMO / "config.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
+    require_demo()
     return DEMO
 
 

@@ -7,34 +7,24 @@ with tiny prefill chunks and the prefix cache, so cached-prefix + extend is exer
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import DEMO, SPECS
+from _helpers import tiny_with_demo_tokenizer
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
 from minisgl_decl.engine.loader import load_engine_model
-from minisgl_decl.parity.hf_reference import build_reference, load_reference
-from minisgl_decl.spec.compile import load_ir
+from minisgl_decl.parity.hf_reference import load_reference
 
 NEW = 20
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (DEMO / "tokenizer.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
     out = tmp_path_factory.mktemp("tiny-gpt-oss")
     overrides = {"vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 6}
-    build_reference(load_ir(SPECS / "gpt_oss.yaml"), overrides, seed=5, directory=out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DEMO / name, out / name)
-    return out
+    return tiny_with_demo_tokenizer("gpt_oss", overrides, 5, out)
 
 
 def test_engine_greedy_equals_transformers(tiny: Path) -> None:

@@ -8,20 +8,15 @@ chunked prefill, batching and prefix-cache hits. Its greedy tokens must be trans
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _helpers import DEMO, ROOT, SPECS
+from _helpers import cli_generate_ids, tiny_with_demo_tokenizer
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
 from minisgl_decl.engine.loader import LoadedModel, kv_bytes_per_token, load_engine_model
-from minisgl_decl.parity.hf_reference import build_reference, load_reference
-from minisgl_decl.spec.compile import load_ir
+from minisgl_decl.parity.hf_reference import load_reference
 
 NEW = 20
 PROMPTS = [
@@ -33,16 +28,9 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (DEMO / "tokenizer.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
     out = tmp_path_factory.mktemp("tiny-mla")
     overrides = {"vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-    build_reference(load_ir(SPECS / "deepseek_v3.yaml"), overrides, seed=5, directory=out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DEMO / name, out / name)
-    return out
+    return tiny_with_demo_tokenizer("deepseek_v3", overrides, 5, out)
 
 
 @pytest.fixture(scope="module")
@@ -84,33 +72,7 @@ def test_kv_pool_is_sized_by_the_compressed_layout(loaded: LoadedModel, tiny: Pa
 
 
 def _generate_ids(model: Path, tp: int) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "minisgl_decl.cli.main",
-        "generate",
-        *PROMPTS,
-        "--model",
-        str(model),
-        "--raw",
-        "--tp",
-        str(tp),
-        "--max-tokens",
-        str(NEW),
-        "--show-ids",
-        "--device",
-        "cpu",
-        "--max-kv-tokens",
-        "512",
-        "--chunked-prefill-size",
-        "4",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    ids = [line for line in done.stdout.splitlines() if line.startswith("ids: ")]
-    assert len(ids) == len(PROMPTS), done.stdout
-    return ids
+    return cli_generate_ids(model, PROMPTS, tp, "--max-tokens", str(NEW), "--max-kv-tokens", "512")
 
 
 @pytest.mark.slow

@@ -11,12 +11,11 @@ where transformers has no counterpart (logprobs, seeded sampling).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
 import torch
-from _helpers import DEMO
+from _helpers import DEMO, require_demo
 
 from minisgl_decl.engine import LLM, EngineConfig, RequestOutput, SamplingParams, start_engine
 from minisgl_decl.engine.loader import LoadedModel, load_engine_model
@@ -34,10 +33,7 @@ GREEDY = SamplingParams(max_tokens=NEW, temperature=0)
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
-    if not (DEMO / "config.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
+    require_demo()
     return load_engine_model(EngineConfig(model=DEMO), progress=False)
 
 

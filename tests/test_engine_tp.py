@@ -7,27 +7,16 @@ runs `minisgl-decl generate --tp N` on it.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _helpers import DEMO, ROOT, SPECS
-
-from minisgl_decl.parity.hf_reference import build_reference
-from minisgl_decl.spec.compile import load_ir
+from _helpers import cli_generate_ids, tiny_with_demo_tokenizer
 
 PROMPTS = ["The tide comes in and", "Seven sailors sat on a", "In the harbour at night the"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (DEMO / "tokenizer.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
     out = tmp_path_factory.mktemp("tiny-llama")
     overrides = {
         "vocab_size": 49152,
@@ -36,42 +25,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "bos_token_id": 1,
         "eos_token_id": 2,
     }
-    build_reference(load_ir(SPECS / "llama.yaml"), overrides, seed=3, directory=out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DEMO / name, out / name)
-    return out
+    return tiny_with_demo_tokenizer("llama", overrides, 3, out)
 
 
 def generate_ids(model: Path, tp: int, overlap: str = "auto") -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "minisgl_decl.cli.main",
-        "generate",
-        *PROMPTS,
-        "--model",
-        str(model),
-        "--raw",
-        "--tp",
-        str(tp),
-        "--max-tokens",
-        "32",
-        "--show-ids",
-        "--device",
-        "cpu",
-        "--max-kv-tokens",
-        "1024",
-        "--chunked-prefill-size",
-        "4",
-        "--overlap",
-        overlap,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    ids = [line for line in done.stdout.splitlines() if line.startswith("ids: ")]
-    assert len(ids) == len(PROMPTS), done.stdout
-    return ids
+    return cli_generate_ids(model, PROMPTS, tp, "--max-tokens", "32", "--max-kv-tokens", "1024", "--overlap", overlap)
 
 
 @pytest.mark.slow

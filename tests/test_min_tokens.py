@@ -4,11 +4,9 @@ as much as possible, and end to end on the offline engine with the demo model.""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from _helpers import DEMO
+from _helpers import DEMO, require_demo
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
 from minisgl_decl.engine.api import InvalidRequest
@@ -64,10 +62,7 @@ def test_min_tokens_validation() -> None:
 
 @pytest.mark.parametrize("overlap", [False, True])
 def test_engine_min_tokens_defers_a_stop_token(overlap: bool) -> None:
-    if not (DEMO / "config.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
+    require_demo()
     llm = LLM(EngineConfig(model=DEMO, max_kv_tokens=512, overlap=overlap))
     try:
         prompt = llm.loaded.tokenizer("The capital of France is")["input_ids"]

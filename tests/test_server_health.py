@@ -3,12 +3,11 @@ once it was stopped or died (so a load balancer stops sending traffic to a dead 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
-from _helpers import DEMO
+from _helpers import DEMO, require_demo
 from fastapi.testclient import TestClient
 
 from minisgl_decl.engine import EngineConfig
@@ -22,10 +21,7 @@ CONFIG = EngineConfig(model=DEMO, max_kv_tokens=512)
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
-    if not (DEMO / "config.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{DEMO} missing: .ci/run must run tools/prepare_demo_model.py")
-        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
+    require_demo()
     return load_engine_model(CONFIG, progress=False)
 
 
