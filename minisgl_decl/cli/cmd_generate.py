@@ -47,9 +47,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--warmup",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="start-up warm-up: compile / autotune every kernel variant before generating (auto: on for CUDA)",
+        choices=["on", "off"],
+        default="off",
+        help="CUDA: compile / autotune every kernel variant before generating (default off: a few prompts "
+        "compile only the variants they meet; `serve` warms up by default)",
     )
     p.set_defaults(run=run)
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         overlap={"auto": None, "on": True, "off": False}[args.overlap],
         schedule_policy=args.schedule_policy,
         max_wait_steps=args.max_wait_steps,
-        warmup={"auto": None, "on": True, "off": False}[args.warmup],
+        warmup=args.warmup == "on",
     )
     quiet_transformers()
     env = rank_env()
