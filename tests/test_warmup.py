@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from _helpers import tiny_with_demo_tokenizer
+from _helpers import cli_generate_ids, tiny_with_demo_tokenizer
 
 import minisgl_kernels as kernels
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams
@@ -261,3 +261,15 @@ def test_after_warm_up_state_is_untouched_and_output_equals_transformers(tiny: t
     outs = warm.generate(prompts, greedy)  # batched: a long prompt in chunks, mixed steps, cache hits
     assert [list(o.token_ids) for o in outs] == expected
     assert sum(o.cached_tokens for o in outs) > 0
+
+
+@pytest.mark.slow
+def test_tp2_ranks_warm_up_together_and_give_the_tokens_of_tp1(tmp_path: Path) -> None:
+    """Every rank runs the same warm-up forwards (their all-reduces pair up), then serves as before."""
+    overrides = {"vocab_size": VOCAB, "num_hidden_layers": 2, "bos_token_id": 1, "eos_token_id": 2}
+    model = tiny_with_demo_tokenizer("llama", overrides, 6, tmp_path)
+    prompts = ["The tide comes in and", "Seven sailors sat on a"]
+    common = ("--max-tokens", "12", "--max-kv-tokens", "400")
+    plain = cli_generate_ids(model, prompts, 1, *common)
+    warm = cli_generate_ids(model, prompts, 2, *common, "--warmup", "on", "--schedule-policy", "shortest-first")
+    assert warm == plain
