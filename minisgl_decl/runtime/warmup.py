@@ -5,9 +5,9 @@ ones also time their candidate configs there: extend attention per `seq_bucket` 
 step's longest query run, the fused-MoE GEMMs per (`block_m`, `pairs_bucket`) of its
 (token, expert) pairs, the split-KV decode per split count, and every kernel per
 `int_class` of each integer argument (the token count, the pairs) and 16-byte alignment of
-each pointer. The rules live in
-`minisgl_kernels/buckets.py`, which the launchers themselves use. Without a warm-up those
-seconds land inside the first requests (their time to first token), or inside a burst.
+each pointer. The rules live in `minisgl_kernels/buckets.py`, which the launchers use.
+Without a warm-up those seconds land inside the first requests (their time to first token),
+or inside a burst.
 
 `plan_steps` lists the fewest dummy steps that meet every variant a step of the engine can
 produce (its limits: the prefill chunk, the running requests, the pool, the context):
