@@ -29,6 +29,13 @@ CPU = torch.device("cpu")
 VOCAB = 49152
 
 
+@pytest.fixture(autouse=True)
+def _gpu_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launchers' GPU rules, also when the kernel tests ran first in this process and set
+    TRITON_INTERPRET=1 (under which the MoE block size is always 16)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
 # ---- the launchers' rules, written out again ----
 
 
