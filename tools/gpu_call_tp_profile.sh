@@ -22,7 +22,7 @@ run() {  # name, extra args, env
   echo "== $1" | tee -a "$LOG"
   env $3 timeout 150 python3 tools/profile_engine_step.py $COMMON $2 --json "/tmp/$1.json" > "/tmp/$1.log" 2>&1
   grep -E "^(NVIDIA|rank|tp:)" "/tmp/$1.log" | tee -a "$LOG"
-  cat /tmp/$1.json* > "$OUT/$1.json" 2>/dev/null
+  cp /tmp/$1.json* "$OUT/" 2>/dev/null
 }
 run tp1 "" ""
 run tp2_p2p "--tp 2" ""
