@@ -25,7 +25,7 @@ run() {  # name, extra args, env
   cp /tmp/$1.json* "$OUT/" 2>/dev/null
 }
 run tp1 "" ""
-run tp2_p2p "--tp 2" ""
+run tp2_p2p "--tp 2" "MINISGL_P2P_ALLREDUCE_MAX_BYTES=1048576"
 run tp2_nccl "--tp 2" "MINISGL_P2P_ALLREDUCE_MAX_BYTES=0"
 cat /tmp/tp2_p2p.log | tail -80 > "$OUT/tp2_p2p.log"
 date -u | tee -a "$LOG"

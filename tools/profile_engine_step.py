@@ -204,6 +204,11 @@ def timeline(trace_file: Path, steps: int, gap_us: float) -> dict[str, Any]:
         for e in events
         if e.get("cat") == "user_annotation" and e.get("name") == "step"
     )
+    if steps_marks:  # only GPU work that starts inside the traced steps (a peer's late start can
+        # leave one all-reduce kernel spinning since before the window: it would count as busy)
+        lo = steps_marks[0][0]
+        gpu = [(a, b) for a, b in gpu if a >= lo]
+        kernels = [e for e in kernels if e["ts"] >= lo]
     busy = _union(gpu)
     if not busy:
         return {"error": "no GPU activity in the trace"}
@@ -380,10 +385,11 @@ def worker_profile(args: argparse.Namespace, comm: Any) -> int:
 
     def run(*a: Any, **k: Any) -> Any:
         nonlocal calls
-        if calls == start:
+        if calls == max(0, start - 5):  # a few steps early: the profiler's start-up stays out of the window
             prof.start()
         t0 = time.perf_counter()
-        with torch.profiler.record_function("step"), phases.timed("worker runner.run (host)"):
+        mark = torch.profiler.record_function("step" if start <= calls < start + n else "untraced step")
+        with mark, phases.timed("worker runner.run (host)"):
             out = inner_run(*a, **k)
         if start <= calls < start + n:
             run_s.append(time.perf_counter() - t0)
