@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,35 @@ class Server:
         ]
         self.command = " ".join(cmd[1:])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.started = time.perf_counter()
+        self.timeline: list[tuple[float, str]] = []  # (seconds after the start, a line of its output)
+        self.healthy_s = math.nan
+        self._read = 0
+
+    def _poll_log(self) -> None:
+        """Time-stamp the server's new complete output lines (to the ~0.5 s of the health poll)."""
+        try:
+            with open(self.log.name, "rb") as f:
+                f.seek(self._read)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self._read += end + 1
+        now = time.perf_counter() - self.started
+        self.timeline += [(now, line.decode(errors="replace")) for line in data[:end].split(b"\n") if line.strip()]
 
     def start(self) -> None:
-        if not asyncio.run(wait_healthy(self.url, START_TIMEOUT_S, lambda: self.proc.poll() is None)):
+        def alive() -> bool:
+            self._poll_log()
+            return self.proc.poll() is None
+
+        healthy = asyncio.run(wait_healthy(self.url, START_TIMEOUT_S, alive))
+        self.healthy_s = time.perf_counter() - self.started
+        self._poll_log()
+        if not healthy:
             self.stop()
             raise RuntimeError(f"serve did not become healthy ({self.command}); its output:\n{self.output()}")
 
