@@ -251,7 +251,9 @@ def _serve_phases(
         with ev.phase(name, f"{tag} stop"):
             code = server.stop()
     if code != 0:
-        ev.emit(type="note", shape=name, phase=f"{tag} stop", text=f"serve exited with {code}: {server.output()[-300:]}")
+        ev.emit(
+            type="note", shape=name, phase=f"{tag} stop", text=f"serve exited with {code}: {server.output()[-300:]}"
+        )
 
 
 def _transformers_phases(name: str, ckpt: Checkpoint, reqs: list[BenchRequest], device: str, ev: Events) -> None:
@@ -289,9 +291,7 @@ def bench_shape(name: str, copy: float, opts: argparse.Namespace, ev: Events) ->
             ckpt = build_checkpoint(name, directory, opts.device)
             _free(opts.device)
         bound = copy * 1e12 / ckpt.active_bytes
-        ev.emit(
-            type="shape", shape=name, weight_bytes=ckpt.weight_bytes, active_bytes=ckpt.active_bytes, bound=bound
-        )
+        ev.emit(type="shape", shape=name, weight_bytes=ckpt.weight_bytes, active_bytes=ckpt.active_bytes, bound=bound)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(directory)

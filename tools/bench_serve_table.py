@@ -30,7 +30,13 @@ COLUMNS = (
     "ITL p50 / p99 (ms)",
 )
 #: rough wall seconds of one shape on one H100/H200 (checkpoint, serve, transformers), for `assign` only
-EST_SECONDS = {"tiny-llama": 10.0, "tiny-qwen3-moe": 10.0, "qwen3-0.6b": 150.0, "llama3-8b": 225.0, "qwen3-30b-a3b-12l": 250.0}
+EST_SECONDS = {
+    "tiny-llama": 10.0,
+    "tiny-qwen3-moe": 10.0,
+    "qwen3-0.6b": 150.0,
+    "llama3-8b": 225.0,
+    "qwen3-30b-a3b-12l": 250.0,
+}
 DEFAULT_EST_SECONDS = 200.0
 
 
@@ -175,7 +181,9 @@ def render(events: Sequence[Event], meta: dict[str, Any]) -> str:
     first = next(iter(devices.values()), None)
     v = first["versions"] if first else {}
     cards = "; ".join(
-        f"{short_card(str(d['card']))}" + (f" (GPU {g})" if parallel else "") + (f", {d['sms']} SMs" if d.get("sms") else "")
+        f"{short_card(str(d['card']))}"
+        + (f" (GPU {g})" if parallel else "")
+        + (f", {d['sms']} SMs" if d.get("sms") else "")
         for g, d in devices.items()
     )
     copies = "; ".join(
@@ -189,7 +197,7 @@ def render(events: Sequence[Event], meta: dict[str, Any]) -> str:
         f"card: {cards or '?'}; date: {first['date'] if first else '?'}",
         f"torch {v.get('torch', '?')}, triton {v.get('triton', '?')}, transformers {v.get('transformers', '?')}, "
         f"python {v.get('python', '?')}",
-        f"copy bandwidth (1 GiB bf16 device copy, bytes read + written, measured at the start of this run): {copies or '?'}",
+        f"copy bandwidth (1 GiB bf16 device copy, bytes read + written, at the start of this run): {copies or '?'}",
         f"batch 1: prompt 128, 256 new tokens, {meta['b1_requests']} requests one at a time, tok/s = 1 / median TPOT; "
         f"concurrent: {meta['concurrent']} requests sent at once, input and output lengths uniform {meta['lengths']}, "
         f"seed {meta['seed']}; bound = bytes one batch-1 step reads / copy bandwidth",
@@ -207,7 +215,9 @@ def render(events: Sequence[Event], meta: dict[str, Any]) -> str:
         gpu = by_shape_gpu.get(shape)
         card = card_label(devices.get(gpu) if gpu is not None else None, gpu or "?", parallel)
         note = phase_note(shape, events, card, bool(meta.get("stopped")))
-        notes.append(f"- {note}" if note else f"- {shape}: not started" + (" (time budget)" if meta.get("stopped") else ""))
+        notes.append(
+            f"- {note}" if note else f"- {shape}: not started" + (" (time budget)" if meta.get("stopped") else "")
+        )
         for e in events:
             if e.get("shape") == shape and e["type"] in ("note", "error"):
                 prefix = "FAILED: " if e["type"] == "error" else ""
