@@ -158,7 +158,7 @@ def test_read_events_skips_a_cut_line(tmp_path: Path) -> None:
 def test_assign_balances_and_keeps_order() -> None:
     three = ["llama3-8b", "qwen3-0.6b", "qwen3-30b-a3b-12l"]
     assert assign(three, 1) == [three]
-    # longest first: MoE (250) -> GPU 0, 8B (225) -> GPU 1, 0.6B (150) -> GPU 1 (225 < 250)
+    # longest first: MoE (250) -> GPU 0, 8B (215) -> GPU 1, 0.6B (150) -> GPU 1 (215 < 250)
     assert assign(three, 2) == [["qwen3-30b-a3b-12l"], ["llama3-8b", "qwen3-0.6b"]]
     assert assign(three, 3) == [["qwen3-30b-a3b-12l"], ["llama3-8b"], ["qwen3-0.6b"]]
     assert assign(["tiny-llama"], 4) == [["tiny-llama"]]  # no empty GPU groups

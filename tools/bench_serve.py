@@ -14,8 +14,10 @@ and end-to-end latency (mean, p50, p90, p99), as a Markdown table and with `--js
     python tools/bench_serve.py --num-requests 16 --concurrency 16 --baseline transformers \\
         --start-server --model models/smollm2-135m-instruct --device cpu --dtype float32
     # GPU, no checkpoint needed: random weights at real shapes, batch 1 and 64 concurrent,
-    # transformers in the same run (tools/bench_serve_gpu.py)
-    python tools/bench_serve.py --shapes qwen3-0.6b,llama3-8b,qwen3-30b-a3b-12l
+    # transformers in the same run on the same card (tools/bench_serve_gpu.py); stop after 540 s
+    # and print what finished; with several GPUs, the shapes on 2 of them at once
+    python tools/bench_serve.py --shapes llama3-8b,qwen3-0.6b,qwen3-30b-a3b-12l --time-budget 540
+    python tools/bench_serve.py --shapes llama3-8b,qwen3-0.6b,qwen3-30b-a3b-12l --time-budget 540 --parallel-gpus 2
 
 `--baseline transformers` then runs transformers `generate` in this process on the same
 prompts and lengths (same model directory, dtype and device; greedy): batch 1 and batched

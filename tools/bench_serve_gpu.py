@@ -73,7 +73,7 @@ sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(TOOLS.parent))
 
 from bench_client import RequestResult, run_load, served_model  # noqa: E402
-from bench_serve_table import assign, read_events, render, start_timeline  # noqa: E402
+from bench_serve_table import assign, estimate, read_events, render, start_timeline  # noqa: E402
 from bench_shapes import Checkpoint, build_checkpoint, shape_names  # noqa: E402
 from bench_workload import BenchRequest, LengthDist, make_workload, percentile  # noqa: E402
 
@@ -469,6 +469,13 @@ def run(opts: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     groups = assign(names, n) if n > 1 else [names]
+    busiest = max(estimate(g) for g in groups)
+    if opts.time_budget is not None and busiest > opts.time_budget:
+        print(
+            f"note: ~{busiest:.0f} s estimated for the busiest GPU, more than --time-budget {opts.time_budget:.0f} s: "
+            "what does not finish in time is left out of the table",
+            flush=True,
+        )
     root = Path(tempfile.mkdtemp(prefix="bench_serve-"))
     procs: list[subprocess.Popen[bytes]] = []
     files: list[Path] = []
@@ -479,7 +486,8 @@ def run(opts: argparse.Namespace) -> int:
                 env["CUDA_VISIBLE_DEVICES"] = str(ids[i])
             files.append(root / f"events-{i}.jsonl")
             argv = [sys.executable, str(Path(__file__)), *worker_argv(opts, group, files[-1], str(i), root)]
-            print(f"worker {i}: {', '.join(group)}" + (f" (CUDA_VISIBLE_DEVICES={ids[i]})" if ids[i] else ""))
+            where = f", CUDA_VISIBLE_DEVICES={ids[i]}" if ids[i] else ""
+            print(f"worker {i}: {', '.join(group)} (~{estimate(group):.0f} s estimated{where})", flush=True)
             procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
         deadline = t0 + opts.time_budget if opts.time_budget is not None else None
         stopped = wait_workers(procs, deadline)

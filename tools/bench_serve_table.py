@@ -29,12 +29,13 @@ COLUMNS = (
     "TTFT p50 / p99 (ms)",
     "ITL p50 / p99 (ms)",
 )
-#: rough wall seconds of one shape on one H100/H200 (checkpoint, serve, transformers), for `assign` only
+#: rough wall seconds of one shape on one H100/H200 (checkpoint, serve start and loads, transformers load, batch 1
+#: and batch 64), estimated from docs/perf.md's numbers; used to split shapes over GPUs and to print the estimate
 EST_SECONDS = {
     "tiny-llama": 10.0,
     "tiny-qwen3-moe": 10.0,
     "qwen3-0.6b": 150.0,
-    "llama3-8b": 225.0,
+    "llama3-8b": 215.0,
     "qwen3-30b-a3b-12l": 250.0,
 }
 DEFAULT_EST_SECONDS = 200.0
@@ -66,6 +67,10 @@ def assign(shapes: Sequence[str], gpus: int) -> list[list[str]]:
         where[name] = g
         load[g] += EST_SECONDS.get(name, DEFAULT_EST_SECONDS)
     return [[s for s in shapes if where[s] == g] for g in range(gpus) if any(where[s] == g for s in shapes)]
+
+
+def estimate(shapes: Sequence[str]) -> float:
+    return sum(EST_SECONDS.get(s, DEFAULT_EST_SECONDS) for s in shapes)
 
 
 def short_card(name: str) -> str:
