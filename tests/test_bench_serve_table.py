@@ -139,12 +139,18 @@ def test_start_timeline() -> None:
         (21.0, "engine: captured CUDA graph for decode batch 64 (1/3)"),
         (22.0, "engine: captured CUDA graph for decode batch 2 (2/3)"),
         (23.0, "engine: captured CUDA graph for decode batch 1 (3/3)"),
+        (24.0, "engine: warm-up prefill 2048 tokens (1/3, 1.0 s)"),
+        (25.0, "engine: warm-up prefill 1024 tokens (2/3, 1.0 s)"),
+        (26.0, "engine: warm-up decode 8 rows (3/3, 1.0 s)"),
     ]
-    assert start_timeline(lines, 25.0) == (
+    assert start_timeline(lines, 27.0) == (
         "9.5 s engine: m on cuda:0 (bfloat16), KV pool 1000 tokens; "
         "21.0 s engine: captured CUDA graph for decode batch 64 (1/3); "
-        "23.0 s engine: captured CUDA graph for decode batch 1 (3/3); 25.0 s healthy"
+        "23.0 s engine: captured CUDA graph for decode batch 1 (3/3); "
+        "24.0 s engine: warm-up prefill 2048 tokens (1/3, 1.0 s); "
+        "26.0 s engine: warm-up decode 8 rows (3/3, 1.0 s); 27.0 s healthy"
     )
+    assert start_timeline([(1.0, "engine: only")], 4.0) == "1.0 s engine: only; 4.0 s healthy"
     assert start_timeline([], 4.0) == "4.0 s healthy"
 
 
@@ -158,7 +164,7 @@ def test_read_events_skips_a_cut_line(tmp_path: Path) -> None:
 def test_assign_balances_and_keeps_order() -> None:
     three = ["llama3-8b", "qwen3-0.6b", "qwen3-30b-a3b-12l"]
     assert assign(three, 1) == [three]
-    # longest first: MoE (250) -> GPU 0, 8B (215) -> GPU 1, 0.6B (150) -> GPU 1 (215 < 250)
+    # longest first: MoE (290) -> GPU 0, 8B (235) -> GPU 1, 0.6B (165) -> GPU 1 (235 < 290)
     assert assign(three, 2) == [["qwen3-30b-a3b-12l"], ["llama3-8b", "qwen3-0.6b"]]
     assert assign(three, 3) == [["qwen3-30b-a3b-12l"], ["llama3-8b"], ["qwen3-0.6b"]]
     assert assign(["tiny-llama"], 4) == [["tiny-llama"]]  # no empty GPU groups

@@ -34,9 +34,9 @@ COLUMNS = (
 EST_SECONDS = {
     "tiny-llama": 10.0,
     "tiny-qwen3-moe": 10.0,
-    "qwen3-0.6b": 150.0,
-    "llama3-8b": 215.0,
-    "qwen3-30b-a3b-12l": 250.0,
+    "qwen3-0.6b": 165.0,
+    "llama3-8b": 235.0,
+    "qwen3-30b-a3b-12l": 290.0,
 }
 DEFAULT_EST_SECONDS = 200.0
 
@@ -245,12 +245,13 @@ def render(events: Sequence[Event], meta: dict[str, Any]) -> str:
 
 
 def start_timeline(lines: Sequence[tuple[float, str]], healthy_s: float, width: int = 140) -> str:
-    """When `serve`'s `engine:` lines appeared (of the CUDA-graph captures only the first and the last)."""
-    captures = [i for i, (_, text) in enumerate(lines) if "captured CUDA graph" in text]
-    keep = {captures[0], captures[-1]} if captures else set()
+    """When `serve`'s `engine:` lines appeared; of a run of lines with the same first word (the CUDA-graph
+    captures, the warm-up steps) only the first and the last."""
+    engine = [(t, text.strip()) for t, text in lines if text.startswith("engine:")]
+    words = [text.split()[1] if len(text.split()) > 1 else "" for _, text in engine]
     parts = [
-        f"{t:.1f} s {text.strip()[:width]}"
-        for i, (t, text) in enumerate(lines)
-        if text.startswith("engine:") and ("captured CUDA graph" not in text or i in keep)
+        f"{t:.1f} s {text[:width]}"
+        for i, (t, text) in enumerate(engine)
+        if i in (0, len(engine) - 1) or words[i] != words[i - 1] or words[i] != words[i + 1]
     ]
     return "; ".join([*parts, f"{healthy_s:.1f} s healthy"])
