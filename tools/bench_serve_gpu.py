@@ -160,8 +160,6 @@ class Events:
 
 
 def _serve(ckpt: Checkpoint, extra: list[str], max_running: int, device: str) -> Any:
-    from bench_serve import Server
-
     args = [
         "--model",
         str(ckpt.directory),
@@ -175,6 +173,17 @@ def _serve(ckpt: Checkpoint, extra: list[str], max_running: int, device: str) ->
         "warning",
         *extra,
     ]
+    try:
+        return _start(args)
+    except RuntimeError as exc:  # another worker's server took the free port between the check and the bind
+        if "could not listen" not in str(exc):
+            raise
+    return _start(args)
+
+
+def _start(args: list[str]) -> Any:
+    from bench_serve import Server
+
     server = Server(args, None)
     try:
         server.start()
