@@ -76,11 +76,9 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     key = (rows_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, dev)
     hit = _CHOICE.get(key)
     if hit is None:
-        if torch.cuda.is_current_stream_capturing():  # cannot time (or broadcast) here; every rank is here too
-            hit = False
-        else:
-            hit = _agree(_decide(key, x, weight, bias), x.device)
-        _CHOICE[key] = hit
+        # under graph capture it cannot time (or broadcast); every rank is capturing here too
+        capturing = torch.cuda.is_current_stream_capturing()
+        hit = _CHOICE[key] = False if capturing else _agree(_decide(key, x, weight, bias), x.device)
     return hit
 
 

@@ -22,9 +22,7 @@ SHAPES = [(37, 53), (16, 64), (5, 130)]  # (N, K): odd N, K not a multiple of th
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize(("n", "k"), SHAPES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gemv_matches_reference(
-    device: str, dtype: torch.dtype, rows: int, n: int, k: int, with_bias: bool
-) -> None:
+def test_gemv_matches_reference(device: str, dtype: torch.dtype, rows: int, n: int, k: int, with_bias: bool) -> None:
     gen = torch.Generator().manual_seed(rows * 1000 + n * 10 + k)
     x = rand(rows, k, dtype=dtype, device=device, gen=gen)
     w = rand(n, k, dtype=dtype, device=device, gen=gen)
