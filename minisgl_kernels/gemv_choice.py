@@ -2,8 +2,8 @@
 
 ``use_gemv(x, weight, bias)`` answers for one call of ``x @ weight^T (+ bias)``:
 
-* never on CPU, for more than ``MAX_ROWS`` rows, or for operands whose last dimension is not
-  contiguous;
+* never on CPU, for more than ``MAX_ROWS`` rows, for operands whose last dimension is not
+  contiguous, or when ``MINISGL_KERNELS_BACKEND=torch`` asks for torch everywhere;
 * ``MINISGL_KERNELS_GEMV=on`` / ``off`` forces the answer for every eligible call;
 * ``auto`` (the default) times both on first use of each (rows bucket, N, K, dtype, bias,
   device) — CUDA events around single calls, each after a write of an L2-sized buffer so
@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
+from minisgl_kernels._dispatch import BACKEND_ENV
+
 GEMV_ENV = "MINISGL_KERNELS_GEMV"
 MODES = ("auto", "on", "off")
 MAX_ROWS = 16
@@ -53,7 +55,7 @@ def rows_bucket(rows: int) -> int:
 
 
 def eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A CUDA product of 1..MAX_ROWS rows with contiguous last dimensions."""
+    """A CUDA product of 1..MAX_ROWS rows with contiguous last dimensions (Triton allowed)."""
     return (
         x.device.type == "cuda"
         and x.dim() == 2
@@ -62,6 +64,7 @@ def eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dim() == 2
         and weight.stride(-1) == 1
         and x.dtype == weight.dtype
+        and os.environ.get(BACKEND_ENV) != "torch"
     )
 
 
