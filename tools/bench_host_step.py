@@ -51,6 +51,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT_LEN = 16
+DEFAULT_SWITCH_S = sys.getswitchinterval()
 WARM_STEPS = 8
 
 
@@ -259,6 +260,8 @@ def run_server(tree: Path, model: Path, batch: int, steps: int, profile_out: Pat
     port = free_port()
     cmd = [sys.executable, __file__, "--tree", str(tree), "--serve-child", str(port), "--model", str(model)]
     cmd += ["--max-rows", str(max(batch, 1))]
+    if sys.getswitchinterval() != DEFAULT_SWITCH_S:
+        cmd += ["--switch-interval", str(sys.getswitchinterval())]
     if profile_out is not None:
         cmd += ["--profile-out", str(profile_out)]
     proc = subprocess.Popen(cmd)  # PYTHONPATH from run_tree: the tree under test first
@@ -323,6 +326,8 @@ def run_tree(tree: Path, model: Path, args: argparse.Namespace) -> dict[str, Any
         cmd = [sys.executable, __file__, "--tree", str(tree), "--model", str(model), "--json", str(out)]
         cmd += ["--batches", args.batches, "--steps", str(args.steps), "--modes", args.modes]
         cmd += ["--repeat", str(args.repeat)] + (["--profile"] if args.profile else [])
+        if args.switch_interval is not None:
+            cmd += ["--switch-interval", str(args.switch_interval)]
         path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
         return dict(json.loads(out.read_text()))
@@ -371,9 +376,12 @@ def main() -> int:
     p.add_argument("--serve-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--max-rows", type=int, default=64, help=argparse.SUPPRESS)
     p.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--switch-interval", type=float, help="sys.setswitchinterval in the measured processes (s)")
     args = p.parse_args()
 
     if args.tree is not None:  # a child: import the tree under test
+        if args.switch_interval is not None:
+            sys.setswitchinterval(args.switch_interval)
         sys.path.insert(0, str(args.tree))
         if args.serve_child is not None:
             serve_child(args.model, args.serve_child, args.max_rows, args.profile_out)
