@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime import warmup
 from ..runtime.distributed import GroupComm
 from ..runtime.runner import ModelRunner, StepBatch
 from . import tp
@@ -77,6 +78,8 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
         )
     if graphs:
         runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
+    if warmup.enabled(config.warmup, loaded.device):  # kernels compile / autotune now, not in the first requests
+        runner.warm_up(chunk, loaded.vocab_size, warmup.say if comm is None or comm.rank == 0 else None)
     return runner, chunk
 
 
@@ -100,7 +103,9 @@ class EngineCore:
         self.comm = comm if comm is not None and comm.size > 1 else None
         self.runner, chunk = build_runner(config, loaded, comm)
         self.cache = RadixCache() if config.prefix_cache else None
-        self.sched = Scheduler(self.runner.pool, self.cache, config.max_running, chunk)
+        self.sched = Scheduler(
+            self.runner.pool, self.cache, config.max_running, chunk, config.schedule_policy, config.max_wait_steps
+        )
         self.sampler = Sampler(loaded.vocab_size, loaded.device, seed=config.seed)
         self.tokenizer = loaded.tokenizer
         self.max_model_len = max_model_len(config, loaded)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from ..catalogue.context import Comm, ForwardBatch, SingleRank
 from ..errors import UserError
 from .cuda_graph import DecodeGraphs, batch_sizes_for, resolve_tokens
 from .model import CompiledModel
+
+if TYPE_CHECKING:
+    from .warmup import WarmStep
 
 
 class SlotPool:
@@ -202,6 +206,15 @@ class ModelRunner:
         graphs = DecodeGraphs(self.model, self.kv, self.req_to_token, self.comm, self.device, sizes)
         graphs.capture(progress)
         self.graphs = graphs
+
+    def warm_up(self, chunk: int, vocab_size: int, progress: Callable[[str], None] | None = None) -> list[WarmStep]:
+        """Run one dummy step for every kernel variant a real step can hit (prefill chunks up to
+        `chunk` tokens, mixed and eager decode steps) so nothing compiles or autotunes while
+        serving; leaves the pool, the request table and every request untouched
+        (runtime/warmup.py). Call before serving."""
+        from .warmup import warm_up
+
+        return warm_up(self, chunk, vocab_size, progress)
 
     # ---- the engine's interface ----
 
