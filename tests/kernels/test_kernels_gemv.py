@@ -107,3 +107,35 @@ def test_gemv_rejects_bad_shapes(
 def test_gemv_rejects_mixed_dtypes() -> None:
     with pytest.raises(ValueError, match="weight has dtype bfloat16 but x has float32"):
         kernels.gemv(torch.zeros(2, 8), torch.zeros(4, 8, dtype=torch.bfloat16), backend="torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rows", [1, 2, 4, 8, 16])
+def test_gemv_every_config_on_cuda(rows: int) -> None:
+    """Each config the autotuner may pick (the tests otherwise pin the first), at a decode
+    shape with a K tail, then the autotuned launch itself."""
+    from minisgl_kernels import gemv_launch
+    from minisgl_kernels._util import cdiv
+
+    gen = torch.Generator().manual_seed(rows)
+    x = rand(rows, 1000, dtype=torch.bfloat16, device="cuda", gen=gen)
+    w = rand(520, 1000, dtype=torch.bfloat16, device="cuda", gen=gen) / 16
+    b = rand(520, dtype=torch.bfloat16, device="cuda", gen=gen)
+    want = reference.gemv(x, w, b)
+    block_m = gemv_launch.block_m_for(rows)
+    for cfg in gemv_launch._CONFIGS[block_m]:
+        out = poisoned((rows, 520), torch.bfloat16, "cuda")
+        grid = (cdiv(520, cfg.kwargs["BLOCK_N"]), 1)
+        gemv_launch._PLAIN[grid](
+            x, w, b, out, rows, 520, 1000, x.stride(0), w.stride(0), out.stride(0),
+            BLOCK_M=block_m, HAS_BIAS=True, EVICT="evict_first", UPCAST=False,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
+        )  # fmt: skip
+        assert_close(out, want, GEMV_TOL[torch.bfloat16])
+    out = torch.empty(rows, 520, dtype=torch.bfloat16, device="cuda")
+    gemv_launch._TUNED[block_m][lambda c: (cdiv(520, c["BLOCK_N"]), 1)](
+        x, w, b, out, rows, 520, 1000, x.stride(0), w.stride(0), out.stride(0),
+        BLOCK_M=block_m, HAS_BIAS=True, EVICT="evict_first", UPCAST=False,
+    )  # fmt: skip
+    assert_close(out, want, GEMV_TOL[torch.bfloat16])
