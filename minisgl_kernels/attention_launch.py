@@ -14,14 +14,14 @@ from typing import Any
 import torch
 import triton
 
-from minisgl_kernels._util import cdiv, head_dim_block, interpreting, next_pow2, sm_count
+from minisgl_kernels._util import cdiv, head_dim_block, interpreting, next_pow2
 from minisgl_kernels.attention_jit import extend_attention_kernel
+from minisgl_kernels.buckets import MAX_SPLITS, default_num_splits, seq_bucket
 from minisgl_kernels.decode_fused_jit import decode_fused_kernel
 from minisgl_kernels.decode_jit import decode_reduce_kernel, decode_split_kernel
 from minisgl_kernels.options import AttentionOptions
 
 LOG2E = 1.4426950408889634
-MAX_SPLITS = 64
 
 
 def _score_params(opts: AttentionOptions) -> tuple[float, float]:
@@ -160,7 +160,7 @@ def extend_attention_triton(
         score_scale,
         cap_log2,
         opts.window or 0,
-        min(next_pow2(max_seqlen_q), 4096),
+        seq_bucket(max_seqlen_q),
     )
     meta: dict[str, Any] = {
         "NUM_Q_HEADS": num_q_heads,
@@ -183,15 +183,6 @@ def extend_attention_triton(
         extend_attention_kernel[grid(fixed)](*args, **meta, **fixed)
     else:
         _extend_tuned[grid](*args, **meta)
-
-
-def default_num_splits(batch: int, num_kv_heads: int, device: torch.device) -> int:
-    """Splits so that (KV head, request, split) programs fill the GPU: about one per
-    multiprocessor when the batch alone gives many, two when it gives few (measured on
-    H100: B=32 x 4 KV heads is best at 2 splits, B=1 x 4 at 64). Host data only."""
-    sms, programs = sm_count(device), batch * num_kv_heads
-    target = sms if 4 * programs >= sms else 2 * sms
-    return max(1, min(MAX_SPLITS, cdiv(target, programs)))
 
 
 FUSED_MAX_SPLITS = 4  # above this the last program's serial combine costs more than a launch

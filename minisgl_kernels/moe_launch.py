@@ -8,7 +8,8 @@ from typing import Any
 import torch
 import triton
 
-from minisgl_kernels._util import cdiv, interpreting, next_pow2
+from minisgl_kernels._util import cdiv, interpreting
+from minisgl_kernels.buckets import block_m_for, pairs_bucket
 from minisgl_kernels.moe_align import moe_align
 from minisgl_kernels.moe_jit import moe_down_kernel, moe_gate_up_kernel
 from minisgl_kernels.options import MoEOptions
@@ -33,14 +34,6 @@ _KEY = ["BLOCK_M", "ffn", "dim", "pairs_bucket", "ACT", "GLU_OPTS", "HAS_BIAS", 
 _gate_up_tuned = triton.autotune(_CONFIGS, key=_KEY)(moe_gate_up_kernel)
 _down_tuned = triton.autotune(_CONFIGS, key=["BLOCK_M", "dim", "ffn", "pairs_bucket", "DOT_PRECISION"])(moe_down_kernel)
 INTERPRET_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 16}
-
-
-def block_m_for(num_pairs: int, num_experts: int) -> int:
-    """Rows per block from the mean pairs per used expert (host numbers only)."""
-    mean = num_pairs / max(1, min(num_experts, num_pairs))
-    if interpreting() or mean <= 16:
-        return 16
-    return 32 if mean <= 48 else 64
 
 
 def _fixed(dtype: torch.dtype) -> dict[str, Any] | None:
@@ -87,7 +80,7 @@ def fused_moe_triton(
     y = torch.empty((num_pairs, dim), dtype=x.dtype, device=x.device)
     weights = topk_weights.reshape(-1)
     prec = _precision(x.dtype)
-    bucket = min(next_pow2(num_pairs), 16384)
+    bucket = pairs_bucket(num_pairs)
     fixed = config if config is not None else _fixed(x.dtype)
     up_kernel = moe_gate_up_kernel if fixed is not None else _gate_up_tuned
     down_kernel = moe_down_kernel if fixed is not None else _down_tuned

@@ -1,51 +1,71 @@
 """Profile engine decode steps: where the time of one `EngineCore.step()` goes at a given batch size.
 
 Adds `--batch` requests (random token-id prompts of `--input-len`, greedy, `--output-len`
-forced with ignore_eos) to the offline engine, steps until every prompt is prefilled, then
-runs `--steps` decode steps under cProfile (Python functions) and torch.profiler (ops),
-printing the mean step time and the top of both profiles.
+forced with ignore_eos) to the offline engine and steps until every prompt is prefilled.
+
+CPU (default): `--steps` decode steps under cProfile (Python functions) and torch.profiler
+(ops), printing the mean step time and the top of both profiles.
 
     python tools/profile_engine_step.py --model models/smollm2-135m-instruct --batch 1 --steps 16
+
+CUDA (`--device cuda`; `--shape NAME` builds a random-weight checkpoint of a real shape with
+`tools/bench_shapes.py` instead of `--model`): the engine as `serve` runs it (CUDA graphs and
+overlap scheduling at their defaults, or as `--no-overlap` / `--no-cuda-graph` say), then
+
+  * the step time without any instrumentation (median of `--steps` steps);
+  * host time per phase of a step (perf_counter around the engine's own calls: schedule,
+    batch build, the runner's input copy + request-table write, graph replay launch, sampler
+    launch, waiting for the sampled ids, unpacking them, postprocess / detokenise);
+  * torch.profiler over `--trace-steps` steps (CPU + CUDA): GPU busy time per step (union
+    of kernel and copy intervals), the idle gaps between them, and for each gap of more than
+    `--gap-us` which host phase was running when the GPU went idle and when it restarted.
+
+    python tools/profile_engine_step.py --device cuda --shape qwen3-0.6b --steps 200 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import cProfile
 import io
+import json
 import pstats
 import random
+import statistics
 import sys
+import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 from minisgl_decl.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--input-len", type=int, default=128)
-    p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--top", type=int, default=25)
-    args = p.parse_args()
+def add_requests(llm: LLM, batch: int, input_len: int, output_len: int) -> None:
+    core = llm.core
+    rng = random.Random(0)
+    vocab = llm.loaded.vocab_size
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        core.add_request(f"p{i}", [rng.randrange(min(1000, vocab // 2), vocab) for _ in range(input_len)], params)
+
+
+def cpu_profile(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     llm = LLM(EngineConfig(model=args.model, device="cpu", dtype="float32"))
     core = llm.core
-    rng = random.Random(0)
-    vocab = llm.loaded.vocab_size
-    params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
-    for i in range(args.batch):
-        core.add_request(f"p{i}", [rng.randrange(1000, vocab) for _ in range(args.input_len)], params)
+    add_requests(llm, args.batch, args.input_len, args.output_len)
     for _ in range(max(2, -(-args.input_len * args.batch // 256) + 2)):  # prefill chunks + warm decode steps
         core.step()
     steps = min(args.steps, args.output_len - 4)
@@ -69,6 +89,275 @@ def main() -> int:
     print(tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
     llm.close()
     return 0
+
+
+# ---- CUDA: host phases, GPU timeline ----
+
+
+class Phases:
+    """Host seconds per named phase; each phase is also a profiler range (`phase:<name>`)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.count: dict[str, int] = defaultdict(int)
+        self.on = True
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        if not self.on:
+            yield
+            return
+        with torch.profiler.record_function(f"phase:{name}"):
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.total[name] += time.perf_counter() - t0
+                self.count[name] += 1
+
+    def wrap(self, owner: Any, attr: str, name: str) -> None:
+        """Time `owner.attr(...)` as phase `name` (instance attribute shadowing the method)."""
+        inner: Callable[..., Any] = getattr(owner, attr)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            with self.timed(name):
+                return inner(*a, **k)
+
+        setattr(owner, attr, timed)
+
+    def reset(self) -> None:
+        self.total.clear()
+        self.count.clear()
+
+
+class _TimedGraph:
+    """A captured graph whose `replay()` launch is a phase."""
+
+    def __init__(self, graph: Any, phases: Phases) -> None:
+        self.graph, self.phases = graph, phases
+
+    def replay(self) -> None:
+        with self.phases.timed("graph replay launch"):
+            self.graph.replay()
+
+
+def instrument(llm: LLM, phases: Phases) -> None:
+    from minisgl_decl.engine import sampling
+
+    core = llm.core
+    phases.wrap(core.sched, "schedule", "schedule")
+    phases.wrap(core, "_batch", "batch build (StepBatch)")
+    phases.wrap(core.runner, "run", "runner.run (H2D, table write, launch)")
+    phases.wrap(core.sampler, "launch", "sampler launch")
+    phases.wrap(core, "_postprocess", "postprocess + detokenise")
+    if core.comm is not None:
+        from minisgl_decl.engine import tp as tp_mod
+
+        for fn in ("send_step", "send_sampled"):
+            orig = getattr(tp_mod, fn)
+
+            def timed(*a: Any, _orig: Any = orig, _fn: str = fn, **k: Any) -> Any:
+                with phases.timed(f"tp.{_fn}"):
+                    return _orig(*a, **k)
+
+            setattr(tp_mod, fn, timed)
+    graphs = core.runner.graphs
+    if graphs is not None:
+        for bs, (g, out) in list(graphs.graphs.items()):
+            graphs.graphs[bs] = (_TimedGraph(g, phases), out)  # type: ignore[assignment]
+    orig_result = sampling.SampledBatch.result
+
+    def result(self: Any) -> Any:
+        with phases.timed("wait for sampled ids (D2H)"):
+            if self._done is not None:
+                self._done.synchronize()
+        with phases.timed("unpack sampled ids"):
+            return orig_result(self)
+
+    sampling.SampledBatch.result = result  # type: ignore[method-assign]
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def timeline(trace_file: Path, steps: int, gap_us: float) -> dict[str, Any]:
+    """GPU busy time and idle gaps from a chrome trace; host phases at each gap's edges."""
+    events = json.loads(trace_file.read_text())["traceEvents"]
+    gpu = [
+        (e["ts"], e["ts"] + e.get("dur", 0)) for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    ]
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    phases = sorted(
+        (e["ts"], e["ts"] + e.get("dur", 0), e["name"][len("phase:") :])
+        for e in events
+        if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("phase:")
+    )
+    steps_marks = sorted(
+        (e["ts"], e["ts"] + e.get("dur", 0))
+        for e in events
+        if e.get("cat") == "user_annotation" and e.get("name") == "step"
+    )
+    busy = _union(gpu)
+    if not busy:
+        return {"error": "no GPU activity in the trace"}
+    # the window: from the first step's start to the last step's end (host), clipped to GPU activity
+    lo, hi = busy[0][0], busy[-1][1]
+    span = hi - lo
+    busy_us = sum(b - a for a, b in busy)
+    starts = [p[0] for p in phases]
+
+    def phase_at(t: float) -> str:
+        """The innermost (latest-starting) host phase running at time t, or 'between phases'."""
+        k = bisect.bisect_right(starts, t)
+        best = None
+        for j in range(k - 1, max(-1, k - 40), -1):
+            a, b, name = phases[j]
+            if a <= t <= b:
+                best = name
+                break
+        return best or "between phases"
+
+    gaps = [(busy[i][1], busy[i + 1][0]) for i in range(len(busy) - 1) if busy[i + 1][0] - busy[i][1] > gap_us]
+    by_edge: dict[str, list[float]] = defaultdict(list)
+    for a, b in gaps:
+        by_edge[f"idle from [{phase_at(a)}] to [{phase_at(b)}]"].append(b - a)
+    small_gaps = sum(busy[i + 1][0] - busy[i][1] for i in range(len(busy) - 1) if busy[i + 1][0] - busy[i][1] <= gap_us)
+    step_us = [b - a for a, b in steps_marks]
+    return {
+        "steps": steps,
+        "gpu_span_us": span,
+        "gpu_busy_us_per_step": busy_us / steps,
+        "gpu_span_us_per_step": span / steps,
+        "busy_fraction": busy_us / span,
+        "kernels_per_step": len(kernels) / steps,
+        "kernel_us_per_step": sum(e.get("dur", 0) for e in kernels) / steps,
+        "small_gaps_us_per_step": small_gaps / steps,
+        "gaps_over_threshold_per_step": len(gaps) / steps,
+        "gap_us_over_threshold_per_step": sum(b - a for a, b in gaps) / steps,
+        "gaps_by_host_phase": {
+            k: {"count_per_step": len(v) / steps, "us_per_step": sum(v) / steps, "median_us": statistics.median(v)}
+            for k, v in sorted(by_edge.items(), key=lambda kv: -sum(kv[1]))
+        },
+        "host_step_us_median_under_profiler": statistics.median(step_us) if step_us else None,
+    }
+
+
+def cuda_profile(args: argparse.Namespace) -> int:
+    tmp = None
+    model = args.model
+    if args.shape:
+        from bench_shapes import build_checkpoint
+
+        tmp = tempfile.TemporaryDirectory(prefix=f"profile-{args.shape}-")
+        t0 = time.perf_counter()
+        build_checkpoint(args.shape, Path(tmp.name))
+        print(f"checkpoint {args.shape}: built in {time.perf_counter() - t0:.1f} s", flush=True)
+        model = Path(tmp.name)
+    config = EngineConfig(
+        model=model,
+        device="cuda",
+        dtype="bfloat16",
+        max_running=args.max_running,
+        max_model_len=args.input_len + args.output_len + 8,
+        cuda_graph=not args.no_cuda_graph,
+        overlap=not args.no_overlap,
+    )
+    llm = LLM(config)
+    core = llm.core
+    add_requests(llm, args.batch, args.input_len, args.output_len)
+    for _ in range(max(4, -(-args.input_len * args.batch // 2048) + 8)):  # prefill + warm decode steps
+        core.step()
+    torch.cuda.synchronize()
+    budget = args.output_len - 16
+    plain = []
+    for _ in range(min(args.steps, budget // 3)):
+        t0 = time.perf_counter()
+        core.step()
+        plain.append(time.perf_counter() - t0)
+    step_ms = statistics.median(plain) * 1e3
+    phases = Phases()
+    instrument(llm, phases)
+    timed_steps = []
+    for _ in range(min(args.steps, budget // 3)):
+        t0 = time.perf_counter()
+        core.step()
+        timed_steps.append(time.perf_counter() - t0)
+    n = len(timed_steps)
+    host = {k: v / n * 1e6 for k, v in sorted(phases.total.items(), key=lambda kv: -kv[1])}
+    inner = {"graph replay launch"}  # inside runner.run
+    accounted = sum(v for k, v in host.items() if k not in inner)
+    timed_ms = statistics.median(timed_steps) * 1e3
+    trace_steps = min(args.trace_steps, budget - len(plain) - n - 2)
+    trace = Path(args.trace) if args.trace else Path(tempfile.mkdtemp()) / "trace.json"
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as prof:
+        for _ in range(trace_steps):
+            with torch.profiler.record_function("step"):
+                core.step()
+        torch.cuda.synchronize()
+    prof.export_chrome_trace(str(trace))
+    tl = timeline(trace, trace_steps, args.gap_us)
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "shape": args.shape or str(args.model),
+        "batch": args.batch,
+        "overlap": core.overlap,
+        "cuda_graphs": core.runner.graphs is not None,
+        "step_ms_median_plain": step_ms,
+        "tok_s_plain": args.batch / step_ms * 1e3,
+        "step_ms_median_timed_phases": timed_ms,
+        "host_us_per_step": host,
+        "host_us_accounted_top_level": accounted,
+        "timeline": tl,
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    print(
+        f"\n{result['device']} {result['shape']} batch {args.batch}: step {step_ms:.3f} ms "
+        f"({result['tok_s_plain']:.1f} tok/s); GPU busy {tl.get('gpu_busy_us_per_step', 0):.0f} us/step "
+        f"({100 * tl.get('busy_fraction', 0):.1f}% of the span), host accounted {accounted:.0f} us/step"
+    )
+    llm.close()
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--shape", help="CUDA: a tools/bench_shapes.py shape, built with random weights")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--max-running", type=int, default=64)
+    p.add_argument("--trace-steps", type=int, default=30)
+    p.add_argument("--gap-us", type=float, default=5.0)
+    p.add_argument("--trace", help="CUDA: where to write the chrome trace")
+    p.add_argument("--json", help="CUDA: write the results here")
+    p.add_argument("--no-overlap", action="store_true")
+    p.add_argument("--no-cuda-graph", action="store_true")
+    args = p.parse_args()
+    if args.model is None and args.shape is None:
+        p.error("give --model DIR or (with --device cuda) --shape NAME")
+    if args.device == "cuda":
+        return cuda_profile(args)
+    if args.model is None:
+        p.error("--shape needs --device cuda")
+    return cpu_profile(args)
 
 
 if __name__ == "__main__":

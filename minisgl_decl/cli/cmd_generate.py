@@ -45,6 +45,13 @@ def register(sub: Any) -> None:
         default="auto",
         help="overlap scheduling: plan the next step while the device runs this one (auto: on for CUDA)",
     )
+    p.add_argument(
+        "--warmup",
+        choices=["on", "off"],
+        default="off",
+        help="CUDA: compile / autotune every kernel variant before generating (default off: a few prompts "
+        "compile only the variants they meet; `serve` warms up by default)",
+    )
     p.set_defaults(run=run)
 
 
@@ -68,6 +75,12 @@ def _argv(args: argparse.Namespace) -> list[str]:
         args.device,
         "--overlap",
         args.overlap,
+        "--warmup",
+        args.warmup,
+        "--schedule-policy",
+        args.schedule_policy,
+        "--max-wait-steps",
+        str(args.max_wait_steps),
     ]
     for flag, value in (
         ("--spec", args.spec),
@@ -104,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
         chunked_prefill_size=args.chunked_prefill_size,
         prefix_cache=not args.no_prefix_cache,
         overlap={"auto": None, "on": True, "off": False}[args.overlap],
+        schedule_policy=args.schedule_policy,
+        max_wait_steps=args.max_wait_steps,
+        warmup=args.warmup == "on",
     )
     quiet_transformers()
     env = rank_env()

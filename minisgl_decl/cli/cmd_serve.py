@@ -58,6 +58,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-running", type=int, default=256, help="most requests decoding at once (default 256)")
     p.add_argument("--no-cuda-graph", action="store_true", help="CUDA: run decode without CUDA graphs")
     p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="CUDA: skip the start-up warm-up (every kernel variant compiled / autotuned before serving)",
+    )
+    p.add_argument(
         "--no-overlap",
         action="store_true",
         help="CUDA: no overlap scheduling (wait for each step's tokens before planning the next)",
@@ -153,6 +158,9 @@ def engine_config(args: argparse.Namespace, model: Path) -> EngineConfig:
         cuda_graph=not args.no_cuda_graph,
         overlap=False if args.no_overlap else None,
         seed=args.seed,
+        schedule_policy=args.schedule_policy,
+        max_wait_steps=args.max_wait_steps,
+        warmup=False if args.no_warmup else None,
     )
 
 
@@ -180,6 +188,10 @@ def _rank_argv(args: argparse.Namespace, model: Path, name: str) -> list[str]:
         str(args.seed),
         "--log-level",
         args.log_level,
+        "--schedule-policy",
+        args.schedule_policy,
+        "--max-wait-steps",
+        str(args.max_wait_steps),
     ]
     optional = {
         "--spec": args.spec,
@@ -195,6 +207,7 @@ def _rank_argv(args: argparse.Namespace, model: Path, name: str) -> list[str]:
         "--no-prefix-cache": args.no_prefix_cache,
         "--no-cuda-graph": args.no_cuda_graph,
         "--no-overlap": args.no_overlap,
+        "--no-warmup": args.no_warmup,  # every rank warms up, or none (the forwards hold collectives)
     }
     return argv + [flag for flag, on in flags.items() if on]
 

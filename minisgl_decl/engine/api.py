@@ -19,6 +19,10 @@ from typing import Literal, Protocol
 from ..errors import UserError
 
 FinishReason = Literal["stop", "length", "abort"]
+#: the order waiting requests are admitted in (`engine/scheduler.py`)
+SchedulePolicy = Literal["fcfs", "shortest-first"]
+SCHEDULE_POLICIES: tuple[SchedulePolicy, ...] = ("fcfs", "shortest-first")
+DEFAULT_MAX_WAIT_STEPS = 16  # shortest-first: admitting steps a request may be passed over
 
 
 class InvalidRequest(UserError):
@@ -156,6 +160,9 @@ class EngineConfig:
     cuda_graph: bool = True
     overlap: bool | None = None  # overlap scheduling; None: on for CUDA, off for the CPU
     seed: int = 0
+    schedule_policy: SchedulePolicy = "fcfs"  # admission order of waiting requests (or "shortest-first")
+    max_wait_steps: int = DEFAULT_MAX_WAIT_STEPS  # shortest-first: steps a request may be passed over
+    warmup: bool | None = None  # start-up warm-up of every kernel variant; None: on for CUDA, off for the CPU
 
 
 class EngineClient(Protocol):

@@ -123,7 +123,25 @@ class AsyncEngine:
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody listens
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, output)
 
+    def _deliver_step(self, outputs: list[RequestOutput]) -> None:
+        """A step's outputs: one `call_soon_threadsafe` per listening event loop (one wake-up), not one per request."""
+        if len(outputs) == 1:
+            self._deliver(outputs[0], outputs[0].request_id)
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], RequestOutput]]] = {}
+        with self._lock:
+            streams = self._streams
+            for out in outputs:
+                stream = streams.get(out.request_id)
+                if stream is not None:
+                    by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody listens
+                loop.call_soon_threadsafe(_put_all, items)
+
     def _drain(self) -> None:
+        if self._inbox.empty():
+            return
         while True:
             try:
                 kind, value = self._inbox.get_nowait()
@@ -145,8 +163,9 @@ class AsyncEngine:
             while not self._stopping:
                 self._drain()
                 if self.core.has_work():
-                    for out in self.core.step():
-                        self._deliver(out, out.request_id)
+                    outputs = self.core.step()
+                    if outputs:
+                        self._deliver_step(outputs)
                 else:
                     self._stats = self.core.stats()
                     if not self._wake.wait(PING_SECONDS):
@@ -171,6 +190,12 @@ class AsyncEngine:
                     self._deliver(out, request_id)
             self._stats = self.core.stats()
             self.core.close()
+
+
+def _put_all(items: list[tuple[asyncio.Queue[Any], RequestOutput]]) -> None:
+    """On the caller's event loop: hand each output to its request's queue (in step order)."""
+    for q, out in items:
+        q.put_nowait(out)
 
 
 def start_engine(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime import warmup
 from ..runtime.distributed import GroupComm
 from ..runtime.runner import ModelRunner, StepBatch
 from . import tp
@@ -77,6 +78,8 @@ def build_runner(config: EngineConfig, loaded: LoadedModel, comm: GroupComm | No
         )
     if graphs:
         runner.capture_cuda_graphs(progress=lambda line: print(f"engine: {line}", file=sys.stderr, flush=True))
+    if warmup.enabled(config.warmup, loaded.device):  # kernels compile / autotune now, not in the first requests
+        runner.warm_up(chunk, loaded.vocab_size, warmup.say if comm is None or comm.rank == 0 else None)
     return runner, chunk
 
 
@@ -100,7 +103,9 @@ class EngineCore:
         self.comm = comm if comm is not None and comm.size > 1 else None
         self.runner, chunk = build_runner(config, loaded, comm)
         self.cache = RadixCache() if config.prefix_cache else None
-        self.sched = Scheduler(self.runner.pool, self.cache, config.max_running, chunk)
+        self.sched = Scheduler(
+            self.runner.pool, self.cache, config.max_running, chunk, config.schedule_policy, config.max_wait_steps
+        )
         self.sampler = Sampler(loaded.vocab_size, loaded.device, seed=config.seed)
         self.tokenizer = loaded.tokenizer
         self.max_model_len = max_model_len(config, loaded)
@@ -240,14 +245,21 @@ class EngineCore:
         rows, q_lens, kv_lens, logits_at = [], [], [], []
         sample: list[Request] = []
         for it in plan.items:
-            r, n = it.req, len(it.slots)
-            tokens += r.tokens(it.start, it.start + n)
-            positions += range(it.start, it.start + n)
-            out_slots += it.slots
+            r, start, n = it.req, it.start, len(it.slots)
+            end = start + n
+            prompt = r.prompt
+            if n == 1:  # a decode: its one pending token
+                tokens.append(prompt[start] if start < len(prompt) else r.output[start - len(prompt)])
+                positions.append(start)
+                out_slots.append(it.slots[0])
+            else:
+                tokens += r.tokens(start, end)
+                positions += range(start, end)
+                out_slots += it.slots
             rows.append(r.row)
             q_lens.append(n)
-            kv_lens.append(it.start + n)
-            if it.start + n == r.total:
+            kv_lens.append(end)
+            if end == len(prompt) + len(r.output):
                 logits_at.append(len(tokens) - 1)
                 sample.append(r)
         step = StepBatch.build(

@@ -16,6 +16,20 @@ Policy (one step = one forward):
 3. A new request first looks up its longest cached prefix (all but its last token) in the
    radix cache, locks it and starts after it.
 
+Admission order (`policy`, `serve --schedule-policy`):
+
+- `fcfs` (default): the waiting queue in arrival order (preempted requests at its head).
+- `shortest-first`: the waiting request with the fewest tokens left to compute first
+  (prompt, plus the output so far of a preempted request; ties in arrival order), so under a
+  burst the short prompts get their first token after the other short prompts' prefill
+  rather than after everything that arrived before them. Aging bounds the wait: every step
+  that admits a request ages the requests left waiting by one; a request that has aged
+  `max_wait_steps` steps (and a preempted one at once) is *overdue*, and overdue requests are
+  admitted before all others, oldest first. So a request is passed over in at most
+  `max_wait_steps` steps, whatever keeps arriving, and then waits only for requests that are
+  older than it (as under fcfs). The order does not consult the prefix cache: requests that
+  share a cached prefix keep their relative order.
+
 Under overlap scheduling (`EngineCore`, CUDA) the step is planned before the previous
 step's tokens reach the host: a request whose last token is sampled (`final`, max_tokens
 reached) waits to be reported and is not decoded again; one that ends on EOS or a stop
@@ -27,10 +41,13 @@ one-token items runs the decode path; any longer item makes it one mixed extend 
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..runtime.runner import SlotPool
+from .api import DEFAULT_MAX_WAIT_STEPS, SCHEDULE_POLICIES, InvalidRequest, SchedulePolicy
 from .radix import RadixCache
 from .request import Request
 
@@ -52,10 +69,29 @@ class Plan:
         return all(len(it.slots) == 1 for it in self.items)
 
 
+_OVERDUE = -(1 << 62)  # the age stamp of a preempted request: overdue at once
+
+
 class Scheduler:
-    def __init__(self, pool: SlotPool, cache: RadixCache | None, max_running: int, chunk: int) -> None:
+    def __init__(
+        self,
+        pool: SlotPool,
+        cache: RadixCache | None,
+        max_running: int,
+        chunk: int,
+        policy: SchedulePolicy = "fcfs",
+        max_wait_steps: int = DEFAULT_MAX_WAIT_STEPS,
+    ) -> None:
+        if policy not in SCHEDULE_POLICIES:
+            choices = ", ".join(SCHEDULE_POLICIES)
+            raise InvalidRequest(f"--schedule-policy must be one of {choices}, got {policy!r}", "schedule_policy")
+        if max_wait_steps < 0:
+            raise InvalidRequest(f"--max-wait-steps must be >= 0, got {max_wait_steps}", "max_wait_steps")
         self.pool, self.cache = pool, cache
         self.max_running, self.chunk = max_running, chunk
+        self.policy, self.max_wait_steps = policy, max_wait_steps
+        self.admit_steps = 0  # steps that admitted a waiting request (the aging clock)
+        self._stamp: dict[Request, int] = {}  # waiting request -> admit_steps when first seen waiting
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.free_rows = list(range(max_running - 1, -1, -1))
@@ -107,6 +143,7 @@ class Scheduler:
         self.running.remove(req)
         self.release(req)
         self.waiting.appendleft(req)
+        self._stamp[req] = _OVERDUE  # it had started: it goes first again
         self.preemptions += 1
 
     def remove(self, req: Request) -> None:
@@ -116,6 +153,7 @@ class Scheduler:
             self.release(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+        self._stamp.pop(req, None)
 
     # ---- the step ----
 
@@ -149,13 +187,24 @@ class Scheduler:
                     break
                 items.append(Item(r, len(r.slots), slots))
                 budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_running and self.free_rows:
-            item = self._admit(self.waiting[0], budget)
-            if item is None:
+        admitted = False
+        room = budget > 0 and len(self.running) < self.max_running and bool(self.free_rows)
+        for req in self._admission_order() if room else ():
+            if budget <= 0 or len(self.running) >= self.max_running or not self.free_rows:
                 break
-            self.waiting.popleft()
+            item = self._admit(req, budget)
+            if item is None:
+                break  # the first in order does not fit: nothing behind it jumps the queue
+            if self.waiting[0] is req:
+                self.waiting.popleft()
+            else:
+                self.waiting.remove(req)
+            self._stamp.pop(req, None)
             items.append(item)
             budget -= len(item.slots)
+            admitted = True
+        if admitted:
+            self.admit_steps += 1  # everyone still waiting has aged one step
         for it in items:
             it.req.slots += it.slots
         rows, pos, slots = [], [], []
@@ -166,6 +215,25 @@ class Scheduler:
                 slots.append(s)
             r.writes = []
         return Plan(items, (rows, pos, slots))
+
+    def _admission_order(self) -> Iterator[Request]:
+        """The waiting requests in the order they may be admitted (see the module doc)."""
+        if self.policy == "fcfs" or len(self.waiting) < 2:
+            yield from list(self.waiting)
+            return
+        now, limit = self.admit_steps, self.max_wait_steps
+        overdue: list[Request] = []
+        rest: list[tuple[int, int, Request]] = []
+        for r in self.waiting:  # queue order: preempted first, then arrival order
+            stamp = self._stamp.setdefault(r, now)
+            if now - stamp >= limit:
+                overdue.append(r)
+            else:
+                rest.append((r.total, r.key, r))
+        yield from overdue
+        heapq.heapify(rest)  # popped lazily: a step admits only a few
+        while rest:
+            yield heapq.heappop(rest)[2]
 
     def _admit(self, req: Request, budget: int) -> Item | None:
         match = None

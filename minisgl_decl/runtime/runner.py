@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from ..catalogue.context import Comm, ForwardBatch, SingleRank
 from ..errors import UserError
 from .cuda_graph import DecodeGraphs, batch_sizes_for, resolve_tokens
 from .model import CompiledModel
+
+if TYPE_CHECKING:
+    from .warmup import WarmStep
 
 
 class SlotPool:
@@ -75,6 +79,7 @@ class StepBatch:
     write_pos: torch.Tensor  # [W]
     write_slots: torch.Tensor  # [W]
     is_decode: bool  # every request has one new token and the decode path runs
+    flat: torch.Tensor | None = None  # the fields above, concatenated in order (when built so)
 
     @staticmethod
     def build(
@@ -88,21 +93,14 @@ class StepBatch:
         writes: tuple[list[int], list[int], list[int]] = ([], [], []),
         is_decode: bool = False,
     ) -> StepBatch:
-        t = torch.tensor
-        i64 = torch.int64
-        return StepBatch(
-            t(tokens, dtype=i64),
-            t(positions, dtype=i64),
-            t(out_slots, dtype=i64),
-            t(rows, dtype=i64),
-            t(q_lens, dtype=i64),
-            t(kv_lens, dtype=i64),
-            t(logits_at, dtype=i64),
-            t(writes[0], dtype=i64),
-            t(writes[1], dtype=i64),
-            t(writes[2], dtype=i64),
-            is_decode,
+        # one host tensor (one allocation, one list conversion), the fields are views of it; the
+        # concatenation is also `payload()` (the runner's one copy to the device, TP's broadcast)
+        flat = torch.tensor(
+            [*tokens, *positions, *out_slots, *rows, *q_lens, *kv_lens, *logits_at, *writes[0], *writes[1], *writes[2]],
+            dtype=torch.int64,
         )
+        t, b, w = len(tokens), len(rows), len(writes[0])
+        return StepBatch(*flat.split([t, t, t, b, b, b, len(logits_at), w, w, w]), is_decode=is_decode, flat=flat)
 
     def header(self) -> torch.Tensor:
         q, kv = self.q_lens, self.kv_lens
@@ -121,6 +119,8 @@ class StepBatch:
         return torch.tensor(values, dtype=torch.int64)
 
     def payload(self) -> torch.Tensor:
+        if self.flat is not None:
+            return self.flat
         return torch.cat(
             [
                 self.tokens,
@@ -144,7 +144,7 @@ class StepBatch:
     @staticmethod
     def unpack(header: torch.Tensor, payload: torch.Tensor) -> StepBatch:
         parts = payload.split(StepBatch.sizes(header))
-        return StepBatch(*parts, is_decode=bool(int(header[0])))
+        return StepBatch(*parts, is_decode=bool(int(header[0])), flat=payload)
 
 
 class ModelRunner:
@@ -182,6 +182,15 @@ class ModelRunner:
         graphs = DecodeGraphs(self.model, self.kv, self.req_to_token, self.comm, self.device, sizes)
         graphs.capture(progress)
         self.graphs = graphs
+
+    def warm_up(self, chunk: int, vocab_size: int, progress: Callable[[str], None] | None = None) -> list[WarmStep]:
+        """Run one dummy step for every kernel variant a real step can hit (prefill chunks up to
+        `chunk` tokens, mixed and eager decode steps) so nothing compiles or autotunes while
+        serving; leaves the pool, the request table and every request untouched
+        (runtime/warmup.py). Call before serving."""
+        from .warmup import warm_up
+
+        return warm_up(self, chunk, vocab_size, progress)
 
     # ---- the engine's interface ----
 
