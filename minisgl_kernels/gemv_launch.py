@@ -51,7 +51,8 @@ _CONFIGS: dict[int, list[triton.Config]] = {
     ),
     2: _reduce_configs(2, [(8, 256, 4, 2), (4, 512, 4, 2), (16, 256, 8, 2), (8, 512, 8, 2)]) + _DOT,
     4: _reduce_configs(4, [(4, 256, 4, 2), (8, 128, 4, 2), (8, 256, 8, 2), (16, 128, 8, 2)]) + _DOT,
-    8: _reduce_configs(8, [(4, 128, 4, 2), (8, 128, 8, 2), (2, 256, 4, 2), (4, 256, 8, 2)]) + _DOT,
+    # (8, 128, 4) and (4, 256, 4): 8 weight values a thread, so 16-byte weight loads (the others: 8 bytes)
+    8: _reduce_configs(8, [(4, 128, 4, 2), (8, 128, 8, 2), (8, 128, 4, 2), (4, 256, 4, 2), (4, 256, 8, 2)]) + _DOT,
     16: [
         *_DOT,
         _config(16, 16, 256, 4, 3, True),
