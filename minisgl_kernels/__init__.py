@@ -1,5 +1,5 @@
-"""Kernels of minisgl-decl: RMSNorm, attention, rotary, activation-and-multiply and routed
-experts (MoE), in Triton with plain-torch references.
+"""Kernels of minisgl-decl: RMSNorm, attention, rotary, activation-and-multiply, routed
+experts (MoE) and a few-row GEMV, in Triton with plain-torch references.
 
 This is the one dispatch point. Each function checks its arguments (ValueError on bad
 shapes, dtypes, strides or devices), then runs the Triton kernel for CUDA tensors and
@@ -15,6 +15,7 @@ probes for the Hugging Face hub package ``kernels`` and must not find this one.)
 
 from minisgl_kernels._attention_api import decode_attention, decode_attention_paged, extend_attention, store_kv
 from minisgl_kernels._dispatch import BACKEND_ENV, Backend
+from minisgl_kernels._gemv_api import gemv
 from minisgl_kernels._moe_api import act_and_mul, fused_moe
 from minisgl_kernels._norm_api import add_rmsnorm, rmsnorm
 from minisgl_kernels._rope_api import apply_rope, rope_table
@@ -35,6 +36,7 @@ __all__ = [
     "decode_attention_paged",
     "extend_attention",
     "fused_moe",
+    "gemv",
     "rmsnorm",
     "rope_table",
     "store_kv",

@@ -595,3 +595,12 @@ def fused_moe(
         y = F.linear(fn(gate) * up, down[e]) * weights[token, slot, None]
         out.index_add_(0, token, y)
     return out
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight^T (+ bias)`` accumulated in float32, rounded once to x.dtype (the GEMV's
+    semantics: x [M, K], weight [N, K] row-major as torch Linear stores it, bias [N])."""
+    y = _f32(x) @ _f32(weight).t()
+    if bias is not None:
+        y = y + _f32(bias)
+    return _as(y, x.dtype)

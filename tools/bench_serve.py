@@ -14,8 +14,10 @@ and end-to-end latency (mean, p50, p90, p99), as a Markdown table and with `--js
     python tools/bench_serve.py --num-requests 16 --concurrency 16 --baseline transformers \\
         --start-server --model models/smollm2-135m-instruct --device cpu --dtype float32
     # GPU, no checkpoint needed: random weights at real shapes, batch 1 and 64 concurrent,
-    # transformers in the same run (tools/bench_serve_gpu.py)
-    python tools/bench_serve.py --shapes qwen3-0.6b,llama3-8b,qwen3-30b-a3b-12l
+    # transformers in the same run on the same card (tools/bench_serve_gpu.py); stop after 540 s
+    # and print what finished; with several GPUs, the shapes on 2 of them at once
+    python tools/bench_serve.py --shapes llama3-8b,qwen3-0.6b,qwen3-30b-a3b-12l --time-budget 540
+    python tools/bench_serve.py --shapes llama3-8b,qwen3-0.6b,qwen3-30b-a3b-12l --time-budget 540 --parallel-gpus 2
 
 `--baseline transformers` then runs transformers `generate` in this process on the same
 prompts and lengths (same model directory, dtype and device; greedy): batch 1 and batched
@@ -36,6 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -187,9 +190,35 @@ class Server:
         ]
         self.command = " ".join(cmd[1:])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.started = time.perf_counter()
+        self.timeline: list[tuple[float, str]] = []  # (seconds after the start, a line of its output)
+        self.healthy_s = math.nan
+        self._read = 0
+
+    def _poll_log(self) -> None:
+        """Time-stamp the server's new complete output lines (to the ~0.5 s of the health poll)."""
+        try:
+            with open(self.log.name, "rb") as f:
+                f.seek(self._read)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self._read += end + 1
+        now = time.perf_counter() - self.started
+        self.timeline += [(now, line.decode(errors="replace")) for line in data[:end].split(b"\n") if line.strip()]
 
     def start(self) -> None:
-        if not asyncio.run(wait_healthy(self.url, START_TIMEOUT_S, lambda: self.proc.poll() is None)):
+        def alive() -> bool:
+            self._poll_log()
+            return self.proc.poll() is None
+
+        healthy = asyncio.run(wait_healthy(self.url, START_TIMEOUT_S, alive))
+        self.healthy_s = time.perf_counter() - self.started
+        self._poll_log()
+        if not healthy:
             self.stop()
             raise RuntimeError(f"serve did not become healthy ({self.command}); its output:\n{self.output()}")
 

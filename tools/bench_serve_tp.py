@@ -7,8 +7,10 @@
    flip a near-tie of a random model); 8 fixed prompts, greedy, 48 tokens, EOS ignored, sent
    together; the texts must be identical.
 2. Speed: `--shape` (bf16) served at TP=1 and TP=N (CUDA graphs and overlap at their
-   defaults; with `--no-graph-row` also TP=N without graphs): decode tok/s at batch 1 (prompt
-   128, 256 tokens, 1 / median TPOT) and N concurrent requests (lengths 100..1024, seed 0).
+   defaults; with `--no-graph-row` also TP=N without graphs; with `--p2p-row` also TP=N with
+   small all-reduces on the one-shot P2P kernel, MINISGL_P2P_ALLREDUCE_MAX_BYTES=1048576): decode tok/s at batch 1
+   (prompt 128, 256 tokens, 1 / median TPOT over `--b1-requests`) and `--concurrent`
+   requests (lengths 100..1024, seed 0; 0 skips them).
 
 Prints one table last (and writes it to $OUT/serve_tp.md when $OUT is set).
 """
@@ -31,6 +33,8 @@ import httpx
 import torch
 from bench_shapes import build_checkpoint
 from bench_workload import LengthDist, make_workload
+
+from minisgl_decl.runtime.p2p_allreduce import MAX_BYTES_ENV as P2P_ENV
 
 LINES: list[str] = []
 
@@ -78,7 +82,22 @@ def text_check(shape: str, tp: int, dtype: str, device: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def speed(shape: str, tp: int, concurrent: int, no_graph_row: bool, device: str, lengths: str) -> list[list[str]]:
+def _all_reduce_line(output: str) -> str:
+    """What the server said about its all-reduce path (`tp: all-reduce: ...`), if anything."""
+    lines = [line for line in output.splitlines() if line.startswith("tp: all-reduce:")]
+    return lines[-1][len("tp: all-reduce:") :].strip() if lines else "-"
+
+
+def speed(
+    shape: str,
+    tp: int,
+    concurrent: int,
+    no_graph_row: bool,
+    device: str,
+    lengths: str,
+    p2p_row: bool = False,
+    b1_requests: int = 3,
+) -> list[list[str]]:
     directory = Path(tempfile.mkdtemp(prefix=f"tp-speed-{shape}-"))
     rows = []
     try:
@@ -86,35 +105,47 @@ def speed(shape: str, tp: int, concurrent: int, no_graph_row: bool, device: str,
         from transformers import AutoTokenizer
 
         dist = LengthDist.parse(lengths, "--lengths")
-        reqs = make_workload(AutoTokenizer.from_pretrained(directory), concurrent, dist, dist, 0)
-        runs: list[tuple[int, list[str]]] = [(1, []), (tp, [])]
+        reqs = make_workload(AutoTokenizer.from_pretrained(directory), concurrent, dist, dist, 0) if concurrent else []
+        runs: list[tuple[int, list[str], dict[str, str], str]] = [(1, [], {}, ""), (tp, [], {}, "")]
+        if p2p_row:
+            runs.append((tp, [], {P2P_ENV: str(1 << 20)}, " one-shot P2P"))
         if no_graph_row:
-            runs.append((tp, ["--no-cuda-graph"]))
+            runs.append((tp, ["--no-cuda-graph"], {}, " no graphs"))
         base = None
-        for size, extra in runs:
-            label = f"TP={size}" + (" no graphs" if extra else "")
+        for size, extra, env, what in runs:
+            label = f"TP={size}{what}"
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
             try:
-                server = g._serve(ckpt, ["--tp", str(size), *extra], concurrent, device)
+                server = g._serve(ckpt, ["--tp", str(size), *extra], max(concurrent, 8), device)
             except RuntimeError as exc:
                 say(f"{shape} {label}: serve did not start: {str(exc)[-1500:]}")
                 continue
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             try:
                 model = asyncio.run(g.served_model(server.url))
-                b1 = g._batch1(server.url, model, ckpt.vocab, 3)
-                many = g._concurrent(server.url, model, reqs)
+                b1 = g._batch1(server.url, model, ckpt.vocab, b1_requests)
+                many = g._concurrent(server.url, model, reqs) if reqs else None
             finally:
                 server.stop()
-            base = base or (b1, many["output_tok_s"])
+            path = _all_reduce_line(server.output()) if size > 1 else "-"
+            base = base or (b1, many["output_tok_s"] if many else 1.0)
             rows.append(
                 [
                     shape,
                     label,
+                    path,
                     f"{b1:.1f}",
                     f"{b1 / base[0]:.2f}x",
-                    f"{many['output_tok_s']:.1f}",
-                    f"{many['output_tok_s'] / base[1]:.2f}x",
-                    f"{many['ttft_p50']:.0f} / {many['ttft_p99']:.0f}",
-                    f"{many['itl_p50']:.1f} / {many['itl_p99']:.1f}",
+                    f"{many['output_tok_s']:.1f}" if many else "-",
+                    f"{many['output_tok_s'] / base[1]:.2f}x" if many else "-",
+                    f"{many['ttft_p50']:.0f} / {many['ttft_p99']:.0f}" if many else "-",
+                    f"{many['itl_p50']:.1f} / {many['itl_p99']:.1f}" if many else "-",
                 ]
             )
             print("row: " + " | ".join(rows[-1]), flush=True)
@@ -130,6 +161,8 @@ def main() -> int:
     p.add_argument("--text-shape", default="qwen3-0.6b")
     p.add_argument("--concurrent", type=int, default=64)
     p.add_argument("--no-graph-row", action="store_true", help="also TP=N with --no-cuda-graph")
+    p.add_argument("--p2p-row", action="store_true", help="also TP=N with the one-shot P2P all-reduce")
+    p.add_argument("--b1-requests", type=int, default=3, help="batch-1 requests (median TPOT)")
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test the tool")
     p.add_argument("--lengths", default="100:1024", help="concurrent requests' input and output lengths")
     p.add_argument("--text-dtypes", default="float32,bfloat16", help="dtypes of the text check")
@@ -152,17 +185,26 @@ def main() -> int:
         f"torch {torch.__version__}, transformers {transformers.__version__}, python {sys.version.split()[0]}"
     )
     say(header)
-    for dtype in opts.text_dtypes.split(","):
+    for dtype in [d for d in opts.text_dtypes.split(",") if d]:
         try:
             text_check(opts.text_shape, opts.tp, dtype, opts.device)
         except Exception as exc:
             say(f"text {opts.text_shape} {dtype}: FAILED {type(exc).__name__}: {str(exc)[-1500:]}")
-    rows = speed(opts.shape, opts.tp, opts.concurrent, opts.no_graph_row, opts.device, opts.lengths)
+    rows = speed(
+        opts.shape,
+        opts.tp,
+        opts.concurrent,
+        opts.no_graph_row,
+        opts.device,
+        opts.lengths,
+        opts.p2p_row,
+        opts.b1_requests,
+    )
     table = [
         "",
-        "| shape | run | batch 1 tok/s | vs TP=1 | "
+        "| shape | run | all-reduce | batch 1 tok/s | vs TP=1 | "
         f"{opts.concurrent} concurrent tok/s | vs TP=1 | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *["| " + " | ".join(r) + " |" for r in rows],
     ]
     text = "\n".join([*LINES, *table, "", *g.NOTES])

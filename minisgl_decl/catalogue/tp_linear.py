@@ -10,6 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import minisgl_kernels as kernels
+from minisgl_kernels.gemv_choice import use_gemv
+
 from .context import Comm
 
 #: below this many rows a CPU product runs as ``W @ x^T`` (see :func:`linear`)
@@ -17,7 +20,12 @@ FEW_ROWS = 6
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, equal within float32 round-off, faster for a few rows on CPU.
+    """``F.linear(x, weight, bias)``, equal within round-off, faster for a few rows.
+
+    CUDA: up to 16 rows may run on the Triton GEMV (``minisgl_kernels.gemv``) where it is the
+    faster of the two for the shape (timed on first use, or ``MINISGL_KERNELS_GEMV=on|off``;
+    see ``minisgl_kernels/gemv_choice.py``). Under tensor parallelism this is each rank's
+    local shard, and every rank takes rank 0's choice.
 
     A CPU decode step of a few rows is bound by reading the weights from memory; for
     ``x @ W^T`` on a row-major W, MKL then picks a kernel that reads them about 1.5x (1 row)
@@ -28,6 +36,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     far slower than the matrix-vector product, and a quiet machine was not available to
     measure two threads fairly.
     """
+    if x.device.type == "cuda":
+        return kernels.gemv(x, weight, bias) if use_gemv(x, weight, bias) else F.linear(x, weight, bias)
     rows = x.shape[0] if x.dim() == 2 else 0
     if not (0 < rows < FEW_ROWS and x.device.type == "cpu" and weight.is_contiguous() and _one_thread()):
         return F.linear(x, weight, bias)

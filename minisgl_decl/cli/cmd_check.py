@@ -73,8 +73,13 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 def _header(args: argparse.Namespace, name: str, arch: str) -> str:
     what = args.model or f"tiny random {arch} from the spec's example_config"
+    import transformers
+
     bound = f"tolerance {args.tolerance:g} or {args.noise_multiple:g} x noise floor"
-    return f"check {name}: {what}, tp={args.tp}, float32 on {args.device}, {bound}"
+    return (
+        f"check {name}: {what}, tp={args.tp}, float32 on {args.device}, {bound}, "
+        f"reference transformers {transformers.__version__}"
+    )
 
 
 def _finite(x: float | None) -> float | None:

@@ -2,8 +2,11 @@
 
 `AsyncEngine` runs `EngineCore.step()` in a thread of its own; callers on an asyncio loop
 submit through a thread-safe inbox and receive `RequestOutput` deltas on per-request
-asyncio queues (`loop.call_soon_threadsafe`), so the event loop never waits on a model
-step. Closing or cancelling a `generate` iterator before it finished aborts the request
+asyncio queues, so the event loop never waits on a model step. A step's outputs reach each
+event loop in one `call_soon_threadsafe` (one wake-up per step, not one per request); a
+reader that fell behind gets the deltas waiting in its queue merged into one (as vLLM's
+output collector does), so a slow HTTP side sends fewer, larger chunks instead of lagging
+further. Closing or cancelling a `generate` iterator before it finished aborts the request
 and frees its KV.
 
 Entry points: `start_engine(config, comm)` (rank 0; returns the running `AsyncEngine`),
@@ -81,8 +84,20 @@ class AsyncEngine:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                error = None
+                if not item.finished and not stream.queue.empty():  # the reader fell behind: one merged delta
+                    parts = [item]
+                    while not stream.queue.empty() and not parts[-1].finished:
+                        more = stream.queue.get_nowait()
+                        if isinstance(more, BaseException):
+                            error = more
+                            break
+                        parts.append(more)
+                    item = merge(parts)
                 finished = item.finished
                 yield item
+                if error is not None:
+                    raise error
                 if finished:
                     return
         finally:
@@ -123,7 +138,25 @@ class AsyncEngine:
         with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody listens
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, output)
 
+    def _deliver_step(self, outputs: list[RequestOutput]) -> None:
+        """A step's outputs: one `call_soon_threadsafe` per listening event loop (one wake-up), not one per request."""
+        if len(outputs) == 1:
+            self._deliver(outputs[0], outputs[0].request_id)
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], RequestOutput]]] = {}
+        with self._lock:
+            streams = self._streams
+            for out in outputs:
+                stream = streams.get(out.request_id)
+                if stream is not None:
+                    by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody listens
+                loop.call_soon_threadsafe(_put_all, items)
+
     def _drain(self) -> None:
+        if self._inbox.empty():
+            return
         while True:
             try:
                 kind, value = self._inbox.get_nowait()
@@ -145,8 +178,9 @@ class AsyncEngine:
             while not self._stopping:
                 self._drain()
                 if self.core.has_work():
-                    for out in self.core.step():
-                        self._deliver(out, out.request_id)
+                    outputs = self.core.step()
+                    if outputs:
+                        self._deliver_step(outputs)
                 else:
                     self._stats = self.core.stats()
                     if not self._wake.wait(PING_SECONDS):
@@ -171,6 +205,12 @@ class AsyncEngine:
                     self._deliver(out, request_id)
             self._stats = self.core.stats()
             self.core.close()
+
+
+def _put_all(items: list[tuple[asyncio.Queue[Any], RequestOutput]]) -> None:
+    """On the caller's event loop: hand each output to its request's queue (in step order)."""
+    for q, out in items:
+        q.put_nowait(out)
 
 
 def start_engine(

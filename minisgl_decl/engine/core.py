@@ -245,14 +245,21 @@ class EngineCore:
         rows, q_lens, kv_lens, logits_at = [], [], [], []
         sample: list[Request] = []
         for it in plan.items:
-            r, n = it.req, len(it.slots)
-            tokens += r.tokens(it.start, it.start + n)
-            positions += range(it.start, it.start + n)
-            out_slots += it.slots
+            r, start, n = it.req, it.start, len(it.slots)
+            end = start + n
+            prompt = r.prompt
+            if n == 1:  # a decode: its one pending token
+                tokens.append(prompt[start] if start < len(prompt) else r.output[start - len(prompt)])
+                positions.append(start)
+                out_slots.append(it.slots[0])
+            else:
+                tokens += r.tokens(start, end)
+                positions += range(start, end)
+                out_slots += it.slots
             rows.append(r.row)
             q_lens.append(n)
-            kv_lens.append(it.start + n)
-            if it.start + n == r.total:
+            kv_lens.append(end)
+            if end == len(prompt) + len(r.output):
                 logits_at.append(len(tokens) - 1)
                 sample.append(r)
         step = StepBatch.build(

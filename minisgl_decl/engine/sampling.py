@@ -253,7 +253,14 @@ class Sampler:
         if len(set(keys)) != batch:
             raise ValueError("sampler: a request key appears twice in one batch")
         rows = [self._rows[k] for k in keys]
-        slots = self._to_device([r.slot for r in rows], torch.int64)
+        if (
+            self._sampled.isdisjoint(keys)
+            and self._penalized.isdisjoint(keys)
+            and self._min_tokens_keys.isdisjoint(keys)
+            and self._logprob_keys.isdisjoint(keys)
+        ):  # plain greedy batch: the argmax of the raw logits (float32 conversion is exact: same index)
+            token = logits.argmax(-1)
+            return SampledBatch(token, _to_host(token), rows, 0)
         x = logits.float()
         raw = x
 
@@ -269,11 +276,12 @@ class Sampler:
         if self._sampled.isdisjoint(keys):
             token = x.argmax(-1)
         elif self._sampled.issuperset(keys):
-            token = self._draw(x, slots, list(keys))
+            token = self._draw(x, self._to_device([r.slot for r in rows], torch.int64), list(keys))
         else:
             pos = [i for i, k in enumerate(keys) if k in self._sampled]
             srow = self._to_device(pos, torch.int64)
-            drawn = self._draw(x.index_select(0, srow), slots.index_select(0, srow), [keys[i] for i in pos])
+            slots = self._to_device([rows[i].slot for i in pos], torch.int64)
+            drawn = self._draw(x.index_select(0, srow), slots, [keys[i] for i in pos])
             token = x.argmax(-1).index_copy(0, srow, drawn)
 
         if penalized is not None and pslots is not None:

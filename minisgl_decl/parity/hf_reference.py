@@ -72,6 +72,27 @@ def _check_random_size(spec: SpecIR, cfg: Mapping[str, Any]) -> None:
         )
 
 
+def require_reference_release(spec: SpecIR) -> None:
+    """Refuse a transformers older than the spec's `serves.transformers_min`: its model class for
+    the architecture computes something else (e.g. a constant where the config has a value), so a
+    parity check against it would blame our model for transformers' difference."""
+    if spec.transformers_min is None:
+        return
+    import transformers
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        installed = Version(transformers.__version__)
+    except InvalidVersion:
+        return  # a development build: nothing to compare
+    if installed < Version(spec.transformers_min):
+        raise UserError(
+            f"{spec.serves_at}: `check` needs transformers >= {spec.transformers_min} as the reference for "
+            f"{', '.join(spec.architectures)} (serves.transformers_min); installed {transformers.__version__}, "
+            "whose class computes something else. Upgrade transformers (pip install -U transformers)"
+        )
+
+
 def build_reference(
     spec: SpecIR, overrides: Mapping[str, Any] | None = None, seed: int = 0, directory: str | Path | None = None
 ) -> Path:
@@ -85,6 +106,7 @@ def build_reference(
 
     if not spec.example_config:
         raise UserError(f"{spec.file}: `check` without --model needs an `example_config` in the spec")
+    require_reference_release(spec)
     cfg_dict = {**spec.example_config, **(overrides or {})}
     arch = spec.architectures[0]
     model_type = cfg_dict.get("model_type") or (spec.model_types or (None,))[0]

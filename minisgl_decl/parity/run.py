@@ -26,7 +26,7 @@ from .check import (
     run_parity_checks,
 )
 from .diagnose import Diagnosis, diagnose, scenarios
-from .hf_reference import as_float64, build_reference, key_renamer, load_reference
+from .hf_reference import as_float64, build_reference, key_renamer, load_reference, require_reference_release
 from .modmap import module_map
 
 KV_SLOTS = 256
@@ -91,6 +91,7 @@ def check_checkpoint(
     On CUDA both sides run there (ours through the Triton kernels). `reference_dir`: where
     transformers reads its weights, if not `model_dir`.
     """
+    require_reference_release(spec)
     compiled = compile_spec(spec, model_dir)
     assert compiled.checkpoint is not None
     arch = compiled.checkpoint.config.get("architectures") or spec.architectures

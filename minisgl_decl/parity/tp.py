@@ -49,7 +49,7 @@ from .check import (
     hf_reference_fn,
     run_parity_checks,
 )
-from .hf_reference import build_reference, load_reference
+from .hf_reference import build_reference, load_reference, require_reference_release
 from .run import ParityReport, diagnose_failure, float64_reference
 
 KV_SLOTS = 256
@@ -95,6 +95,7 @@ def parity_on_rank(
 
         def load_hf() -> str:  # and its float64 logits, before our model: peak memory as without them
             nonlocal hf, ref64
+            require_reference_release(spec)
             assert compiled.checkpoint is not None
             arch = compiled.checkpoint.config.get("architectures") or spec.architectures
             hf = load_reference(reference_dir or path, arch[0]).to(device)

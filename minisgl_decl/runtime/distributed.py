@@ -1,7 +1,9 @@
 """Tensor parallelism through torch.distributed: one process per rank.
 
 - `GroupComm` is the `Comm` the catalogue layers call (all_reduce, all_gather along
-  the last dim), over a torch.distributed process group: NCCL on CUDA, gloo on CPU.
+  the last dim), over a torch.distributed process group: NCCL on CUDA, gloo on CPU. With
+  MINISGL_P2P_ALLREDUCE_MAX_BYTES set, on GPUs that reach each other peer-to-peer, small
+  all-reduces take a one-shot kernel over symmetric memory instead (`p2p_allreduce.py`).
 - `rank_env()` reads the torchrun contract (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
   `MASTER_ADDR`, `MASTER_PORT`), so every entry point runs the same under `torchrun`
   and under `launch`.
@@ -26,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from . import p2p_allreduce
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
@@ -57,6 +60,7 @@ class GroupComm:
         group: dist.ProcessGroup | None = None,
         device: str | torch.device = "cpu",
         control: dist.ProcessGroup | None = None,
+        p2p: p2p_allreduce.P2PAllReduce | None = None,
     ) -> None:
         self.group = group
         self.size = dist.get_world_size(group)
@@ -65,9 +69,13 @@ class GroupComm:
         # host-side messages (the engine's step broadcast): a gloo group, so a worker's host receives
         # the next step while its GPU still runs this one (None: `group`)
         self.control = control
+        # small all-reduces over peer-to-peer loads (None: NCCL / gloo for every size)
+        self.p2p = p2p
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         t = t.contiguous()
+        if self.p2p is not None and self.p2p.fits(t):
+            return self.p2p.all_reduce(t)
         dist.all_reduce(t, group=self.group)
         return t
 
@@ -122,7 +130,17 @@ def init_group(env: RankEnv, device: str | torch.device = "cpu") -> GroupComm:
             device_id=dev if dev.type == "cuda" else None,
         )
     control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)  # host-side step messages
-    return GroupComm(device=dev, control=control)
+    p2p = None
+    if dev.type == "cuda" and env.world_size > 1:
+        world_group = dist.group.WORLD
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        p2p, why = p2p_allreduce.setup(world_group, dev, local_world) if world_group is not None else (None, "")
+        if env.rank == 0:
+            how = (
+                f"one-shot peer-to-peer up to {p2p.max_bytes} bytes, NCCL above" if p2p is not None else f"NCCL ({why})"
+            )
+            print(f"tp: all-reduce: {how}", file=sys.stderr, flush=True)
+    return GroupComm(device=dev, control=control, p2p=p2p)
 
 
 def shutdown() -> None:
@@ -160,6 +178,8 @@ def launch(cmd: list[str], world: int, *, quiet_others: bool = True) -> int:
             }
             env.setdefault("OMP_NUM_THREADS", threads)
             env.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on shared hosts
+            env.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+            env.setdefault("NVSHMEM_DISABLE_NVLS", "1")
             log = Path(tmp.name) / f"rank{r}.log" if r and quiet_others else None
             logs.append(log)
             out = subprocess.DEVNULL if log else None

@@ -27,6 +27,7 @@ class _Choice:
     completion_tokens: int = 0
     cached_tokens: int = 0
     sent_role: bool = False
+    chars: int = 0  # length of the text so far (the completion logprobs' text_offset)
 
 
 class Choices:
@@ -39,10 +40,12 @@ class Choices:
         self.tokenizer = tokenizer
         self.choices = {job.index: _Choice() for job in jobs}
         self.want_logprobs = {job.index: job.params.logprobs for job in jobs}
+        self._plain: dict[tuple[int, bool], tuple[str, str]] = {}  # (index, with usage) -> text chunk template
 
     def add(self, job: Job, out: RequestOutput) -> None:
         c = self.choices[job.index]
         c.text.append(out.text)
+        c.chars += len(out.text)
         c.logprobs.extend(out.logprobs or ())
         c.prompt_tokens, c.completion_tokens, c.cached_tokens = (
             out.prompt_tokens,
@@ -138,7 +141,10 @@ class Choices:
         finish = _finish(out) if out.finished else None
         if not out.text and finish is None and not out.logprobs and (self.kind == "completion" or c.sent_role):
             return None
-        offset = sum(len(t) for t in c.text[:-1])
+        if finish is None and not self.want_logprobs[job.index] and (self.kind == "completion" or c.sent_role):
+            head, tail = self._template(job.index, with_usage_field)
+            return head + json.dumps(out.text, ensure_ascii=False) + tail
+        offset = c.chars - len(out.text)
         lp = self._logprobs(job.index, list(out.logprobs or ()), offset)
         if self.kind == "completion":
             choice: dict[str, Any] = {"index": job.index, "text": out.text, "logprobs": lp, "finish_reason": finish}
@@ -160,6 +166,31 @@ class Choices:
         if with_usage_field:
             body["usage"] = None
         return sse(body)
+
+    def _template(self, index: int, with_usage_field: bool) -> tuple[str, str]:
+        """The SSE event of a plain text delta (no logprobs, not the last, role sent) around its
+        JSON-encoded text: the bytes `sse(body)` gives for that body, built once per choice."""
+        key = (index, with_usage_field)
+        if key not in self._plain:
+            marker = "\x00TEXT\x00"
+            if self.kind == "completion":
+                choice: dict[str, Any] = {"index": index, "text": marker, "logprobs": None, "finish_reason": None}
+                obj = "text_completion"
+            else:
+                choice = {"index": index, "delta": {"content": marker}, "logprobs": None, "finish_reason": None}
+                obj = "chat.completion.chunk"
+            body: dict[str, Any] = {
+                "id": self.id,
+                "object": obj,
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+            }
+            if with_usage_field:
+                body["usage"] = None
+            head, _, tail = sse(body).partition(json.dumps(marker))
+            self._plain[key] = (head, tail)
+        return self._plain[key]
 
     def usage_chunk(self) -> str:
         obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"

@@ -214,6 +214,7 @@ class _Compiler:
             requires=requires,
             example_config=MappingProxyType(s.example_config),
             example_at=self.where(("example_config",)),
+            transformers_min=s.serves.transformers_min,
         )
 
 

@@ -168,6 +168,7 @@ class SpecIR:
     requires: tuple[SpecExpr, ...]
     example_config: Mapping[str, Any]
     example_at: Location
+    transformers_min: str | None = None  # serves.transformers_min: check's reference needs this release
 
     def module_names(self) -> frozenset[str]:
         return frozenset(m.name for m in self.modules)

@@ -47,6 +47,12 @@ class Serves(Strict):
 
     architectures: list[str] = Field(min_length=1, description="HF `architectures` entries, e.g. LlamaForCausalLM")
     model_types: list[str] = Field(default_factory=list, description="HF `model_type` values, e.g. llama")
+    transformers_min: str | None = Field(
+        None,
+        pattern=r"^[0-9]+(\.[0-9]+){0,2}$",
+        description="The oldest transformers release whose class for these architectures computes what this "
+        "spec describes (`check` uses it as the reference and refuses older releases), e.g. '5.19'",
+    )
 
 
 class FromField(Strict):
