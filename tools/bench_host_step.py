@@ -18,7 +18,7 @@ Modes (per batch size B, B requests with 16-token prompts, greedy, EOS ignored):
 
 - `engine`: `EngineCore.step()` in a loop; us per decode step (wall / steps).
 - `async`: `AsyncEngine` (engine thread) with B asyncio consumers in the main thread; us per
-  step = median over requests of (last delta - first delta) / (deltas - 1).
+  step = median over requests of (last delta - first delta) / (tokens between them).
 - `server`: the app under uvicorn in a child process (engine thread + HTTP event loop), driven
   by `tools/bench_client.py` with B concurrent streamed `/v1/completions`; us per step =
   median TPOT.
@@ -185,9 +185,10 @@ def run_engine(model: Path, batch: int, steps: int, profile: cProfile.Profile | 
     return wall / steps * 1e6
 
 
-def _per_step(stamps: list[list[float]]) -> float:
-    """Median over requests of the time between deltas (first to last), in us."""
-    per = [(s[-1] - s[0]) / (len(s) - 1) for s in stamps if len(s) > 1]
+def _per_step(stamps: list[list[tuple[float, int]]]) -> float:
+    """Median over requests of time per token between its first and last delta, in us (a delta may
+    carry several tokens: `AsyncEngine` merges the deltas of a reader that fell behind)."""
+    per = [(s[-1][0] - s[0][0]) / (s[-1][1] - s[0][1]) for s in stamps if len(s) > 1 and s[-1][1] > s[0][1]]
     return statistics.median(per) * 1e6
 
 
@@ -197,14 +198,14 @@ def run_async(model: Path, batch: int, steps: int) -> float:
     core = make_core(model, max(batch, 1))
     engine = AsyncEngine(core)
 
-    async def one(i: int, prompt: list[int]) -> list[float]:
+    async def one(i: int, prompt: list[int]) -> list[tuple[float, int]]:
         stamps = []
         async for out in engine.generate(f"r{i}", prompt, greedy(steps + WARM_STEPS)):
-            if out.token_ids:
-                stamps.append(time.perf_counter())
-        return stamps[WARM_STEPS:]
+            if out.token_ids and out.completion_tokens > WARM_STEPS:
+                stamps.append((time.perf_counter(), out.completion_tokens))
+        return stamps
 
-    async def all_of() -> list[list[float]]:
+    async def all_of() -> list[list[tuple[float, int]]]:
         return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts(core, batch)))))
 
     try:
