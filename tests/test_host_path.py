@@ -123,13 +123,13 @@ def test_step_batch_is_one_tensor_with_the_given_fields() -> None:
     step = StepBatch.build(
         [11, -1, 13, 14], [0, 5, 6, 7], [40, 41, 42, 43], [2, 0], [1, 3], [1, 8], [0, 3], ([2], [0], [99]), False
     )
-    fields = {
+    fields = {  # in the payload's order (the CUDA-graph inputs first: token, position, slot, row, length)
         "tokens": [11, -1, 13, 14],
         "positions": [0, 5, 6, 7],
         "out_slots": [40, 41, 42, 43],
         "rows": [2, 0],
-        "q_lens": [1, 3],
         "kv_lens": [1, 8],
+        "q_lens": [1, 3],
         "logits_at": [0, 3],
         "write_rows": [2],
         "write_pos": [0],
@@ -143,6 +143,21 @@ def test_step_batch_is_one_tensor_with_the_given_fields() -> None:
     for name, want in fields.items():
         assert getattr(back, name).tolist() == want, name
     assert back.is_decode is False
+    assert step.header().tolist() == [0, 4, 2, 2, 1, 3, 8, 9, 5]  # decode?, T, B, S, W, max q, max kv, kv, prefix
+    assert back.header().tolist() == step.header().tolist()  # from the tensors on a TP worker
+    assert step.has_placeholders and not step.all_previous
+    decode = StepBatch.build([-1, -2, -3], [4, 9, 2], [7, 8, 9], [0, 1, 2], [1, 1, 1], [5, 10, 3], [0, 1, 2])
+    assert decode.has_placeholders and decode.all_previous
+    assert decode.flat is not None and decode.flat[:15].view(5, 3).tolist() == [
+        [-1, -2, -3],
+        [4, 9, 2],
+        [7, 8, 9],
+        [0, 1, 2],
+        [5, 10, 3],
+    ]
+    mixed = StepBatch.build([-2, -1], [4, 9], [7, 8], [0, 1], [1, 1], [5, 10], [0, 1])
+    assert mixed.has_placeholders and not mixed.all_previous
+    assert not StepBatch.build([3], [0], [1], [0], [1], [1], [0]).has_placeholders
     empty = StepBatch.build([], [], [], [], [], [], [])
     assert empty.tokens.shape == (0,) and empty.write_rows.shape == (0,)
 
@@ -175,10 +190,98 @@ def test_async_engine_batched_delivery_keeps_each_stream_in_order() -> None:
     async def run() -> list[tuple[list[int], str, int]]:
         return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
 
+    async def late_reader() -> list[RequestOutput]:
+        """Read one delta, then only after the engine finished the request: the rest comes as one delta."""
+        stream = client.generate("late", prompts[2], params[2])
+        deltas = [await anext(aiter(stream))]
+        while client.stats().running or client.stats().waiting:  # updated after the step's outputs were handed over
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # run the hand-over callbacks already queued on this loop
+        deltas += [out async for out in stream]
+        return deltas
+
     try:
         streamed = asyncio.run(run())
+        late = asyncio.run(late_reader())
     finally:
         client.shutdown()
+    assert len(late) == 2 and late[-1].finished
+    assert [t for d in late for t in d.token_ids] == list(offline[2].token_ids)
+    assert "".join(d.text for d in late) == offline[2].text
+    assert late[-1].completion_tokens == len(offline[2].token_ids)
     for (ids, text, deltas), want, p in zip(streamed, offline, params, strict=True):
         assert ids == list(want.token_ids) and text == want.text
-        assert deltas == len(ids) <= p.max_tokens  # one delta per token: nothing merged or lost
+        assert 1 <= deltas <= len(ids) <= p.max_tokens  # merged when the reader lags, never lost
+
+
+class _CpuReplay:
+    """`replay()` of a captured graph, on the CPU: the model run eagerly over the graph's own input buffers."""
+
+    def __init__(self, graphs: Any, bs: int, out: torch.Tensor) -> None:
+        self.graphs, self.bs, self.out = graphs, bs, out
+
+    def replay(self) -> None:
+        tokens, batch = self.graphs._batch(self.bs)
+        self.out.copy_(self.graphs.model(tokens, batch))
+
+
+class _NoEvent:
+    def synchronize(self) -> None:
+        pass
+
+    def record(self) -> None:
+        pass
+
+
+def cpu_decode_graphs(runner: Any, sizes: list[int], vocab: int) -> Any:
+    """The real `DecodeGraphs` (its `run`: one host copy, placeholder resolution, request-table write,
+    padding to the next size) with the CUDA parts replaced: events are no-ops, replay runs eagerly."""
+    from minisgl_decl.runtime.cuda_graph import DecodeGraphs
+
+    g = object.__new__(DecodeGraphs)
+    g.model, g.kv, g.table, g.comm, g.device = runner.model, runner.kv, runner.req_to_token, runner.comm, runner.device
+    g.sizes, g.max_batch = sizes, sizes[-1]
+    g.inputs = {bs: torch.zeros(5, bs, dtype=torch.int64) for bs in sizes}
+    g.host = [torch.zeros(5, g.max_batch, dtype=torch.int64) for _ in range(2)]
+    g.copied = [_NoEvent(), _NoEvent()]
+    g.turn = 0
+    g.pad = torch.tensor((0, 0, -1, 0, 0), dtype=torch.int64)[:, None]
+    g.cu = torch.arange(g.max_batch + 1, dtype=torch.int64)
+    g.graphs = {bs: (_CpuReplay(g, bs, out := torch.zeros(bs, vocab)), out) for bs in sizes}
+    return g
+
+
+def test_graph_decode_path_with_overlap_gives_transformers_greedy_tokens() -> None:
+    """The CUDA-graph decode path's host side (one-copy inputs, `prev[:b]` copy in the steady state,
+    the general placeholder resolution when the batch shrinks, padding) on the CPU, against transformers."""
+    if not (DEMO / "config.json").is_file():
+        pytest.skip("demo model not prepared: python tools/prepare_demo_model.py")
+    from minisgl_decl.engine import LLM, EngineConfig
+    from minisgl_decl.engine.loader import load_engine_model
+    from minisgl_decl.parity.hf_reference import load_reference
+
+    config = EngineConfig(model=DEMO, max_kv_tokens=2048, overlap=True, max_running=4)
+    loaded = load_engine_model(config, progress=False)
+    tok = loaded.tokenizer
+    prompts = [tok.encode(p) for p in ("The capital of France is", "1, 2, 3,", "Once upon a time", "def f(x):")]
+    lengths = (14, 5, 9, 11)  # requests leave at different steps: the batch shrinks, padded sizes replay
+    llm = LLM(config, loaded=loaded)
+    graphs = cpu_decode_graphs(llm.core.runner, [1, 2, 4], loaded.vocab_size)
+    llm.core.runner.graphs = graphs
+    seen: list[tuple[int, bool, bool]] = []  # (batch, whole previous batch in order, any placeholder)
+    replay = graphs.run
+
+    def counted(step: StepBatch, table: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
+        seen.append((step.tokens.shape[0], step.all_previous, prev is not None))
+        return replay(step, table, prev)
+
+    graphs.run = counted
+    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in lengths]
+    got = [list(o.token_ids) for o in llm.generate(prompts, params)]
+    assert {b for b, _, _ in seen} >= {1, 3, 4}  # 3 replays the padded size-4 graph
+    assert any(whole for _, whole, _ in seen) and any(p and not whole for _, whole, p in seen)
+    hf = load_reference(DEMO, "LlamaForCausalLM")
+    for p, n, ids in zip(prompts, lengths, got, strict=True):
+        with torch.inference_mode():
+            want = hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        assert ids == want[0, len(p) :].tolist()

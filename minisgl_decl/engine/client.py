@@ -2,8 +2,11 @@
 
 `AsyncEngine` runs `EngineCore.step()` in a thread of its own; callers on an asyncio loop
 submit through a thread-safe inbox and receive `RequestOutput` deltas on per-request
-asyncio queues (`loop.call_soon_threadsafe`), so the event loop never waits on a model
-step. Closing or cancelling a `generate` iterator before it finished aborts the request
+asyncio queues, so the event loop never waits on a model step. A step's outputs reach each
+event loop in one `call_soon_threadsafe` (one wake-up per step, not one per request); a
+reader that fell behind gets the deltas waiting in its queue merged into one (as vLLM's
+output collector does), so a slow HTTP side sends fewer, larger chunks instead of lagging
+further. Closing or cancelling a `generate` iterator before it finished aborts the request
 and frees its KV.
 
 Entry points: `start_engine(config, comm)` (rank 0; returns the running `AsyncEngine`),
@@ -81,8 +84,20 @@ class AsyncEngine:
                 item = await stream.queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                error = None
+                if not item.finished and not stream.queue.empty():  # the reader fell behind: one merged delta
+                    parts = [item]
+                    while not stream.queue.empty() and not parts[-1].finished:
+                        more = stream.queue.get_nowait()
+                        if isinstance(more, BaseException):
+                            error = more
+                            break
+                        parts.append(more)
+                    item = merge(parts)
                 finished = item.finished
                 yield item
+                if error is not None:
+                    raise error
                 if finished:
                     return
         finally:

@@ -253,6 +253,14 @@ class Sampler:
         if len(set(keys)) != batch:
             raise ValueError("sampler: a request key appears twice in one batch")
         rows = [self._rows[k] for k in keys]
+        if (
+            self._sampled.isdisjoint(keys)
+            and self._penalized.isdisjoint(keys)
+            and self._min_tokens_keys.isdisjoint(keys)
+            and self._logprob_keys.isdisjoint(keys)
+        ):  # plain greedy batch: the argmax of the raw logits (float32 conversion is exact: same index)
+            token = logits.argmax(-1)
+            return SampledBatch(token, _to_host(token), rows, 0)
         x = logits.float()
         raw = x
 

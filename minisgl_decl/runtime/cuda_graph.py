@@ -127,15 +127,21 @@ class DecodeGraphs:
         copied = self.copied[self.turn]
         copied.synchronize()  # the copy two steps ago has read this host buffer
         host = self.host[self.turn][:, :bs]
-        for i, part in enumerate((step.tokens, step.positions, step.out_slots, step.rows, step.kv_lens)):
-            host[i, :b] = part
+        if step.flat is not None:  # tokens, positions, slots, rows, lengths: the first 5 x b values, in this order
+            host[:, :b] = step.flat[: 5 * b].view(5, b)
+        else:
+            for i, part in enumerate((step.tokens, step.positions, step.out_slots, step.rows, step.kv_lens)):
+                host[i, :b] = part
         if bs > b:
             host[:, b:] = self.pad
         inputs = self.inputs[bs]
         inputs.copy_(host, non_blocking=True)
         copied.record()
         if prev is not None:
-            inputs[0, :b] = resolve_tokens(inputs[0, :b], prev)
+            if step.all_previous and prev.shape[0] >= b:  # token i is prev[i] (the steady state): one copy
+                inputs[0, :b].copy_(prev[:b])
+            else:
+                inputs[0, :b] = resolve_tokens(inputs[0, :b], prev)
         req_to_token[inputs[3, :b], inputs[1, :b]] = inputs[2, :b].to(req_to_token.dtype)
         graph, out = self.graphs[bs]
         graph.replay()

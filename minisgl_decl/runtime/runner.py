@@ -66,20 +66,29 @@ HEADER = 9  # is_decode, T, B, S, W, max_q, max_kv, total_kv, total_prefix
 
 @dataclass(frozen=True)
 class StepBatch:
-    """One forward: host int64 tensors (what rank 0 broadcasts). Request b's new tokens are consecutive."""
+    """One forward: host int64 tensors (what rank 0 broadcasts). Request b's new tokens are consecutive.
+
+    The fields are views of one tensor (`flat`, also the broadcast payload), in this order;
+    for a decode step its first 5 x B values are the CUDA-graph inputs as they are laid out
+    on the device (token, position, KV slot, row, context length), copied in one go.
+    """
 
     tokens: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     out_slots: torch.Tensor  # [T] KV slot written by each new token
     rows: torch.Tensor  # [B] request-table row of each request
-    q_lens: torch.Tensor  # [B] new tokens of each request
     kv_lens: torch.Tensor  # [B] context length after the step (prefix + new)
+    q_lens: torch.Tensor  # [B] new tokens of each request
     logits_at: torch.Tensor  # [S] token indices (into T) whose logits are returned
     write_rows: torch.Tensor  # [W] extra request-table writes, applied first (slot swaps)
     write_pos: torch.Tensor  # [W]
     write_slots: torch.Tensor  # [W]
     is_decode: bool  # every request has one new token and the decode path runs
-    flat: torch.Tensor | None = None  # the fields above, concatenated in order (when built so)
+    flat: torch.Tensor | None = None  # the fields above, concatenated in order
+    # known on the host when built from lists (None: look at the tensors):
+    has_placeholders: bool | None = None  # some token is a placeholder -(k + 1) of the step in flight
+    all_previous: bool = False  # token i is exactly -(i + 1): the whole previous batch, in order
+    sums: tuple[int, int, int, int] | None = None  # max q_len, max kv_len, sum kv_lens, sum prefix lens
 
     @staticmethod
     def build(
@@ -93,28 +102,43 @@ class StepBatch:
         writes: tuple[list[int], list[int], list[int]] = ([], [], []),
         is_decode: bool = False,
     ) -> StepBatch:
-        # one host tensor (one allocation, one list conversion), the fields are views of it; the
-        # concatenation is also `payload()` (the runner's one copy to the device, TP's broadcast)
+        # one host tensor (one allocation, one list conversion); the fields are views of it
         flat = torch.tensor(
-            [*tokens, *positions, *out_slots, *rows, *q_lens, *kv_lens, *logits_at, *writes[0], *writes[1], *writes[2]],
+            [*tokens, *positions, *out_slots, *rows, *kv_lens, *q_lens, *logits_at, *writes[0], *writes[1], *writes[2]],
             dtype=torch.int64,
         )
         t, b, w = len(tokens), len(rows), len(writes[0])
-        return StepBatch(*flat.split([t, t, t, b, b, b, len(logits_at), w, w, w]), is_decode=is_decode, flat=flat)
+        has_placeholders = bool(tokens) and min(tokens) < 0
+        all_previous = has_placeholders and tokens == list(range(-1, -t - 1, -1))
+        total_kv = sum(kv_lens)
+        sums = (max(q_lens, default=0), max(kv_lens, default=0), total_kv, total_kv - sum(q_lens))
+        return StepBatch(
+            *flat.split_with_sizes([t, t, t, b, b, b, len(logits_at), w, w, w]),
+            is_decode=is_decode,
+            flat=flat,
+            has_placeholders=has_placeholders,
+            all_previous=all_previous,
+            sums=sums,
+        )
 
     def header(self) -> torch.Tensor:
         q, kv = self.q_lens, self.kv_lens
         b = q.shape[0]
+        if self.sums is not None:
+            max_q, max_kv, total_kv, total_prefix = self.sums
+        else:
+            max_q, max_kv = (int(q.max()), int(kv.max())) if b else (0, 0)
+            total_kv, total_prefix = int(kv.sum()), int((kv - q).sum())
         values = [
             int(self.is_decode),
             self.tokens.shape[0],
             b,
             self.logits_at.shape[0],
             self.write_rows.shape[0],
-            int(q.max()) if b else 0,
-            int(kv.max()) if b else 0,
-            int(kv.sum()),
-            int((kv - q).sum()),
+            max_q,
+            max_kv,
+            total_kv,
+            total_prefix,
         ]
         return torch.tensor(values, dtype=torch.int64)
 
@@ -127,8 +151,8 @@ class StepBatch:
                 self.positions,
                 self.out_slots,
                 self.rows,
-                self.q_lens,
                 self.kv_lens,
+                self.q_lens,
                 self.logits_at,
                 self.write_rows,
                 self.write_pos,
@@ -201,7 +225,9 @@ class ModelRunner:
         `prev`: the previous step's sampled ids on the device (overlap scheduling); a token
         `-(k + 1)` in `step.tokens` stands for `prev[k]` and is replaced on the device.
         """
-        if prev is not None and not bool((step.tokens < 0).any()):
+        if prev is not None and not (
+            step.has_placeholders if step.has_placeholders is not None else bool((step.tokens < 0).any())
+        ):
             prev = None
         if (
             self.graphs is not None
@@ -217,7 +243,7 @@ class ModelRunner:
         is_decode, t, b, s, w, max_q, _, total_kv, total_prefix = (int(x) for x in header.tolist())
         dev = self.device
         flat = _to_device(step.payload(), dev)
-        tokens, positions, out_slots, rows, q_lens, kv_lens, logits_at, wr, wp, ws = flat.split(StepBatch.sizes(header))
+        tokens, positions, out_slots, rows, kv_lens, q_lens, logits_at, wr, wp, ws = flat.split(StepBatch.sizes(header))
         if prev is not None:
             tokens = resolve_tokens(tokens, prev)
         table = self.req_to_token
