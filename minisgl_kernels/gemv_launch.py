@@ -40,7 +40,7 @@ _DOT = [_config(16, 16, 128, 4, 3, True), _config(16, 32, 128, 4, 3, True)]
 # Per rows bucket (next_pow2(M), at most 16); the first entry is the untuned default
 # (MINISGL_KERNELS_AUTOTUNE=0). Without tl.dot each step holds a [BLOCK_M, BLOCK_N, BLOCK_K]
 # float32 product in registers: kept at <= 64 values per thread. M = 1 keeps a
-# [BLOCK_N, BLOCK_K] partial across the K loop. No config spills on sm_90 (ptxas: 40-80 registers).
+# [BLOCK_N, BLOCK_K] partial across the K loop. No config spills on sm_90 (ptxas: 36-80 registers).
 _CONFIGS: dict[int, list[triton.Config]] = {
     1: _reduce_configs(
         1,
