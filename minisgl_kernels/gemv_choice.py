@@ -7,7 +7,8 @@
 * ``MINISGL_KERNELS_GEMV=on`` / ``off`` forces the answer for every eligible call;
 * ``auto`` (the default) times both for each (rows bucket, N, K, dtype, bias, device) — CUDA
   events around single calls, each after a write of an L2-sized buffer so the weights come
-  from memory as they do in a model step, median of ``REPS`` calls after ``WARMUP`` — and
+  from memory as they do in a model step and behind a GPU sleep so the host's launch time is
+  not counted (decode runs in CUDA graphs), median of ``REPS`` calls after ``WARMUP`` — and
   keeps the faster for the rest of the process. Rows buckets are 1, 2, 4, 8 and 16 (the next
   power of two). The first use of an (N, K, dtype, bias) decides all five at once (and so
   compiles and autotunes the kernel for them): the engine's first forward at start-up
@@ -41,6 +42,7 @@ MAX_ROWS = 16
 BUCKETS = (1, 2, 4, 8, 16)
 WARMUP = 3
 REPS = 15
+SLEEP_CYCLES = 200_000  # ~0.1 ms at 2 GHz: longer than a launch through the autotuner
 
 Key = tuple[int, int, int, torch.dtype, bool, int]
 _CHOICE: dict[Key, bool] = {}
@@ -138,6 +140,10 @@ def _median_us(fn: Callable[[], object], flush: torch.Tensor) -> float:
     pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(REPS)]
     for start, end in pairs:
         flush.zero_()
+        # keep the GPU busy while the host enqueues the timed call, so the events time the
+        # kernel alone and not its host launch (a Triton launch costs more host time than
+        # cuBLAS; in a CUDA graph, where the decode runs, launches cost neither)
+        torch.cuda._sleep(SLEEP_CYCLES)
         start.record()
         fn()
         end.record()

@@ -97,6 +97,13 @@ def add_parser_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--serve-arg", action="append", default=[], help="extra `serve` argument, e.g. --serve-arg=--no-overlap"
     )
+    g.add_argument(
+        "--policy-row",
+        action="append",
+        default=[],
+        metavar="SHAPE:POLICY",
+        help="also the concurrent load on a server with --schedule-policy POLICY for SHAPE (repeatable)",
+    )
     g.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test the tool on tiny shapes")
     g.add_argument(
         "--time-budget",
@@ -269,6 +276,24 @@ def _serve_phases(
         )
 
 
+def _policy_phase(
+    name: str, ckpt: Checkpoint, reqs: list[BenchRequest], policy: str, opts: argparse.Namespace, ev: Events
+) -> None:
+    """The concurrent load again on a server admitting prompts by another `--schedule-policy`."""
+    tag = f"serve --schedule-policy {policy}"
+    with ev.phase(name, f"{tag} start"):
+        server = _serve(ckpt, [*opts.serve_arg, f"--schedule-policy={policy}"], max(opts.concurrent, 1), opts.device)
+    try:
+        model = asyncio.run(served_model(server.url))
+        asyncio.run(run_load(server.url, model, reqs[:1], [0.0], 1))  # the same one-request warm-up as batch 1
+        with ev.phase(name, f"{tag} {len(reqs)} concurrent"):
+            many = _concurrent(server.url, model, reqs)
+        ev.emit(type="result", shape=name, key=f"serve_many@{policy}", value=many)
+    finally:
+        with ev.phase(name, f"{tag} stop"):
+            server.stop()
+
+
 def _transformers_phases(name: str, ckpt: Checkpoint, reqs: list[BenchRequest], device: str, ev: Events) -> None:
     """transformers `generate` on the same checkpoint and card: batch 1, then `reqs` as one batch."""
     from bench_gpu_decode import hf_decode
@@ -313,6 +338,10 @@ def bench_shape(name: str, copy: float, opts: argparse.Namespace, ev: Events) ->
         _serve_phases(name, ckpt, reqs, opts, ev, sync=False)
         if opts.no_overlap_b1:
             _serve_phases(name, ckpt, reqs, opts, ev, sync=True)
+        for shape_policy in opts.policy_row:
+            shape, _, policy = shape_policy.partition(":")
+            if shape == name and policy and reqs:
+                _policy_phase(name, ckpt, reqs, policy, opts, ev)
         if not opts.no_transformers:
             _transformers_phases(name, ckpt, reqs, opts.device, ev)
     finally:
@@ -413,6 +442,7 @@ def worker_argv(opts: argparse.Namespace, shapes: list[str], events: Path, label
         opts.device,
     ]
     argv += [f"--serve-arg={a}" for a in opts.serve_arg]
+    argv += [f"--policy-row={a}" for a in opts.policy_row]
     if opts.no_overlap_b1:
         argv.append("--no-overlap-b1")
     if opts.no_transformers:

@@ -149,6 +149,17 @@ def shape_rows(shape: str, events: Sequence[Event], card: str, concurrent: int) 
             f"{many['ttft_p50']:.0f} / {many['ttft_p99']:.0f}",
             f"{many['itl_p50']:.1f} / {many['itl_p99']:.1f}",
         )
+    for key, other in sorted(res.items()):
+        if key.startswith("serve_many@"):
+            row(
+                f"{n} concurrent",
+                f"serve --schedule-policy {key.partition('@')[2]}",
+                _f(float(other["output_tok_s"])),
+                "-",
+                _ratio(float(other["output_tok_s"]), hf_many),
+                f"{other['ttft_p50']:.0f} / {other['ttft_p99']:.0f}",
+                f"{other['itl_p50']:.1f} / {other['itl_p99']:.1f}",
+            )
     if hf_many is not None:
         row(f"{n} concurrent", f"transformers generate (batch {n})", _f(hf_many), "-", "1.00x", "-", "-")
     return rows
