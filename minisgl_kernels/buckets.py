@@ -8,6 +8,8 @@ no request pays for a compile or an autotuning sweep.
 - extend attention is autotuned per `seq_bucket(max_seqlen_q)`;
 - the fused-MoE GEMMs per `(block_m_for(pairs, experts), pairs_bucket(pairs))`;
 - split-KV decode per `default_num_splits(batch, kv_heads, device)`;
+- a linear layer's product of up to 16 rows chooses (timed, once) between the Triton GEMV
+  and cuBLAS and autotunes the GEMV per `gemv_bucket(rows)` (`gemv_choice.py`);
 - and Triton compiles every `@triton.jit` kernel once per `int_class` of each integer
   argument (1, a multiple of 16, anything else), e.g. a kernel's row count.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 import torch
 
 from minisgl_kernels._util import cdiv, interpreting, next_pow2, sm_count
+from minisgl_kernels.gemv_choice import MAX_ROWS as GEMV_MAX_ROWS
+from minisgl_kernels.gemv_choice import rows_bucket
 
 SEQ_BUCKET_MAX = 4096  # extend attention: longer query runs share the last bucket
 PAIRS_BUCKET_MAX = 16384  # fused MoE: more (token, expert) pairs share the last bucket
@@ -48,6 +52,12 @@ def default_num_splits(batch: int, num_kv_heads: int, device: torch.device) -> i
     sms, programs = sm_count(device), batch * num_kv_heads
     target = sms if 4 * programs >= sms else 2 * sms
     return max(1, min(MAX_SPLITS, cdiv(target, programs)))
+
+
+def gemv_bucket(rows: int) -> int | None:
+    """The GEMV rows bucket of a linear layer's product of `rows` rows (None: more rows than the
+    GEMV takes, always cuBLAS)."""
+    return rows_bucket(rows) if rows <= GEMV_MAX_ROWS else None
 
 
 def int_class(n: int) -> str:

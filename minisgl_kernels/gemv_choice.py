@@ -5,12 +5,15 @@
 * never on CPU, for more than ``MAX_ROWS`` rows, for operands whose last dimension is not
   contiguous, or when ``MINISGL_KERNELS_BACKEND=torch`` asks for torch everywhere;
 * ``MINISGL_KERNELS_GEMV=on`` / ``off`` forces the answer for every eligible call;
-* ``auto`` (the default) times both on first use of each (rows bucket, N, K, dtype, bias,
-  device) — CUDA events around single calls, each after a write of an L2-sized buffer so
-  the weights come from memory as they do in a model step, median of ``REPS`` calls after
-  ``WARMUP`` — and keeps the faster for the rest of the process. Rows buckets are 1, 2, 4,
-  8 and 16 (the next power of two). A first use during CUDA-graph capture cannot be timed: it
-  takes torch (and keeps that); the engine runs every captured batch size eagerly first.
+* ``auto`` (the default) times both for each (rows bucket, N, K, dtype, bias, device) — CUDA
+  events around single calls, each after a write of an L2-sized buffer so the weights come
+  from memory as they do in a model step, median of ``REPS`` calls after ``WARMUP`` — and
+  keeps the faster for the rest of the process. Rows buckets are 1, 2, 4, 8 and 16 (the next
+  power of two). The first use of an (N, K, dtype, bias) decides all five at once (and so
+  compiles and autotunes the kernel for them): the engine's first forward at start-up
+  settles every shape of the model, and no later step pays for it. A first use during
+  CUDA-graph capture cannot be timed: it takes torch (and keeps that); the engine runs every
+  captured batch size eagerly first.
 * Under tensor parallelism (torch.distributed initialised, more than one rank) rank 0's
   answer is broadcast to every rank (one int on the default group), so all ranks run the
   same kernel for their shard. Every rank reaches the same first uses in the same order
@@ -35,6 +38,7 @@ from minisgl_kernels._dispatch import BACKEND_ENV
 GEMV_ENV = "MINISGL_KERNELS_GEMV"
 MODES = ("auto", "on", "off")
 MAX_ROWS = 16
+BUCKETS = (1, 2, 4, 8, 16)
 WARMUP = 3
 REPS = 15
 
@@ -76,13 +80,35 @@ def use_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     if chosen != "auto":
         return chosen == "on"
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    key = (rows_bucket(x.shape[0]), weight.shape[0], weight.shape[1], x.dtype, bias is not None, dev)
+    key = _key(x.shape[0], weight, x.dtype, bias is not None, dev)
     hit = _CHOICE.get(key)
     if hit is None:
-        # under graph capture it cannot time (or broadcast); every rank is capturing here too
-        capturing = torch.cuda.is_current_stream_capturing()
-        hit = _CHOICE[key] = False if capturing else _agree(_decide(key, x, weight, bias), x.device)
+        if torch.cuda.is_current_stream_capturing():  # cannot time (or broadcast); every rank is here too
+            hit = _CHOICE[key] = False
+        else:
+            _decide_shape(x, weight, bias, dev)
+            hit = _CHOICE[key]
     return hit
+
+
+def _key(rows: int, weight: torch.Tensor, dtype: torch.dtype, has_bias: bool, dev: int) -> Key:
+    return (rows_bucket(rows), weight.shape[0], weight.shape[1], dtype, has_bias, dev)
+
+
+def _decide_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dev: int) -> None:
+    """Decide every rows bucket of this (N, K, dtype, bias) at once, on copies of x's first row:
+    the first use of a shape (a start-up forward) then settles, compiles and autotunes all of
+    them, so no later step with another row count pays for it."""
+    import minisgl_kernels as kernels
+
+    for rows in BUCKETS:
+        key = _key(rows, weight, x.dtype, bias is not None, dev)
+        if key in _CHOICE:
+            continue
+        rows_x = x[:1].expand(rows, -1).contiguous()
+        chosen = _CHOICE[key] = _agree(_decide(key, rows_x, weight, bias), x.device)
+        if chosen and rows % 16 == 0:  # Triton compiles M = 1, multiples of 16 and the rest apart
+            kernels.gemv(rows_x[:-1], weight, bias)
 
 
 def decisions() -> dict[Key, tuple[bool, float, float]]:

@@ -4,7 +4,8 @@
    the float64 sum within rounding, for float32 and bfloat16 from 16 bytes to past its limit,
    back to back, and inside a replayed CUDA graph (`_p2p_ranks.py`, one process per GPU).
 2. `generate --tp 2` in float32 (CUDA graphs and overlap at their defaults) gives the greedy
-   tokens of `--tp 1`, with the one-shot path and with NCCL alone.
+   tokens of `--tp 1`, with the one-shot path (opt-in: MINISGL_P2P_ALLREDUCE_MAX_BYTES) and
+   with NCCL alone (the default).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ pytestmark = [
 ]
 
 
-def test_one_shot_sums_equal_nccl(tmp_path: Path) -> None:
+ON = {MAX_BYTES_ENV: str(1 << 20)}  # the one-shot path is opt-in
+
+
+def test_one_shot_sums_equal_nccl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in ON.items():
+        monkeypatch.setenv(k, v)
     report = tmp_path / "report.json"
     code = launch([sys.executable, str(ROOT / "tests" / "_p2p_ranks.py"), str(report)], 2)
     assert code == 0, "a rank saw a wrong sum (its message is above)"
@@ -65,7 +71,7 @@ def test_tp2_greedy_tokens_equal_tp1_in_float32(tmp_path: Path) -> None:
     write_word_tokenizer(tmp_path, 211)
     one, _ = _generate(tmp_path, 1, {})
     assert all(len(line.split()) > 10 for line in one), one
-    two, log = _generate(tmp_path, 2, {})
+    two, log = _generate(tmp_path, 2, ON)
     assert "tp: all-reduce: one-shot peer-to-peer" in log, log[-2000:]
     two_nccl, log_nccl = _generate(tmp_path, 2, {MAX_BYTES_ENV: "0"})
     assert "tp: all-reduce: NCCL" in log_nccl, log_nccl[-2000:]

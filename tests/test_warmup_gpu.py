@@ -39,18 +39,22 @@ def _checkpoint(name: str, tmp: Path) -> int:
 
 
 def _autotuned() -> dict[str, int]:
-    """Entries in every autotuner cache of the kernels package."""
+    """Entries in every autotuner cache of the kernels package, and the GEMV-or-cuBLAS choices."""
     import importlib
 
     from triton.runtime.autotuner import Autotuner
 
-    counts = {}
-    for module in ("attention_launch", "moe_launch"):
+    from minisgl_kernels import gemv_choice
+
+    counts = {"gemv_choice": len(gemv_choice._CHOICE)}
+    for module in ("attention_launch", "moe_launch", "gemv_launch"):
         mod = importlib.import_module(f"minisgl_kernels.{module}")
         for attr, value in vars(mod).items():
-            if isinstance(value, Autotuner):
-                counts[f"{module}.{attr}"] = len(value.cache)
-    assert counts, "no autotuner found in minisgl_kernels"
+            tuners = value.items() if isinstance(value, dict) else [("", value)]
+            for sub, tuner in tuners:
+                if isinstance(tuner, Autotuner):
+                    counts[f"{module}.{attr}{sub}"] = len(tuner.cache)
+    assert len(counts) > 3, f"autotuners not found in minisgl_kernels: {counts}"
     return counts
 
 

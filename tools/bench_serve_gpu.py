@@ -79,6 +79,8 @@ from bench_workload import BenchRequest, LengthDist, make_workload, percentile  
 
 PROMPT, NEW = 128, 256
 GRACE_S = 20.0  # after SIGTERM, before SIGKILL
+#: one line per server started by `_serve` (tools/bench_serve_tp.py prints them under its table)
+NOTES: list[str] = []
 
 
 class Stopped(BaseException):
@@ -174,11 +176,13 @@ def _serve(ckpt: Checkpoint, extra: list[str], max_running: int, device: str) ->
         *extra,
     ]
     try:
-        return _start(args)
+        server = _start(args)
     except RuntimeError as exc:  # another worker's server took the free port between the check and the bind
         if "could not listen" not in str(exc):
             raise
-    return _start(args)
+        server = _start(args)
+    NOTES.append(f"  serve {' '.join(args[2:])}: healthy after {server.healthy_s:.0f} s")
+    return server
 
 
 def _start(args: list[str]) -> Any:

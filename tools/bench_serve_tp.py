@@ -7,8 +7,8 @@
    flip a near-tie of a random model); 8 fixed prompts, greedy, 48 tokens, EOS ignored, sent
    together; the texts must be identical.
 2. Speed: `--shape` (bf16) served at TP=1 and TP=N (CUDA graphs and overlap at their
-   defaults; with `--no-graph-row` also TP=N without graphs; with `--nccl-row` also TP=N with
-   every all-reduce on NCCL, MINISGL_P2P_ALLREDUCE_MAX_BYTES=0): decode tok/s at batch 1
+   defaults; with `--no-graph-row` also TP=N without graphs; with `--p2p-row` also TP=N with
+   small all-reduces on the one-shot P2P kernel, MINISGL_P2P_ALLREDUCE_MAX_BYTES=1048576): decode tok/s at batch 1
    (prompt 128, 256 tokens, 1 / median TPOT over `--b1-requests`) and `--concurrent`
    requests (lengths 100..1024, seed 0; 0 skips them).
 
@@ -95,7 +95,7 @@ def speed(
     no_graph_row: bool,
     device: str,
     lengths: str,
-    nccl_row: bool = False,
+    p2p_row: bool = False,
     b1_requests: int = 3,
 ) -> list[list[str]]:
     directory = Path(tempfile.mkdtemp(prefix=f"tp-speed-{shape}-"))
@@ -107,8 +107,8 @@ def speed(
         dist = LengthDist.parse(lengths, "--lengths")
         reqs = make_workload(AutoTokenizer.from_pretrained(directory), concurrent, dist, dist, 0) if concurrent else []
         runs: list[tuple[int, list[str], dict[str, str], str]] = [(1, [], {}, ""), (tp, [], {}, "")]
-        if nccl_row:
-            runs.append((tp, [], {P2P_ENV: "0"}, " NCCL only"))
+        if p2p_row:
+            runs.append((tp, [], {P2P_ENV: str(1 << 20)}, " one-shot P2P"))
         if no_graph_row:
             runs.append((tp, ["--no-cuda-graph"], {}, " no graphs"))
         base = None
@@ -161,7 +161,7 @@ def main() -> int:
     p.add_argument("--text-shape", default="qwen3-0.6b")
     p.add_argument("--concurrent", type=int, default=64)
     p.add_argument("--no-graph-row", action="store_true", help="also TP=N with --no-cuda-graph")
-    p.add_argument("--nccl-row", action="store_true", help="also TP=N with every all-reduce on NCCL")
+    p.add_argument("--p2p-row", action="store_true", help="also TP=N with the one-shot P2P all-reduce")
     p.add_argument("--b1-requests", type=int, default=3, help="batch-1 requests (median TPOT)")
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test the tool")
     p.add_argument("--lengths", default="100:1024", help="concurrent requests' input and output lengths")
@@ -197,7 +197,7 @@ def main() -> int:
         opts.no_graph_row,
         opts.device,
         opts.lengths,
-        opts.nccl_row,
+        opts.p2p_row,
         opts.b1_requests,
     )
     table = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minisgl_decl.runtime.distributed import init_group, launch, rank_env, shutdown  # noqa: E402
-from minisgl_decl.runtime.p2p_allreduce import P2PAllReduce  # noqa: E402
+from minisgl_decl.runtime.p2p_allreduce import MAX_BYTES_ENV, P2PAllReduce  # noqa: E402
 
 SIZES = (8192, 16384, 65536, 262144, 524288, 1 << 20, 4 << 20)
 CALLS = 64
@@ -106,6 +107,7 @@ def main() -> int:
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--json")
     args = p.parse_args()
+    os.environ.setdefault(MAX_BYTES_ENV, str(1 << 20))  # the one-shot path is opt-in: on here
     if rank_env() is not None:
         return rank_main(args)
     return launch([sys.executable, __file__, *sys.argv[1:]], args.tp)

@@ -32,7 +32,7 @@ say "pytest -m gpu tests/test_p2p_allreduce_gpu.py"
 timeout 150 python3 -m pytest -q -m gpu tests/test_p2p_allreduce_gpu.py -x 2>&1 | tail -6 | tee -a "$LOG"
 say "serve TP=1 vs TP=2 batch 1 (llama3-8b)"
 timeout ${TP_TIMEOUT:-300} python3 tools/bench_serve_tp.py --tp 2 --shape llama3-8b --text-dtypes "" --concurrent 0 \
-  --nccl-row --b1-requests 3 > /tmp/tp.log 2>&1
+  --p2p-row --b1-requests 3 > /tmp/tp.log 2>&1
 tail -12 /tmp/tp.log | tee -a "$LOG"
 cp /tmp/tp.log "$OUT/bench_serve_tp.log"
 date -u | tee -a "$LOG"

@@ -204,6 +204,11 @@ def timeline(trace_file: Path, steps: int, gap_us: float) -> dict[str, Any]:
         for e in events
         if e.get("cat") == "user_annotation" and e.get("name") == "step"
     )
+    if steps_marks:  # only GPU work that starts inside the traced steps (a peer's late start can
+        # leave one all-reduce kernel spinning since before the window: it would count as busy)
+        lo = steps_marks[0][0]
+        gpu = [(a, b) for a, b in gpu if a >= lo]
+        kernels = [e for e in kernels if e["ts"] >= lo]
     busy = _union(gpu)
     if not busy:
         return {"error": "no GPU activity in the trace"}
@@ -249,19 +254,10 @@ def timeline(trace_file: Path, steps: int, gap_us: float) -> dict[str, Any]:
     }
 
 
-def cuda_profile(args: argparse.Namespace) -> int:
-    tmp = None
-    model = args.model
-    if args.shape:
-        from bench_shapes import build_checkpoint
-
-        tmp = tempfile.TemporaryDirectory(prefix=f"profile-{args.shape}-")
-        t0 = time.perf_counter()
-        build_checkpoint(args.shape, Path(tmp.name))
-        print(f"checkpoint {args.shape}: built in {time.perf_counter() - t0:.1f} s", flush=True)
-        model = Path(tmp.name)
-    config = EngineConfig(
+def engine_config(args: argparse.Namespace, model: Path) -> EngineConfig:
+    return EngineConfig(
         model=model,
+        tp=args.tp,
         device="cuda",
         dtype="bfloat16",
         max_running=args.max_running,
@@ -269,15 +265,49 @@ def cuda_profile(args: argparse.Namespace) -> int:
         cuda_graph=not args.no_cuda_graph,
         overlap=not args.no_overlap,
     )
-    llm = LLM(config)
+
+
+def warm_steps(args: argparse.Namespace) -> int:
+    return max(4, -(-args.input_len * args.batch // 2048) + 8)  # prefill + warm decode steps
+
+
+def timed_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """(plain steps, steps with the phase wrappers) before the traced steps."""
+    n = min(args.steps, (args.output_len - 16) // 3)
+    return n, n
+
+
+def trace_count(args: argparse.Namespace) -> int:
+    plain, timed = timed_counts(args)
+    return min(args.trace_steps, args.output_len - 16 - plain - timed - 2)
+
+
+def build_shape(args: argparse.Namespace) -> tempfile.TemporaryDirectory[str]:
+    from bench_shapes import build_checkpoint
+
+    tmp = tempfile.TemporaryDirectory(prefix=f"profile-{args.shape}-")
+    t0 = time.perf_counter()
+    build_checkpoint(args.shape, Path(tmp.name))
+    print(f"checkpoint {args.shape}: built in {time.perf_counter() - t0:.1f} s", flush=True)
+    return tmp
+
+
+def cuda_profile(args: argparse.Namespace, comm: Any = None) -> int:
+    tmp = None
+    model = args.model
+    if model is None:
+        tmp = build_shape(args)
+        model = Path(tmp.name)
+    config = engine_config(args, model)
+    llm = LLM(config, comm)
     core = llm.core
     add_requests(llm, args.batch, args.input_len, args.output_len)
-    for _ in range(max(4, -(-args.input_len * args.batch // 2048) + 8)):  # prefill + warm decode steps
+    for _ in range(warm_steps(args)):
         core.step()
     torch.cuda.synchronize()
-    budget = args.output_len - 16
+    n_plain, n_timed = timed_counts(args)
     plain = []
-    for _ in range(min(args.steps, budget // 3)):
+    for _ in range(n_plain):
         t0 = time.perf_counter()
         core.step()
         plain.append(time.perf_counter() - t0)
@@ -285,7 +315,7 @@ def cuda_profile(args: argparse.Namespace) -> int:
     phases = Phases()
     instrument(llm, phases)
     timed_steps = []
-    for _ in range(min(args.steps, budget // 3)):
+    for _ in range(n_timed):
         t0 = time.perf_counter()
         core.step()
         timed_steps.append(time.perf_counter() - t0)
@@ -294,7 +324,7 @@ def cuda_profile(args: argparse.Namespace) -> int:
     inner = {"graph replay launch"}  # inside runner.run
     accounted = sum(v for k, v in host.items() if k not in inner)
     timed_ms = statistics.median(timed_steps) * 1e3
-    trace_steps = min(args.trace_steps, budget - len(plain) - n - 2)
+    trace_steps = trace_count(args)
     trace = Path(args.trace) if args.trace else Path(tempfile.mkdtemp()) / "trace.json"
     with torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -308,6 +338,8 @@ def cuda_profile(args: argparse.Namespace) -> int:
     result = {
         "device": torch.cuda.get_device_name(),
         "shape": args.shape or str(args.model),
+        "tp": args.tp,
+        "all_reduce": ("one-shot P2P" if getattr(comm, "p2p", None) is not None else "NCCL") if comm else "-",
         "batch": args.batch,
         "overlap": core.overlap,
         "cuda_graphs": core.runner.graphs is not None,
@@ -322,7 +354,7 @@ def cuda_profile(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     print(
-        f"\n{result['device']} {result['shape']} batch {args.batch}: step {step_ms:.3f} ms "
+        f"\n{result['device']} {result['shape']} tp={args.tp} batch {args.batch}: step {step_ms:.3f} ms "
         f"({result['tok_s_plain']:.1f} tok/s); GPU busy {tl.get('gpu_busy_us_per_step', 0):.0f} us/step "
         f"({100 * tl.get('busy_fraction', 0):.1f}% of the span), host accounted {accounted:.0f} us/step"
     )
@@ -330,6 +362,100 @@ def cuda_profile(args: argparse.Namespace) -> int:
     if tmp is not None:
         tmp.cleanup()
     return 0
+
+
+def worker_profile(args: argparse.Namespace, comm: Any) -> int:
+    """Ranks > 0: the worker loop, with torch.profiler over the same steps rank 0 traces."""
+    from minisgl_decl.engine import tp as tp_mod
+    from minisgl_decl.engine.core import build_runner
+    from minisgl_decl.engine.loader import load_engine_model
+
+    config = engine_config(args, args.model)
+    loaded = load_engine_model(config, comm, progress=False)
+    runner, _ = build_runner(config, loaded, comm)
+    plain, timed = timed_counts(args)
+    start = warm_steps(args) + plain + timed
+    n = trace_count(args)
+    phases = Phases()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    prof = torch.profiler.profile(activities=activities)
+    calls = 0
+    inner_run = runner.run
+    run_s: list[float] = []
+
+    def run(*a: Any, **k: Any) -> Any:
+        nonlocal calls
+        if calls == max(0, start - 5):  # a few steps early: the profiler's start-up stays out of the window
+            prof.start()
+        t0 = time.perf_counter()
+        mark = torch.profiler.record_function("step" if start <= calls < start + n else "untraced step")
+        with mark, phases.timed("worker runner.run (host)"):
+            out = inner_run(*a, **k)
+        if start <= calls < start + n:
+            run_s.append(time.perf_counter() - t0)
+        calls += 1
+        if calls == start + n:
+            torch.cuda.synchronize()
+            prof.stop()
+        return out
+
+    runner.run = run  # type: ignore[method-assign]
+    broadcast = tp_mod.dist.broadcast
+
+    def timed_broadcast(t: torch.Tensor, *a: Any, **k: Any) -> Any:
+        what = "worker: wait for the step message (gloo)" if t.device.type == "cpu" else "worker: NCCL broadcast"
+        with phases.timed(what):
+            return broadcast(t, *a, **k)
+
+    tp_mod.dist.broadcast = timed_broadcast  # type: ignore[assignment]
+    tp_mod.worker_loop(runner, comm)
+    trace = Path(tempfile.mkdtemp()) / f"trace_rank{comm.rank}.json"
+    prof.export_chrome_trace(str(trace))
+    result = {
+        "rank": comm.rank,
+        "runner_run_host_us_median_profiled": statistics.median(run_s) * 1e6 if run_s else None,
+        "host_us_per_call_whole_run": {k: v / max(1, phases.count.get(k, 1)) * 1e6 for k, v in phases.total.items()},
+        "timeline": timeline(trace, n, args.gap_us),
+    }
+    if args.json:
+        Path(f"{args.json}.rank{comm.rank}").write_text(json.dumps(result, indent=1))
+    if args.trace:
+        Path(f"{args.trace}.rank{comm.rank}").write_text(trace.read_text())
+    return 0
+
+
+def tp_main(args: argparse.Namespace) -> int:
+    """Under a launch: rank 0 profiles the engine, the others the worker loop."""
+    from minisgl_decl.runtime.distributed import init_group, rank_env, shutdown
+
+    env = rank_env()
+    if env is None:
+        raise SystemExit("tp_main runs under a launch")
+    comm = init_group(env, "cuda")
+    try:
+        return cuda_profile(args, comm) if comm.rank == 0 else worker_profile(args, comm)
+    finally:
+        shutdown()
+
+
+def launch_tp(args: argparse.Namespace) -> int:
+    """Build the shape's checkpoint once, then run `--tp` ranks of this tool on it."""
+    from minisgl_decl.runtime.distributed import launch
+
+    tmp = build_shape(args) if args.model is None else None
+    model = Path(tmp.name) if tmp is not None else args.model
+    code = launch([sys.executable, __file__, *sys.argv[1:], "--model", str(model)], args.tp)
+    for extra in sorted(Path(args.json).parent.glob(Path(args.json).name + ".rank*")) if args.json else []:
+        w = json.loads(extra.read_text())
+        tl = w["timeline"]
+        print(
+            f"rank {w['rank']} (worker): GPU busy {tl.get('gpu_busy_us_per_step', 0):.0f} us/step "
+            f"({100 * tl.get('busy_fraction', 0):.1f}% of the span), kernels {tl.get('kernel_us_per_step', 0):.0f} "
+            f"us/step; runner.run host {w['runner_run_host_us_median_profiled']:.0f} us (median, profiled)"
+        )
+    if tmp is not None:
+        tmp.cleanup()
+    return code
 
 
 def main() -> int:
@@ -350,9 +476,14 @@ def main() -> int:
     p.add_argument("--json", help="CUDA: write the results here")
     p.add_argument("--no-overlap", action="store_true")
     p.add_argument("--no-cuda-graph", action="store_true")
+    p.add_argument("--tp", type=int, default=1, help="CUDA: tensor-parallel ranks (rank 0 profiled as above)")
     args = p.parse_args()
     if args.model is None and args.shape is None:
         p.error("give --model DIR or (with --device cuda) --shape NAME")
+    if args.device == "cuda" and args.tp > 1:
+        from minisgl_decl.runtime.distributed import rank_env
+
+        return tp_main(args) if rank_env() is not None else launch_tp(args)
     if args.device == "cuda":
         return cuda_profile(args)
     if args.model is None:

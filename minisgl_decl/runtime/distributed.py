@@ -1,9 +1,9 @@
 """Tensor parallelism through torch.distributed: one process per rank.
 
 - `GroupComm` is the `Comm` the catalogue layers call (all_reduce, all_gather along
-  the last dim), over a torch.distributed process group: NCCL on CUDA, gloo on CPU. On
-  GPUs that reach each other peer-to-peer, small all-reduces (decode steps) take a
-  one-shot kernel over symmetric memory instead (`p2p_allreduce.py`; NCCL for the rest).
+  the last dim), over a torch.distributed process group: NCCL on CUDA, gloo on CPU. With
+  MINISGL_P2P_ALLREDUCE_MAX_BYTES set, on GPUs that reach each other peer-to-peer, small
+  all-reduces take a one-shot kernel over symmetric memory instead (`p2p_allreduce.py`).
 - `rank_env()` reads the torchrun contract (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
   `MASTER_ADDR`, `MASTER_PORT`), so every entry point runs the same under `torchrun`
   and under `launch`.

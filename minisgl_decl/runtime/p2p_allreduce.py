@@ -13,6 +13,12 @@ NVLink multicast stays off: TORCH_SYMM_MEM_DISABLE_MULTICAST=1).
 
 `GroupComm` (runtime/distributed.py) sends messages up to `max_bytes` through it and larger
 ones (prefill chunks), other dtypes and unaligned views through NCCL.
+
+Off unless MINISGL_P2P_ALLREDUCE_MAX_BYTES is set (e.g. 1048576): on 2 x H100 (NVLink,
+2026-11-26) it is 1.2-1.5x faster than NCCL per all-reduce in isolation (9.7 vs 12.6 us at
+8 KB inside a graph, `tools/diag_allreduce.py`) but TP=2 batch-1 decode of the Llama-3-8B
+shape ran at the same speed (230.5 vs 231.3 tok/s; docs/perf.md): its barrier on entry and
+on exit makes each call wait for the slower rank twice.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-#: all-reduces up to this many bytes take the one-shot path (0: NCCL only)
+#: all-reduces up to this many bytes take the one-shot path (0, the default: NCCL only)
 MAX_BYTES_ENV = "MINISGL_P2P_ALLREDUCE_MAX_BYTES"
-DEFAULT_MAX_BYTES = 1 << 20
+DEFAULT_MAX_BYTES = 0
 #: dtypes torch's one-shot kernel sums
 DTYPES = (torch.float32, torch.bfloat16)
 ALIGN = 16  # bytes: the kernel loads 16-byte vectors
@@ -102,7 +108,7 @@ def setup(group: dist.ProcessGroup, device: torch.device, local_world: int) -> t
     """
     max_bytes = max_bytes_setting()
     if max_bytes == 0:
-        return None, f"{MAX_BYTES_ENV}=0"
+        return None, f"the one-shot P2P path is off; {MAX_BYTES_ENV}=1048576 turns it on"
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")  # P2P loads only, never multicast
     world = dist.get_world_size(group)
     local_ok = (

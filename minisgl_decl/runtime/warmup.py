@@ -3,10 +3,12 @@
 On CUDA a Triton kernel compiles the first time it meets a new variant, and the autotuned
 ones also time their candidate configs there: extend attention per `seq_bucket` of the
 step's longest query run, the fused-MoE GEMMs per (`block_m`, `pairs_bucket`) of its
-(token, expert) pairs, the split-KV decode per split count, and every kernel per
-`int_class` of each integer argument (the token count, the pairs). The rules live in
-`minisgl_kernels/buckets.py`, which the launchers themselves use. Without a warm-up those
-seconds land inside the first requests (their time to first token), or inside a burst.
+(token, expert) pairs, the split-KV decode per split count, a linear layer's GEMV (or cuBLAS:
+timed once) per rows bucket up to 16 rows, and every kernel per
+`int_class` of each integer argument (the token count, the pairs) and 16-byte alignment of
+each pointer. The rules live in `minisgl_kernels/buckets.py`, which the launchers use.
+Without a warm-up those seconds land inside the first requests (their time to first token),
+or inside a burst.
 
 `plan_steps` lists the fewest dummy steps that meet every variant a step of the engine can
 produce (its limits: the prefill chunk, the running requests, the pool, the context):
@@ -40,7 +42,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from minisgl_kernels.buckets import block_m_for, default_num_splits, int_class, pairs_bucket, seq_bucket
+from minisgl_kernels.buckets import (
+    block_m_for,
+    default_num_splits,
+    gemv_bucket,
+    int_class,
+    pairs_bucket,
+    seq_bucket,
+)
 
 from ..catalogue.attention import AttentionModule
 from ..catalogue.moe import MoEModule
@@ -102,7 +111,12 @@ class ModelTraits:
 def token_variant(tokens: int, traits: ModelTraits) -> Hashable:
     """The variants a step of `tokens` new tokens picks in every kernel sized by its tokens."""
     moe = tuple((block_m_for(tokens * k, e), pairs_bucket(tokens * k), int_class(tokens * k)) for k, e in traits.moe)
-    return int_class(tokens), tokens % 2, moe  # odd: any multiple of it (heads x tokens) is not x16
+    # parity: an odd count keeps every multiple of it (heads x tokens rows) off the x16 class, and
+    # the step's int64 vectors are views of one payload at offsets of 8 x tokens bytes: an odd
+    # count leaves `positions` (read by the rope kernel) off Triton's 16-byte pointer alignment
+    # gemv: every linear layer takes `tokens` rows (the LM head: the sampled rows, = tokens in a
+    # decode step, so the decode steps meet each of its buckets)
+    return int_class(tokens), tokens % 2, gemv_bucket(tokens), moe
 
 
 def decode_variant(batch: int, traits: ModelTraits, device: torch.device) -> Hashable:

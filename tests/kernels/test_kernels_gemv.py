@@ -107,3 +107,37 @@ def test_gemv_rejects_bad_shapes(
 def test_gemv_rejects_mixed_dtypes() -> None:
     with pytest.raises(ValueError, match="weight has dtype bfloat16 but x has float32"):
         kernels.gemv(torch.zeros(2, 8), torch.zeros(4, 8, dtype=torch.bfloat16), backend="torch")
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 13])
+def test_gemv_every_config(device: str, rows: int) -> None:
+    """Each config the autotuner may pick for the rows bucket (the other tests pin one), with a
+    K tail; on CUDA at a decode-like shape, then the autotuned launch itself."""
+    from minisgl_kernels import gemv_launch
+    from minisgl_kernels._util import cdiv
+
+    cuda = device == "cuda"
+    n, k = (520, 1000) if cuda else (40, 300)
+    dtype = torch.bfloat16 if cuda else torch.float16  # (the interpreter's bf16 dot is wrong)
+    gen = torch.Generator().manual_seed(rows)
+    x = rand(rows, k, dtype=dtype, device=device, gen=gen)
+    w = rand(n, k, dtype=dtype, device=device, gen=gen) / 16
+    b = rand(n, dtype=dtype, device=device, gen=gen)
+    want = reference.gemv(x, w, b)
+    args = (x, w, b, None, rows, n, k, x.stride(0), w.stride(0), n)
+    meta = {"HAS_BIAS": True, "EVICT": "evict_first" if cuda else "", "UPCAST": False}
+    bucket = gemv_launch.block_m_for(rows)
+    for cfg in gemv_launch._CONFIGS[bucket]:
+        out = poisoned((rows, n), dtype, device)
+        grid = (cdiv(n, cfg.kwargs["BLOCK_N"]), cdiv(rows, cfg.kwargs["BLOCK_M"]))
+        launch = {**meta, **cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        gemv_launch._PLAIN[grid](*args[:3], out, *args[4:], **launch)
+        assert_close(out, want, GEMV_TOL[dtype])
+    if cuda:
+        out = poisoned((rows, n), dtype, device)
+        gemv_launch._TUNED[bucket][lambda c: (cdiv(n, c["BLOCK_N"]), cdiv(rows, c["BLOCK_M"]))](
+            *args[:3], out, *args[4:], **meta
+        )
+        assert_close(out, want, GEMV_TOL[dtype])

@@ -49,9 +49,11 @@ class _Timer:
     def __init__(self, answers: dict[int, bool]) -> None:
         self.answers = answers
         self.calls: list[tuple[int, ...]] = []
+        self.rows: list[int] = []
 
     def __call__(self, key: gemv_choice.Key, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
         self.calls.append(key[:3])
+        self.rows.append(x.shape[0])
         return self.answers[key[0]]
 
 
@@ -64,16 +66,21 @@ def _auto(monkeypatch: pytest.MonkeyPatch, answers: dict[int, bool]) -> _Timer:
     return timer
 
 
-def test_auto_decides_once_per_rows_bucket_and_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    timer = _auto(monkeypatch, {1: True, 4: False})
+def test_auto_decides_every_rows_bucket_of_a_shape_on_its_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    timer = _auto(monkeypatch, {1: True, 2: True, 4: False, 8: False, 16: True})
     w = torch.zeros(6, 8)
     assert gemv_choice.use_gemv(torch.zeros(1, 8), w)
-    assert not gemv_choice.use_gemv(torch.zeros(3, 8), w)
-    assert not gemv_choice.use_gemv(torch.zeros(4, 8), w)  # same bucket as 3 rows: cached
-    assert gemv_choice.use_gemv(torch.zeros(1, 8), w)
-    assert timer.calls == [(1, 6, 8), (4, 6, 8)]
+    assert timer.calls == [(b, 6, 8) for b in (1, 2, 4, 8, 16)]
+    assert timer.rows == [1, 2, 4, 8, 16]  # timed on that many rows (copies of the first)
+    assert not gemv_choice.use_gemv(torch.zeros(3, 8), w)  # bucket 4
+    assert not gemv_choice.use_gemv(torch.zeros(8, 8), w)
+    assert gemv_choice.use_gemv(torch.zeros(9, 8), w)  # bucket 16
+    assert gemv_choice.use_gemv(torch.zeros(2, 8), w)
+    assert len(timer.calls) == 5  # all cached
     gemv_choice.use_gemv(torch.zeros(1, 8), torch.zeros(7, 8))  # another N: decided anew
-    assert timer.calls[-1] == (1, 7, 8)
+    assert timer.calls[-1] == (16, 7, 8) and len(timer.calls) == 10
+    gemv_choice.use_gemv(torch.zeros(1, 8), w, torch.zeros(6))  # with a bias: another key
+    assert len(timer.calls) == 15
 
 
 def test_forced_modes_skip_the_timing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +93,7 @@ def test_forced_modes_skip_the_timing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_first_use_under_graph_capture_takes_torch_and_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    timer = _auto(monkeypatch, {1: True})
+    timer = _auto(monkeypatch, dict.fromkeys(gemv_choice.BUCKETS, True))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert not gemv_choice.use_gemv(torch.zeros(1, 8), torch.zeros(6, 8))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
@@ -116,7 +123,7 @@ def test_catalogue_linear_on_cuda(monkeypatch: pytest.MonkeyPatch, value: str, r
     ulp = torch.finfo(torch.bfloat16).eps * want.float().abs().clamp_min(1.0)
     assert ((got.float() - want.float()).abs() <= 2 * ulp).all()
     if value == "auto" and rows <= gemv_choice.MAX_ROWS:
-        assert len(gemv_choice.decisions()) == 1
+        assert len(gemv_choice.decisions()) == len(gemv_choice.BUCKETS)
 
 
 _AGREE = """
