@@ -109,7 +109,6 @@ def test_gemv_rejects_mixed_dtypes() -> None:
         kernels.gemv(torch.zeros(2, 8), torch.zeros(4, 8, dtype=torch.bfloat16), backend="torch")
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 13])
 def test_gemv_every_config(device: str, rows: int) -> None:
