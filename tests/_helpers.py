@@ -84,3 +84,19 @@ def cli_generate_ids(model: Path, prompts: list[str], tp: int, *options: str) ->
     ids = [line for line in done.stdout.splitlines() if line.startswith("ids: ")]
     assert len(ids) == len(prompts), done.stdout
     return ids
+
+
+def hf_greedy(model: Path, arch: str, prompts: list[list[int]], eos_ids: list[int], new: int) -> list[list[int]]:
+    """transformers greedy `generate`, one prompt at a time, the new tokens of each (EOS included
+    when it stops early): the truth the engine tests compare with."""
+    from minisgl_decl.parity.hf_reference import load_reference
+
+    hf = load_reference(model, arch)
+    out = []
+    for p in prompts:
+        with torch.inference_mode():
+            ids = hf.generate(
+                torch.tensor([p]), max_new_tokens=new, do_sample=False, eos_token_id=eos_ids, pad_token_id=eos_ids[0]
+            )
+        out.append(ids[0, len(p) :].tolist())
+    return out

@@ -14,8 +14,7 @@ import asyncio
 import time
 
 import pytest
-import torch
-from _helpers import DEMO, require_demo
+from _helpers import DEMO, hf_greedy, require_demo
 
 from minisgl_decl.engine import LLM, EngineConfig, RequestOutput, SamplingParams, start_engine
 from minisgl_decl.engine.loader import LoadedModel, load_engine_model
@@ -49,19 +48,8 @@ def prompts(loaded: LoadedModel) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def expected(prompts: list[list[int]], loaded: LoadedModel) -> list[list[int]]:
-    """transformers greedy `generate`, one prompt at a time (EOS included when it stops early)."""
-    from minisgl_decl.parity.hf_reference import load_reference
-
-    hf = load_reference(DEMO, "LlamaForCausalLM")
-    eos = sorted(loaded.eos_ids)
-    out = []
-    for p in prompts:
-        with torch.inference_mode():
-            ids = hf.generate(
-                torch.tensor([p]), max_new_tokens=NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0]
-            )
-        out.append(ids[0, len(p) :].tolist())
-    return out
+    """transformers greedy `generate`, one prompt at a time."""
+    return hf_greedy(DEMO, "LlamaForCausalLM", prompts, sorted(loaded.eos_ids), NEW)
 
 
 def engine(loaded: LoadedModel, overlap: bool = True, **kw: object) -> LLM:

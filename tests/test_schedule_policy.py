@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import DEMO, require_demo
+from _helpers import DEMO, hf_greedy, require_demo
 
 from minisgl_decl.cli.cmd_serve import engine_config
 from minisgl_decl.cli.main import build_parser
@@ -174,18 +174,8 @@ def prompts(loaded: LoadedModel) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def expected(prompts: list[list[int]], loaded: LoadedModel) -> list[list[int]]:
-    from minisgl_decl.parity.hf_reference import load_reference
-
-    hf = load_reference(DEMO, "LlamaForCausalLM")
-    eos = sorted(loaded.eos_ids)
-    out = []
-    for p in prompts:
-        with torch.inference_mode():
-            ids = hf.generate(
-                torch.tensor([p]), max_new_tokens=NEW, do_sample=False, eos_token_id=eos, pad_token_id=eos[0]
-            )
-        out.append(ids[0, len(p) :].tolist())
-    return out
+    """transformers greedy `generate`, one prompt at a time."""
+    return hf_greedy(DEMO, "LlamaForCausalLM", prompts, sorted(loaded.eos_ids), NEW)
 
 
 @pytest.mark.parametrize("policy", ["fcfs", "shortest-first"])

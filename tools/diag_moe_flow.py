@@ -93,21 +93,7 @@ def walk(ours: Any, ours_cpu: Any, hf: Any, hf_cpu: Any, seq: list[int], dev: st
                 ModelRunner(model, KV_SLOTS, device=d).extend({0: seq}, all_logits=True)
             recs.append(rec.calls)
         os.environ.pop("MINISGL_KERNELS_BACKEND", None)
-        print(f"ours, {dev} vs cpu, every module ({label}); first 6 that differ by > 1e-5 relative:")
-        shown = 0
-        for name, calls in recs[0].items():
-            other = recs[1].get(name, [])
-            for k, (a, b) in enumerate(zip(calls, other, strict=False)):
-                a, b = a.float().cpu(), b.float().cpu()
-                if a.shape != b.shape:
-                    continue
-                d = (a - b).abs().max().item()
-                scale = max(b.abs().max().item(), 1e-30)
-                if d / scale > 1e-5 and shown < 6:
-                    print(f"  {name} call {k}: max|Δ| {d:.3e} (relative {d / scale:.1e}) {layout(a)}")
-                    shown += 1
-        if not shown:
-            print("  none")
+        print_differences(f"ours, {dev} vs cpu, every module ({label})", recs[0], recs[1], with_layout=True)
     names = {n: m for n, m in hf.named_modules() if n}
     names_cpu = dict(hf_cpu.named_modules())
     recs = []
@@ -115,17 +101,23 @@ def walk(ours: Any, ours_cpu: Any, hf: Any, hf_cpu: Any, seq: list[int], dev: st
         with recording(mods) as rec, torch.inference_mode():
             model(torch.tensor([seq], device=d), use_cache=False)
         recs.append(rec.calls)
-    print(f"transformers, {dev} vs cpu, every module; first 6 that differ by > 1e-5 relative:")
+    print_differences(f"transformers, {dev} vs cpu, every module", recs[0], recs[1], with_layout=False)
+
+
+def print_differences(title: str, device_calls: dict, cpu_calls: dict, with_layout: bool) -> None:
+    """The first 6 recorded module outputs that differ by > 1e-5 relative between the two runs."""
+    print(f"{title}; first 6 that differ by > 1e-5 relative:")
     shown = 0
-    for name, calls in recs[0].items():
-        for k, (a, b) in enumerate(zip(calls, recs[1].get(name, []), strict=False)):
+    for name, calls in device_calls.items():
+        for k, (a, b) in enumerate(zip(calls, cpu_calls.get(name, []), strict=False)):
             a, b = a.float().cpu(), b.float().cpu()
             if a.shape != b.shape:
                 continue
             d = (a - b).abs().max().item()
             scale = max(b.abs().max().item(), 1e-30)
             if d / scale > 1e-5 and shown < 6:
-                print(f"  {name} call {k}: max|Δ| {d:.3e} (relative {d / scale:.1e})")
+                extra = f" {layout(a)}" if with_layout else ""
+                print(f"  {name} call {k}: max|Δ| {d:.3e} (relative {d / scale:.1e}){extra}")
                 shown += 1
     if not shown:
         print("  none")

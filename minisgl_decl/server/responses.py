@@ -156,6 +156,9 @@ class Choices:
                 c.sent_role = True
             choice = {"index": job.index, "delta": delta, "logprobs": lp, "finish_reason": finish}
             obj = "chat.completion.chunk"
+        return sse(self._chunk_body(obj, choice, with_usage_field))
+
+    def _chunk_body(self, obj: str, choice: dict[str, Any], with_usage_field: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "object": obj,
@@ -165,7 +168,7 @@ class Choices:
         }
         if with_usage_field:
             body["usage"] = None
-        return sse(body)
+        return body
 
     def _template(self, index: int, with_usage_field: bool) -> tuple[str, str]:
         """The SSE event of a plain text delta (no logprobs, not the last, role sent) around its
@@ -179,15 +182,7 @@ class Choices:
             else:
                 choice = {"index": index, "delta": {"content": marker}, "logprobs": None, "finish_reason": None}
                 obj = "chat.completion.chunk"
-            body: dict[str, Any] = {
-                "id": self.id,
-                "object": obj,
-                "created": self.created,
-                "model": self.model,
-                "choices": [choice],
-            }
-            if with_usage_field:
-                body["usage"] = None
+            body = self._chunk_body(obj, choice, with_usage_field)
             head, _, tail = sse(body).partition(json.dumps(marker))
             self._plain[key] = (head, tail)
         return self._plain[key]
