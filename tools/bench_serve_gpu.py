@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import datetime
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -301,9 +302,12 @@ def _transformers_phases(name: str, ckpt: Checkpoint, reqs: list[BenchRequest], 
     from transformers import AutoModelForCausalLM
 
     with ev.phase(name, "transformers load"):
+        # straight onto the device where `accelerate` is installed (transformers needs it for device_map)
+        placement = {"device_map": device} if importlib.util.find_spec("accelerate") else {}
         model = AutoModelForCausalLM.from_pretrained(
-            ckpt.directory, dtype=torch.bfloat16, attn_implementation="sdpa", device_map=device
-        ).eval()
+            ckpt.directory, dtype=torch.bfloat16, attn_implementation="sdpa", **placement
+        )
+        model = model.to(device).eval()
     try:
         with ev.phase(name, "transformers batch 1"):
             b1 = hf_decode(model, ckpt.vocab, 1, PROMPT, NEW, device)
