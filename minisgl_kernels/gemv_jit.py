@@ -15,6 +15,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_k_step(w_ptrs, x_ptrs, rk, k0, K, EVEN_K: tl.constexpr, EVICT: tl.constexpr):
+    """One K step's weight tile (single-use: `EVICT`) and x tile; masked past K unless EVEN_K."""
+    if EVEN_K:
+        w = tl.load(w_ptrs, eviction_policy=EVICT)
+        x = tl.load(x_ptrs)
+    else:
+        k_ok = (rk + k0) < K
+        w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0, eviction_policy=EVICT)
+        x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+    return w, x
+
+
+@triton.jit
 def gemv_kernel(
     X,
     W,
@@ -50,13 +63,7 @@ def gemv_kernel(
         # one row: keep a [BLOCK_N, BLOCK_K] float32 partial and reduce over K once at the end
         part = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if EVEN_K:
-                w = tl.load(w_ptrs, eviction_policy=EVICT)
-                x = tl.load(x_ptrs)
-            else:
-                k_ok = (rk + k0) < K
-                w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0, eviction_policy=EVICT)
-                x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+            w, x = _load_k_step(w_ptrs, x_ptrs, rk, k0, K, EVEN_K, EVICT)
             part += w.to(tl.float32) * x.to(tl.float32)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
@@ -64,13 +71,7 @@ def gemv_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if EVEN_K:
-                w = tl.load(w_ptrs, eviction_policy=EVICT)
-                x = tl.load(x_ptrs)
-            else:
-                k_ok = (rk + k0) < K
-                w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0, eviction_policy=EVICT)
-                x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+            w, x = _load_k_step(w_ptrs, x_ptrs, rk, k0, K, EVEN_K, EVICT)
             if USE_DOT:
                 if UPCAST:
                     acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")

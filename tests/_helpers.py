@@ -100,3 +100,18 @@ def hf_greedy(model: Path, arch: str, prompts: list[list[int]], eos_ids: list[in
             )
         out.append(ids[0, len(p) :].tolist())
     return out
+
+
+def chat_ids(tokenizer: Any, chats: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Token ids of chat conversations through the tokenizer's chat template, ready for generation."""
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def load_demo_engine_model() -> Any:
+    """The demo model loaded for the engine (skips when it is absent, as `require_demo`)."""
+    from minisgl_decl.engine import EngineConfig
+    from minisgl_decl.engine.loader import load_engine_model
+
+    require_demo()
+    return load_engine_model(EngineConfig(model=DEMO), progress=False)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import DEMO, hf_greedy, require_demo
+from _helpers import DEMO, chat_ids, hf_greedy, require_demo
 
 from minisgl_decl.engine import LLM, EngineConfig, InvalidRequest, RequestOutput, SamplingParams, start_engine
 from minisgl_decl.engine.loader import LoadedModel, load_engine_model
@@ -47,16 +47,9 @@ def loaded(demo: Path) -> LoadedModel:
 @pytest.fixture(scope="module")
 def prompts(loaded: LoadedModel) -> list[list[int]]:
     """Chat prompts sharing a long system prefix (so the prefix cache has something to find)."""
-    tok = loaded.tokenizer
-    texts = [
-        tok.apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        for q in QUESTIONS
-    ]
-    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return chat_ids(
+        loaded.tokenizer, [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in QUESTIONS]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import asyncio
 import time
 
 import pytest
-from _helpers import DEMO, hf_greedy, require_demo
+from _helpers import DEMO, chat_ids, hf_greedy, load_demo_engine_model
 
 from minisgl_decl.engine import LLM, EngineConfig, RequestOutput, SamplingParams, start_engine
-from minisgl_decl.engine.loader import LoadedModel, load_engine_model
+from minisgl_decl.engine.loader import LoadedModel
 
 NEW = 24
 QUESTIONS = [
@@ -32,18 +32,12 @@ GREEDY = SamplingParams(max_tokens=NEW, temperature=0)
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
-    require_demo()
-    return load_engine_model(EngineConfig(model=DEMO), progress=False)
+    return load_demo_engine_model()
 
 
 @pytest.fixture(scope="module")
 def prompts(loaded: LoadedModel) -> list[list[int]]:
-    tok = loaded.tokenizer
-    texts = [
-        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        for q in QUESTIONS
-    ]
-    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return chat_ids(loaded.tokenizer, [[{"role": "user", "content": q}] for q in QUESTIONS])
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 from typing import Any
 
 import pytest
 import torch
-from _helpers import DEMO
+from _helpers import DEMO, ROOT
 
 from minisgl_decl.engine.api import RequestOutput, SamplingParams
 from minisgl_decl.engine.detokenize import window_decoder
 from minisgl_decl.runtime.runner import StepBatch
+
+sys.path.insert(0, str(ROOT / "tools"))
 from minisgl_decl.server.prepare import Job
 from minisgl_decl.server.responses import Choices
 
@@ -225,30 +228,15 @@ class _CpuReplay:
         self.out.copy_(self.graphs.model(tokens, batch))
 
 
-class _NoEvent:
-    def synchronize(self) -> None:
-        pass
-
-    def record(self) -> None:
-        pass
-
-
 def cpu_decode_graphs(runner: Any, sizes: list[int], vocab: int) -> Any:
-    """The real `DecodeGraphs` (its `run`: one host copy, placeholder resolution, request-table write,
-    padding to the next size) with the CUDA parts replaced: events are no-ops, replay runs eagerly."""
-    from minisgl_decl.runtime.cuda_graph import DecodeGraphs
+    """The real `DecodeGraphs` with the CUDA parts replaced (the host-step tool's stand-in); replay runs eagerly."""
+    from bench_host_step import host_decode_graphs
 
-    g = object.__new__(DecodeGraphs)
-    g.model, g.kv, g.table, g.comm, g.device = runner.model, runner.kv, runner.req_to_token, runner.comm, runner.device
-    g.sizes, g.max_batch = sizes, sizes[-1]
-    g.inputs = {bs: torch.zeros(5, bs, dtype=torch.int64) for bs in sizes}
-    g.host = [torch.zeros(5, g.max_batch, dtype=torch.int64) for _ in range(2)]
-    g.copied = [_NoEvent(), _NoEvent()]
-    g.turn = 0
-    g.pad = torch.tensor((0, 0, -1, 0, 0), dtype=torch.int64)[:, None]
-    g.cu = torch.arange(g.max_batch + 1, dtype=torch.int64)
-    g.graphs = {bs: (_CpuReplay(g, bs, out := torch.zeros(bs, vocab)), out) for bs in sizes}
-    return g
+    def eager(graphs: Any, bs: int) -> tuple[_CpuReplay, torch.Tensor]:
+        out = torch.zeros(bs, vocab)
+        return _CpuReplay(graphs, bs, out), out
+
+    return host_decode_graphs(runner, sizes, eager)
 
 
 def test_graph_decode_path_with_overlap_gives_transformers_greedy_tokens() -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import DEMO, hf_greedy, require_demo
+from _helpers import DEMO, chat_ids, hf_greedy, load_demo_engine_model
 
 from minisgl_decl.cli.cmd_serve import engine_config
 from minisgl_decl.cli.main import build_parser
 from minisgl_decl.engine import LLM, EngineConfig, InvalidRequest, SamplingParams
-from minisgl_decl.engine.loader import LoadedModel, load_engine_model
+from minisgl_decl.engine.loader import LoadedModel
 from minisgl_decl.engine.request import Request
 from minisgl_decl.engine.scheduler import Plan, Scheduler
 from minisgl_decl.runtime.runner import SlotPool
@@ -153,21 +153,18 @@ SYSTEM = "You are a careful assistant for a small museum of maritime history. An
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
-    require_demo()
-    return load_engine_model(EngineConfig(model=DEMO), progress=False)
+    return load_demo_engine_model()
 
 
 @pytest.fixture(scope="module")
 def prompts(loaded: LoadedModel) -> list[list[int]]:
     """Lengths far apart (with and without a system prompt), the longest first."""
-    tok = loaded.tokenizer
     chats = [
         [{"role": "system", "content": SYSTEM * 3}, {"role": "user", "content": QUESTIONS[0]}],
         [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[1]}],
         [{"role": "user", "content": QUESTIONS[2]}],
     ]
-    texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = chat_ids(loaded.tokenizer, chats)
     assert len(ids[0]) > len(ids[1]) > len(ids[2])
     return ids
 

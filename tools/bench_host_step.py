@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def install_stubs(core: Any, vocab: int, max_rows: int) -> None:
     """Replace the forward of `core`'s runner: eager model call and CUDA-graph replay return fixed logits."""
     import torch
 
-    from minisgl_decl.runtime.cuda_graph import DecodeGraphs, batch_sizes_for
+    from minisgl_decl.runtime.cuda_graph import batch_sizes_for
 
     ordinary = [t for t in range(vocab) if t not in set(core.tokenizer.all_special_ids)]
     logits = torch.zeros(max(max_rows, 1), vocab)
@@ -120,18 +121,28 @@ def install_stubs(core: Any, vocab: int, max_rows: int) -> None:
         logits[i, ordinary[(37 * i + 101) % len(ordinary)]] = 1.0
     runner = core.runner
     runner.model = _StubModel(logits)
-    g = object.__new__(DecodeGraphs)  # the real replay code, its CUDA parts faked
-    sizes = batch_sizes_for(max_rows)
+    runner.graphs = host_decode_graphs(runner, batch_sizes_for(max_rows), lambda g, bs: (_NoGraph(), logits[:bs]))
+
+
+def host_decode_graphs(runner: Any, sizes: list[int], graph_for: Callable[[Any, int], tuple[Any, Any]]) -> Any:
+    """The real `DecodeGraphs` of `runner` (its `run`: one host copy, placeholder resolution,
+    request-table write, padding to the next size) with the CUDA parts replaced: the events are
+    no-ops and `graph_for(graphs, bs)` gives each size's (object with `replay()`, output logits)."""
+    import torch
+
+    from minisgl_decl.runtime.cuda_graph import _PAD, DecodeGraphs
+
+    g = object.__new__(DecodeGraphs)  # no capture (it needs CUDA); the fields `run` reads
     g.model, g.kv, g.table, g.comm, g.device = runner.model, runner.kv, runner.req_to_token, runner.comm, runner.device
     g.sizes, g.max_batch = sizes, sizes[-1]
     g.inputs = {bs: torch.zeros(5, bs, dtype=torch.int64) for bs in sizes}
     g.host = [torch.zeros(5, g.max_batch, dtype=torch.int64) for _ in range(2)]
     g.copied = [_NoEvent(), _NoEvent()]
     g.turn = 0
-    g.pad = torch.tensor((0, 0, -1, 0, 0), dtype=torch.int64)[:, None]
+    g.pad = torch.tensor(_PAD, dtype=torch.int64)[:, None]
     g.cu = torch.arange(g.max_batch + 1, dtype=torch.int64)
-    g.graphs = {bs: (_NoGraph(), logits[:bs]) for bs in sizes}
-    runner.graphs = g
+    g.graphs = {bs: graph_for(g, bs) for bs in sizes}
+    return g
 
 
 def make_core(model: Path, max_rows: int) -> Any:

@@ -488,10 +488,15 @@ def compare(confirm: bool) -> None:
         "|---|---|---|---|---|",
         *CMP,
     ]
+    publish("\n".join(lines), "compare.md")
+
+
+def publish(table: str, name: str) -> None:
+    """Print a result table and write it to $OUT/`name` when $OUT is set (the device call's outputs)."""
     if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "compare.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
+        with open(os.path.join(os.environ["OUT"], name), "w") as f:
+            f.write(table + "\n")
+    print("\n" + table)
 
 
 def merge_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
@@ -570,10 +575,7 @@ def merge() -> None:
         "|---|---|---|---|---|",
         *CMP,
     ]
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "merge.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
+    publish("\n".join(lines), "merge.md")
 
 
 def main() -> None:
@@ -608,11 +610,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in ROWS]
-    text = "\n".join(lines)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "bench.md"), "w") as f:
-            f.write(text + "\n")
-    print("\n" + text)
+    publish("\n".join(lines), "bench.md")
 
 
 if __name__ == "__main__":
