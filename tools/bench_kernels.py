@@ -454,12 +454,7 @@ def compare_decode(b: int, ctx: int, shuffled: bool) -> None:
 def compare(confirm: bool) -> None:
     """Side by side, same run: RMSNorm grids and two-launch vs fused decode (--compare);
     --confirm: the adopted defaults against the old code, at 1 to 64 decode splits."""
-    props = torch.cuda.get_device_properties(0)
-    head = (
-        f"card: {props.name} ({props.multi_processor_count} SMs); date {datetime.date.today()}; "
-        f"torch {torch.__version__}; triton {triton.__version__}"
-    )
-    print(head)
+    head = card_header(with_l2=False)
     ceiling = copy_ceiling()
     keep = {(128, 1, 4, 2), (128, 0, 4, 2), (64, 1, 4, 3), (64, 1, 4, 2)}  # earlier winners: less compiling
     subset = [
@@ -489,6 +484,18 @@ def compare(confirm: bool) -> None:
         *CMP,
     ]
     publish("\n".join(lines), "compare.md")
+
+
+def card_header(with_l2: bool) -> str:
+    """The table's first line (card, SMs, L2 when asked, date, versions), printed as the run starts."""
+    props = torch.cuda.get_device_properties(0)
+    l2 = f", L2 {props.L2_cache_size >> 20} MiB" if with_l2 else ""
+    head = (
+        f"card: {props.name} ({props.multi_processor_count} SMs{l2}); date {datetime.date.today()}; "
+        f"torch {torch.__version__}; triton {triton.__version__}"
+    )
+    print(head)
+    return head
 
 
 def publish(table: str, name: str) -> None:
@@ -556,12 +563,7 @@ def merge_norm(m: int, h: int, fused: bool, ceiling: float) -> None:
 
 
 def merge() -> None:
-    props = torch.cuda.get_device_properties(0)
-    head = (
-        f"card: {props.name} ({props.multi_processor_count} SMs); date {datetime.date.today()}; "
-        f"torch {torch.__version__}; triton {triton.__version__}"
-    )
-    print(head)
+    head = card_header(with_l2=False)
     ceiling = copy_ceiling()
     for m in (1, 64, 4096, 16384):
         for fused in (False, True):
@@ -579,12 +581,7 @@ def merge() -> None:
 
 
 def main() -> None:
-    props = torch.cuda.get_device_properties(0)
-    head = (
-        f"card: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MiB); "
-        f"date {datetime.date.today()}; torch {torch.__version__}; triton {triton.__version__}"
-    )
-    print(head)
+    head = card_header(with_l2=True)
     ceiling = copy_ceiling()
     sweep_norm(4096, 4096)
     for m in (4096, 16384):
